@@ -1,0 +1,3 @@
+from soulsai.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""Experience and episodes on their way to Redis: a bounded queue and a sender thread.
+
+The env loop only appends; the sender ships everything queued in one pipeline per round
+trip. When Redis is away the sender keeps what it holds and retries with backoff; only when
+the queue is full is the oldest experience dropped (and counted). Episode records are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+from soulsai.transport.links import TRANSIENT, ClientLink
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    def __init__(self, link: ClientLink, max_messages: int, stream_maxlen: int) -> None:
+        self.link = link
+        self.max_messages = max_messages
+        self.stream_maxlen = stream_maxlen
+        self._samples: deque[bytes] = deque()
+        self._episodes: deque[bytes] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.sent_samples = 0
+        self.sent_episodes = 0
+        self.dropped = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread.start()
+
+    def put_samples(self, blob: bytes) -> None:
+        with self._cond:
+            self._samples.append(blob)
+            while len(self._samples) > self.max_messages:
+                self._samples.popleft()
+                self.dropped += 1
+            self._cond.notify()
+
+    def put_episode(self, blob: bytes) -> None:
+        with self._cond:
+            self._episodes.append(blob)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._samples) + len(self._episodes)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._cond:
+                while not self._samples and not self._episodes and not self._closing:
+                    self._cond.wait(0.5)
+                if self._closing and not self._samples and not self._episodes:
+                    return
+                samples = list(self._samples)
+                episodes = list(self._episodes)
+                dropped_before = self.dropped
+            try:
+                self.link.push(samples, episodes, self.stream_maxlen)
+            except TRANSIENT as e:
+                self.failures += 1
+                if self.failures == 1 or self.failures % 20 == 0:
+                    log.warning(
+                        "cannot send to Redis (%s); keeping %d messages, retrying",
+                        type(e).__name__,
+                        len(samples) + len(episodes),
+                    )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                if self._closing and self._give_up:
+                    return
+                continue
+            backoff = 0.05
+            with self._cond:
+                # Remove what was sent; drops may have taken some of it from the left meanwhile.
+                for _ in range(max(0, len(samples) - (self.dropped - dropped_before))):
+                    self._samples.popleft()
+                for _ in range(len(episodes)):
+                    self._episodes.popleft()
+            self.sent_samples += len(samples)
+            self.sent_episodes += len(episodes)
+
+    _give_up = False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued (up to `timeout` seconds), then stop the sender."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._give_up = True
+            self._thread.join(3.0)

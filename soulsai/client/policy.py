@@ -1,0 +1,63 @@
+"""The client's acting policy: weights in, actions out, never blocking the env loop.
+
+Inference runs in numpy: for the small MLPs of control tasks one call costs a few microseconds,
+where a torch forward costs tens. The result equals QNetwork's forward (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from soulsai.config.schema import Config
+
+
+class NumpyQPolicy:
+    """Epsilon-greedy over a QNetwork state dict (obs_norm.* and mlp.<i>.weight/bias)."""
+
+    def __init__(self, state: dict[str, Any], normalize_obs: bool) -> None:
+        def arr(t: Any) -> np.ndarray:
+            return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+        self.normalize = normalize_obs
+        self.mean = arr(state["obs_norm.mean"]).astype(np.float32).ravel()
+        self.std = np.sqrt(arr(state["obs_norm.var"]).astype(np.float32).ravel() + 1e-8)
+        idx = sorted({int(k.split(".")[1]) for k in state if k.startswith("mlp.")})
+        self.layers = [
+            (
+                np.ascontiguousarray(arr(state[f"mlp.{i}.weight"]).T.astype(np.float32)),
+                arr(state[f"mlp.{i}.bias"]).astype(np.float32),
+            )
+            for i in idx
+        ]
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+        if self.normalize:
+            x = np.clip((x - self.mean) / self.std, -10.0, 10.0)
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                np.maximum(x, 0.0, out=x)
+        return x
+
+    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+        """Greedy actions, each replaced by a uniform one with probability `epsilon`."""
+        q = self.q_values(obs)
+        actions = q.argmax(axis=1)
+        if epsilon > 0:
+            explore = rng.random(len(actions)) < epsilon
+            if explore.any():
+                actions[explore] = rng.integers(0, q.shape[1], int(explore.sum()))
+        return actions.astype(np.int64)
+
+
+def expected_weight_shapes(
+    cfg: Config, obs_shape: tuple[int, ...], n_actions: int
+) -> dict[str, tuple[int, ...]]:
+    """Names and shapes a valid weights message must carry for this config."""
+    from soulsai.nets import QNetwork
+
+    net = QNetwork(obs_shape, n_actions, cfg.dqn.hidden, cfg.dqn.normalize_obs)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}

@@ -1,0 +1,238 @@
+"""A sampling client: env -> policy -> n-step experience out; weights in.
+
+It needs only where Redis is and the secret; env, algorithm and batching settings come from
+the config the training node publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from soulsai.client.control import Control
+from soulsai.client.envs import make_vector_env
+from soulsai.client.nstep import NStepAccumulator, NStepTransition
+from soulsai.client.outbox import Outbox
+from soulsai.client.policy import NumpyQPolicy, expected_weight_shapes
+from soulsai.config import Config, config_from_json
+from soulsai.errors import ConnectionFailed
+from soulsai.training.algorithms.dqn import epsilon
+from soulsai.transport import ClientLink, RedisTarget, open_link
+from soulsai.transport.codec import EpisodeRecord, encode_episode, encode_experience
+from soulsai.transport.links import wait_for
+
+log = logging.getLogger(__name__)
+
+MAX_OUTBOX_MESSAGES = 2000
+ENV_RETRY_LIMIT = 5
+
+
+def make_client_id() -> str:
+    host = socket.gethostname().split(".")[0][:32] or "client"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _info_scalars(infos: dict, i: int) -> dict[str, float]:
+    """Numeric scalars of env i in a vector env's final_info (soulsgym puts boss HP there)."""
+    final = infos.get("final_info")
+    if not isinstance(final, dict):
+        return {}
+    out = {}
+    for k, v in final.items():
+        if k.startswith("_") or not final.get(f"_{k}", np.ones(i + 1, bool))[i]:
+            continue
+        try:
+            x = v[i]
+        except (TypeError, IndexError, KeyError):
+            continue
+        if isinstance(x, (bool, int, float, np.number, np.bool_)) and np.isfinite(float(x)):
+            out[str(k)[:64]] = float(x)
+    return dict(list(out.items())[:16])
+
+
+class Sampler:
+    def __init__(
+        self,
+        local_cfg: Config,
+        target: RedisTarget,
+        stop: threading.Event,
+        client_id: str | None = None,
+    ) -> None:
+        self.client_id = client_id or make_client_id()
+        self.stop = stop
+        self.link = open_link(ClientLink, target, local_cfg.key_prefix, wait=30.0)
+        raw = wait_for(self.link.fetch_config, local_cfg.client.config_wait)
+        if raw is None:
+            raise ConnectionFailed(
+                "no training node published a config in "
+                f"{local_cfg.client.config_wait:.0f}s (is it running?)"
+            )
+        self.cfg = config_from_json(raw)
+        self.index = self.link.register()
+        self.rng = np.random.default_rng(self.cfg.seed + 1000 * (self.index + 1))
+        self.env = make_vector_env(self.cfg.env)
+        obs_space = self.env.single_observation_space
+        self.n_actions = int(self.env.single_action_space.n)
+        self.action_start = int(self.env.single_action_space.start)
+        expected = expected_weight_shapes(self.cfg, tuple(obs_space.shape), self.n_actions)
+        self.outbox = Outbox(self.link, MAX_OUTBOX_MESSAGES, self.cfg.telemetry.stream_maxlen)
+        self.steps = 0
+        self.episodes = 0
+        self.control = Control(
+            self.link,
+            self.client_id,
+            expected,
+            lambda state: NumpyQPolicy(state, self.cfg.dqn.normalize_obs),
+            heartbeat_interval=self.cfg.client.heartbeat_interval,
+            heartbeat_timeout=self.cfg.client.heartbeat_timeout,
+            poll_interval=self.cfg.client.weights_poll_interval,
+            max_bytes=1 << 30,
+            status=self._status,
+            stop=stop,
+        )
+        if not wait_for(self.control.load_current, self.cfg.client.config_wait):
+            raise ConnectionFailed(
+                "no weights published in "
+                f"{self.cfg.client.config_wait:.0f}s (is the training node up?)"
+            )
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "model_id": self.control.model_id,
+            "steps": self.steps,
+            "episodes": self.episodes,
+            "dropped": self.outbox.dropped,
+            "time": time.time(),
+        }
+
+    def run(self) -> None:
+        """Sample until stopped (Ctrl-C, the server's shutdown command, or `stop`)."""
+        cfg = self.cfg
+        n_envs = cfg.env.num_envs
+        accs = [NStepAccumulator(cfg.dqn.n_step, cfg.dqn.gamma) for _ in range(n_envs)]
+        batch: list[NStepTransition] = []
+        batch_model = self.control.model_id
+        batch_started = time.monotonic()
+        ep_ret = np.zeros(n_envs)
+        ep_len = np.zeros(n_envs, dtype=np.int64)
+        _, policy, meta = self.control.latest
+        model_id = self.control.model_id
+        self.control.start()
+        log.info(
+            "client %s (index %d) sampling %s with model %d",
+            self.client_id,
+            self.index,
+            cfg.env.id,
+            model_id,
+        )
+        obs = self._reset(seed=cfg.seed + 7919 * self.index)
+        env_failures = 0
+        while not self.stop.is_set():
+            if not self.control.may_sample.is_set():
+                self.control.may_sample.wait(0.1)  # the learner is behind: let it catch up
+                continue
+            latest = self.control.latest
+            if latest is not None and latest[0] != model_id:
+                model_id, policy, meta = latest
+                if batch:  # one model id per message, so the server can judge staleness
+                    self._flush(batch, batch_model)
+                    batch = []
+            eps = epsilon(
+                cfg.dqn,
+                int(meta.get("env_steps", 0)) + self.steps,
+                self.index,
+                int(meta.get("num_clients", 1)),
+            )
+            actions = policy.act(obs, eps, self.rng)
+            try:
+                next_obs, rewards, terms, truncs, infos = self.env.step(actions + self.action_start)
+            except Exception as e:  # a game crash must not end the run
+                env_failures += 1
+                log.error(
+                    "env step failed (%s: %s); recreating env (%d/%d)",
+                    type(e).__name__,
+                    e,
+                    env_failures,
+                    ENV_RETRY_LIMIT,
+                )
+                if env_failures > ENV_RETRY_LIMIT:
+                    raise
+                self.stop.wait(min(30.0, 2.0**env_failures))
+                obs = self._recreate_env(accs, ep_ret, ep_len)
+                continue
+            env_failures = 0
+            self.steps += n_envs
+            if not batch:
+                batch_started = time.monotonic()
+                batch_model = model_id
+            ep_ret += rewards
+            ep_len += 1
+            final_obs = infos.get("final_obs")
+            for i in range(n_envs):
+                done = bool(terms[i] or truncs[i])
+                nxt = final_obs[i] if done else next_obs[i]
+                batch.extend(
+                    accs[i].push(
+                        obs[i], actions[i], float(rewards[i]), nxt, bool(terms[i]), bool(truncs[i])
+                    )
+                )
+                if done:
+                    self._episode(ep_ret[i], ep_len[i], model_id, _info_scalars(infos, i))
+                    ep_ret[i], ep_len[i] = 0.0, 0
+            obs = next_obs
+            if len(batch) >= cfg.client.batch_size or (
+                batch and time.monotonic() - batch_started > cfg.client.flush_interval
+            ):
+                self._flush(batch, batch_model)
+                batch = []
+        if batch:
+            self._flush(batch, batch_model)
+
+    def _reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self.env.reset(seed=seed)
+        return obs
+
+    def _recreate_env(self, accs: list, ep_ret: np.ndarray, ep_len: np.ndarray) -> np.ndarray:
+        try:
+            self.env.close()
+        except Exception:  # the crashed env may not close cleanly
+            pass
+        self.env = make_vector_env(self.cfg.env)
+        for acc in accs:
+            acc.reset()
+        ep_ret[:] = 0.0
+        ep_len[:] = 0
+        return self._reset()
+
+    def _flush(self, batch: list[NStepTransition], model_id: int) -> None:
+        fields = {
+            "obs": np.stack([t.obs for t in batch]),
+            "action": np.asarray([t.action for t in batch], dtype=np.int64),
+            "reward": np.asarray([t.reward for t in batch], dtype=np.float32),
+            "next_obs": np.stack([t.next_obs for t in batch]),
+            "terminated": np.asarray([t.terminated for t in batch], dtype=np.uint8),
+            "steps": np.asarray([t.steps for t in batch], dtype=np.uint8),
+        }
+        self.outbox.put_samples(encode_experience(self.client_id, model_id, fields))
+
+    def _episode(self, ret: float, length: int, model_id: int, info: dict[str, float]) -> None:
+        self.episodes += 1
+        record = EpisodeRecord(self.client_id, model_id, float(ret), int(length), info, time.time())
+        self.outbox.put_episode(encode_episode(record))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.control.join(2.0)
+        self.outbox.close(timeout=5.0)
+        try:
+            self.env.close()
+        finally:
+            self.link.close()

@@ -1,0 +1,154 @@
+"""Load the effective config: config_d.yaml <- config.yaml <- --set overrides.
+
+Every error is a ConfigError naming the key and the file (or `--set`) it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from soulsai.config.schema import Config
+from soulsai.errors import ConfigError
+
+DEFAULTS_NAME = "config_d.yaml"
+OVERRIDES_NAME = "config.yaml"
+SET_SOURCE = "--set"
+
+
+def default_config_dir() -> Path:
+    """`./config` when it holds the defaults, else the copy shipped inside the package."""
+    local = Path.cwd() / "config"
+    if (local / DEFAULTS_NAME).is_file():
+        return local
+    return Path(__file__).resolve().parent / "data"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"YAML syntax error in {path}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, update: dict, source: str, origin: dict, prefix: tuple = ()) -> None:
+    """Deep-merge `update` into `base` in place, recording which source set each key."""
+    for key, value in update.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            origin.setdefault(path, source)
+            _merge(base[key], value, source, origin, path)
+        else:
+            base[key] = value
+            _mark(value, source, origin, path)
+
+
+def _mark(value: Any, source: str, origin: dict, path: tuple) -> None:
+    origin[path] = source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(v, source, origin, (*path, str(k)))
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """Parse one `--set a.b=value`; the value is read as YAML (numbers, bools, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set dqn.lr=0.0005")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: empty key segment in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _sets_to_dict(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        parts, value = parse_set(item)
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} was already set to a value")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _describe(err: dict, origin: dict, defaults_path: Path) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) if loc else "(top level)"
+    source = None
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origin:
+            source = origin[loc[:n]]
+            break
+    if err["type"] == "missing":
+        source = source or str(defaults_path)
+        return f"config error in {source}: key '{key}' is missing"
+    source = source or str(defaults_path)
+    if err["type"] == "extra_forbidden":
+        return f"config error in {source}: unknown key '{key}'"
+    value = err.get("input")
+    shown = json.dumps(value, default=str)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"config error in {source}: key '{key}' = {shown}: {msg}"
+
+
+def load_config(config_dir: Path | str | None = None, overrides: list[str] | None = None) -> Config:
+    """Read defaults, deep-merge config.yaml and `--set` items, validate, return the Config."""
+    cdir = Path(config_dir) if config_dir is not None else default_config_dir()
+    if not cdir.is_dir():
+        raise ConfigError(f"config directory {cdir} does not exist (--config-dir)")
+    defaults_path = cdir / DEFAULTS_NAME
+    if not defaults_path.is_file():
+        defaults_path = default_config_dir() / DEFAULTS_NAME
+        if not defaults_path.is_file():
+            raise ConfigError(f"no {DEFAULTS_NAME} in {cdir} (--config-dir)")
+    origin: dict[tuple, str] = {}
+    data: dict[str, Any] = {}
+    _merge(data, _read_yaml(defaults_path), str(defaults_path), origin)
+    user_path = cdir / OVERRIDES_NAME
+    if user_path.is_file():
+        _merge(data, _read_yaml(user_path), str(user_path), origin)
+    if overrides:
+        _merge(data, _sets_to_dict(overrides), SET_SOURCE, origin)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        first = _describe(errors[0], origin, defaults_path)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(first + more) from None
+
+
+def config_from_json(text: str | bytes) -> Config:
+    """Validate a config published by the training node (the same schema)."""
+    try:
+        return Config.model_validate_json(text)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"published config is invalid at '{key}': {err['msg']}") from None

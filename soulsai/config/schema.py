@@ -1,0 +1,120 @@
+"""The one validated config schema. Defaults live in config/config_d.yaml, not here.
+
+Every model forbids unknown keys, so a typo is an error that names the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class WrapperConfig(_Strict):
+    name: str = Field(
+        description="import path of a gymnasium.Wrapper, e.g. gymnasium.wrappers.TimeLimit"
+    )
+    kwargs: dict[str, Any] = {}
+
+
+class EnvConfig(_Strict):
+    id: str
+    imports: list[str]
+    kwargs: dict[str, Any]
+    wrappers: list[WrapperConfig]
+    num_envs: int = Field(ge=1, le=256)
+    step_delay: float = Field(ge=0.0, le=10.0)
+
+
+class ClientConfig(_Strict):
+    batch_size: int = Field(ge=1, le=65536)
+    flush_interval: float = Field(gt=0.0, le=60.0)
+    heartbeat_interval: float = Field(gt=0.0, le=60.0)
+    heartbeat_timeout: float = Field(gt=0.0, le=600.0)
+    weights_poll_interval: float = Field(gt=0.0, le=60.0)
+    config_wait: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _timeout_covers_interval(self) -> ClientConfig:
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be larger than heartbeat_interval")
+        return self
+
+
+class TrainingConfig(_Strict):
+    metrics_port: int = Field(ge=0, le=65535)
+    max_message_bytes: int = Field(ge=1024, le=1 << 30)
+    max_batch: int = Field(ge=1, le=1 << 20)
+    intake_batch: int = Field(ge=1, le=100000)
+    log_interval: float = Field(gt=0.0)
+    device: str
+    threads: int = Field(ge=0, le=256)
+
+
+class DQNConfig(_Strict):
+    gamma: float = Field(gt=0.0, le=1.0)
+    n_step: int = Field(ge=1, le=100)
+    lr: float = Field(gt=0.0, lt=1.0)
+    batch_size: int = Field(ge=1, le=65536)
+    buffer_size: int = Field(ge=1, le=100_000_000)
+    learning_starts: int = Field(ge=0)
+    replay_ratio: float = Field(gt=0.0, le=10000.0)
+    max_update_debt: int = Field(ge=2)
+    throttle: bool
+    hidden: list[int] = Field(min_length=1)
+    target_update: Literal["hard", "polyak"]
+    target_update_interval: int = Field(ge=1)
+    tau: float = Field(gt=0.0, le=1.0)
+    grad_clip: float = Field(gt=0.0)
+    huber_delta: float = Field(gt=0.0)
+    max_model_delay: int = Field(ge=0)
+    update_samples: int = Field(ge=1)
+    exploration: Literal["schedule", "ladder"]
+    eps_start: float = Field(ge=0.0, le=1.0)
+    eps_end: float = Field(ge=0.0, le=1.0)
+    eps_decay_steps: int = Field(ge=1)
+    ladder_eps: float = Field(ge=0.0, le=1.0)
+    ladder_alpha: float = Field(ge=0.0)
+    normalize_obs: bool
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(ge=0)
+    save_buffer: bool
+
+
+class TelemetryConfig(_Strict):
+    http_port: int = Field(ge=0, le=65535)
+    update_interval: int = Field(ge=1)
+    moving_average: int = Field(ge=1)
+    stream_maxlen: int = Field(ge=100)
+    max_record_bytes: int = Field(ge=256)
+
+
+class Config(_Strict):
+    algo: Literal["dqn", "ppo"]
+    seed: int = Field(ge=0)
+    redis_address: str = Field(min_length=1)
+    redis_port: int = Field(ge=1, le=65535)
+    redis_url: str | None
+    key_prefix: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    save_dir: str
+    max_steps: int = Field(ge=0)
+    target_return: float | None
+    env: EnvConfig
+    client: ClientConfig
+    training: TrainingConfig
+    dqn: DQNConfig
+    checkpoint: CheckpointConfig
+    telemetry: TelemetryConfig
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return url

@@ -1,0 +1,296 @@
+"""`soulsai train`: the whole stack on one machine, as separate processes.
+
+embedded Redis -> training node + telemetry node -> N sampling clients, a progress bar, the
+stop rule (max steps or target rolling return), then an orderly shutdown and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from soulsai import run as runfolder
+from soulsai.config import Config
+from soulsai.errors import SoulsaiError
+from soulsai.transport import RedisTarget, TelemetryLink, open_link
+from soulsai.transport.codec import encode_command
+from soulsai.transport.connection import PASSWORD_ENV, SECRET_NAME, reachable
+from soulsai.transport.embedded import EmbeddedRedis, die_with_parent
+from soulsai.transport.links import TRANSIENT
+
+LOCAL_REDIS_FILE = ".soulsai-local.json"  # lets `soulsai quicksave` find the embedded Redis
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def pick_port(port: int) -> int:
+    """`port` when free, else a free one (0 stays 0: off)."""
+    if port == 0 or port_free(port):
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    critical: bool = True
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalStack:
+    cfg: Config
+    config_dir: Path
+    overrides: list[str]
+    clients: int
+    redis_mode: str = "auto"  # auto | embedded | external
+    progress: bool = True
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    children: list[Child] = field(default_factory=list)
+
+    def run(self) -> int:
+        t0 = time.time()
+        redis, target = self._redis()
+        run_dir = runfolder.make_run_dir(self.cfg.save_dir, self.cfg.algo, self.cfg.env.id)
+        (run_dir / runfolder.LOG_DIR).mkdir()
+        runfolder.atomic_write_json(run_dir / runfolder.CONFIG_FILE, self.cfg.model_dump())
+        local_file = Path(self.cfg.save_dir) / LOCAL_REDIS_FILE
+        stopped_by = "error"
+        try:
+            if redis is not None:
+                self._write_local_file(local_file, target, run_dir)
+            sets = self._child_sets(target)
+            link = open_link(TelemetryLink, target, self.cfg.key_prefix)
+            self._spawn(
+                "training", ["node", "training", *sets, "--run-dir", str(run_dir)], target, run_dir
+            )
+            self._spawn(
+                "telemetry",
+                ["node", "telemetry", *sets, "--run-dir", str(run_dir)],
+                target,
+                run_dir,
+            )
+            for i in range(self.clients):
+                self._spawn(f"client-{i}", ["client", *sets], target, run_dir)
+            stopped_by = self._watch(link, t0)
+        except KeyboardInterrupt:
+            stopped_by = "interrupted"
+            self.console.print("[yellow]Ctrl-C: shutting down[/]")
+        finally:
+            final = self._shutdown(target)
+            if redis is not None:
+                redis.stop()
+                local_file.unlink(missing_ok=True)
+        tel, trn = final
+        solved = tel.get("solved") == "1"
+        best = tel.get("best_rolling_return")
+        runfolder.write_summary(
+            run_dir,
+            solved=solved,
+            env_steps=int(trn.get("env_steps") or 0),
+            episodes=int(tel.get("episodes") or 0),
+            wall_seconds=time.time() - t0,
+            best_rolling_return=float(best) if best else None,
+            target_return=self.cfg.target_return,
+            stopped_by=stopped_by,
+        )
+        self.console.print(
+            f"run folder: {run_dir}  solved: {solved}  env steps: "
+            f"{trn.get('env_steps', 0)}  episodes: {tel.get('episodes', 0)}  "
+            f"best rolling return: {best or '-'}  ({stopped_by})"
+        )
+        if stopped_by == "error":
+            return 1
+        return 130 if stopped_by == "interrupted" else 0
+
+    # ---------------------------------------------------------------- set-up
+
+    def _redis(self) -> tuple[EmbeddedRedis | None, RedisTarget]:
+        configured = RedisTarget.from_config(self.cfg, self.config_dir)
+        secret_given = (self.config_dir / SECRET_NAME).is_file() or os.environ.get(PASSWORD_ENV)
+        if self.redis_mode == "external" or (
+            self.redis_mode == "auto"
+            and (secret_given or self.cfg.redis_url)
+            and reachable(configured)
+        ):
+            self.console.print(f"using Redis at {configured.describe()}")
+            return None, configured
+        if self.redis_mode == "external":
+            raise SoulsaiError(f"cannot reach Redis at {configured.describe()}")
+        redis = EmbeddedRedis().start()
+        self.console.print(f"started embedded redis-server on 127.0.0.1:{redis.port}")
+        return redis, redis.target
+
+    def _child_sets(self, target: RedisTarget) -> list[str]:
+        sets = []
+        for item in self.overrides:
+            sets += ["--set", item]
+        mport = pick_port(self.cfg.training.metrics_port)
+        hport = pick_port(self.cfg.telemetry.http_port)
+        for name, want, got in (
+            ("training.metrics_port", self.cfg.training.metrics_port, mport),
+            ("telemetry.http_port", self.cfg.telemetry.http_port, hport),
+        ):
+            if want != got:
+                self.console.print(f"{name} {want} is in use; using {got}")
+        sets += ["--set", f"training.metrics_port={mport}", "--set", f"telemetry.http_port={hport}"]
+        if target.url is None:
+            sets += [
+                "--set",
+                f"redis_address={target.host}",
+                "--set",
+                f"redis_port={target.port}",
+                "--set",
+                "redis_url=null",
+            ]
+        if mport:
+            self.console.print(f"training node metrics: http://localhost:{mport}/metrics")
+        if hport:
+            self.console.print(
+                f"telemetry: http://localhost:{hport}/  (Grafana source: "
+                f"http://localhost:{hport}/grafana, metrics: /metrics)"
+            )
+        return ["--config-dir", str(self.config_dir), *sets]
+
+    def _write_local_file(self, path: Path, target: RedisTarget, run_dir: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(
+                {
+                    "host": target.host,
+                    "port": target.port,
+                    "password": target.password,
+                    "prefix": self.cfg.key_prefix,
+                    "run_dir": str(run_dir.resolve()),
+                    "pid": os.getpid(),
+                },
+                f,
+            )
+
+    def _spawn(self, name: str, args: list[str], target: RedisTarget, run_dir: Path) -> None:
+        log_path = run_dir / runfolder.LOG_DIR / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if target.password:
+            env[PASSWORD_ENV] = target.password
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "soulsai", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        self.children.append(Child(name, proc, log_path, critical=not name.startswith("client")))
+
+    # ---------------------------------------------------------------- run and stop
+
+    def _watch(self, link: TelemetryLink, t0: float) -> str:
+        cfg = self.cfg
+        total = cfg.max_steps or None
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:>8.0f}/{task.total} steps"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+        ]
+        with Progress(
+            *columns, console=self.console, disable=not self.progress, refresh_per_second=4
+        ) as bar:
+            task = bar.add_task(f"{cfg.algo} {cfg.env.id}", total=total, info="starting")
+            last_steps, last_t = 0, time.monotonic()
+            sps = 0.0
+            while True:
+                dead = [c for c in self.children if c.proc.poll() is not None]
+                if dead:
+                    for c in dead:
+                        self.console.print(
+                            f"[red]{c.name} exited with code {c.proc.returncode}; "
+                            f"last lines of {c.log_path}:[/]\n{c.tail()}"
+                        )
+                    return "error"
+                try:
+                    trn, tel = link.stats("trainer"), link.stats("telemetry")
+                except TRANSIENT:
+                    time.sleep(0.25)
+                    continue
+                steps = int(trn.get("env_steps") or 0)
+                now = time.monotonic()
+                if now - last_t >= 1.0:
+                    sps = (steps - last_steps) / (now - last_t)
+                    last_steps, last_t = steps, now
+                info = (
+                    f"ep {tel.get('episodes', 0)} | return(20) "
+                    f"{tel.get('rolling_return') or '-'} | best {tel.get('best_rolling_return') or '-'}"
+                    f" | {sps:,.0f} steps/s | clients {trn.get('clients', 0)}"
+                )
+                bar.update(task, completed=steps, info=info)
+                if tel.get("solved") == "1":
+                    return "target_return"
+                if cfg.max_steps and steps >= cfg.max_steps:
+                    return "max_steps"
+                time.sleep(0.25)
+
+    def _shutdown(self, target: RedisTarget) -> tuple[dict, dict]:
+        """Clients first, then the nodes (which write their final files); returns final stats."""
+        link = None
+        try:
+            link = open_link(TelemetryLink, target, self.cfg.key_prefix)
+            link.r.publish(link.keys.commands, encode_command("shutdown"))
+        except (SoulsaiError, *TRANSIENT):
+            pass
+        clients = [c for c in self.children if not c.critical]
+        nodes = [c for c in self.children if c.critical]
+        _terminate(clients, 5.0)
+        _terminate(nodes, 30.0)
+        final: tuple[dict, dict] = ({}, {})
+        if link is not None:
+            try:
+                final = (link.stats("telemetry"), link.stats("trainer"))
+                link.close()
+            except TRANSIENT:
+                pass
+        return final
+
+
+def _terminate(children: list[Child], timeout: float) -> None:
+    for c in children:
+        if c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for c in children:
+        try:
+            c.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+            c.proc.wait()

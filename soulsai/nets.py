@@ -1,0 +1,99 @@
+"""Networks shared by the clients and the training node.
+
+The whole `QNetwork.state_dict()` (normalizer statistics included) is what the training node
+broadcasts to the clients, so every tensor in it is a buffer or parameter of its own: contiguous,
+never aliased with another entry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+NORM_EPS = 1e-8
+NORM_CLIP = 10.0
+
+
+class ObsNormalizer(nn.Module):
+    """Running mean and variance of observations; `forward` standardizes and clips to [-10, 10].
+
+    Statistics are merged batch by batch with the parallel form of Welford's algorithm
+    (Chan et al.), computed in float64 and stored as float32 `mean` / `var` plus a float64 `count`.
+    When `enabled` is False, `forward` only casts to float32; the buffers still exist so that the
+    state_dict keys are the same either way.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self, obs_shape: tuple[int, ...], enabled: bool = True) -> None:
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.enabled = enabled
+        self.register_buffer("mean", torch.zeros(self.obs_shape, dtype=torch.float32))
+        self.register_buffer("var", torch.ones(self.obs_shape, dtype=torch.float32))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, batch: np.ndarray | torch.Tensor) -> None:
+        """Merge the moments of `batch` (shape (B, *obs_shape), or one obs) into the statistics."""
+        x = torch.as_tensor(batch).to(device=self.mean.device, dtype=torch.float64)
+        if x.shape == self.obs_shape:
+            x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != self.obs_shape:
+            raise ValueError(f"expected obs of shape {self.obs_shape}, got batch {tuple(x.shape)}")
+        n = x.shape[0]
+        if n == 0:
+            return
+        b_mean = x.mean(dim=0)
+        b_var = x.var(dim=0, unbiased=False)
+        count = self.count.item()
+        total = count + n
+        mean = self.mean.double()
+        delta = b_mean - mean
+        m2 = self.var.double() * count + b_var * n + delta.square() * (count * n / total)
+        self.mean.copy_(mean + delta * (n / total))
+        self.var.copy_(m2 / total)
+        self.count.fill_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardize `x` with the running statistics (identity cast to float32 if disabled)."""
+        x = x.to(torch.float32)
+        if not self.enabled:
+            return x
+        return torch.clamp((x - self.mean) / torch.sqrt(self.var + NORM_EPS), -NORM_CLIP, NORM_CLIP)
+
+
+class QNetwork(nn.Module):
+    """MLP Q-network: observation normalizer, flatten, Linear+ReLU per hidden size, Linear."""
+
+    def __init__(
+        self, obs_shape: tuple[int, ...], n_actions: int, hidden: list[int], normalize_obs: bool
+    ) -> None:
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.n_actions = n_actions
+        self.obs_norm = ObsNormalizer(self.obs_shape, enabled=normalize_obs)
+        layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
+        in_features = math.prod(self.obs_shape)
+        for size in hidden:
+            layers += [nn.Linear(in_features, size), nn.ReLU()]
+            in_features = size
+        layers.append(nn.Linear(in_features, n_actions))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Q-values of shape (B, n_actions) for a batch of observations (B, *obs_shape)."""
+        return self.mlp(self.obs_norm(obs))
+
+
+def greedy_actions(net: QNetwork, obs: np.ndarray) -> np.ndarray:
+    """Argmax-Q actions (int64, shape (B,)) for a batch of observations."""
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        q_values = net(torch.as_tensor(np.asarray(obs), device=device))
+    return q_values.argmax(dim=1).cpu().numpy().astype(np.int64, copy=False)

@@ -1,0 +1,129 @@
+"""Double DQN learner on n-step transitions (van Hasselt et al. 2016; Ape-X exploration ladder).
+
+Design choices:
+- The target network uses the online network's observation-normalizer statistics. The normalizer
+  buffers are copied into the target whenever `update_normalizer` runs and at every target
+  update; Polyak averaging touches parameters only, never the normalizer buffers.
+- Adam uses eps=1.5e-4 (as in Rainbow/Dopamine) instead of torch's 1e-8, which keeps steps
+  bounded when the second-moment estimate is tiny.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from soulsai.config.schema import DQNConfig
+from soulsai.nets import QNetwork
+from soulsai.training.replay import ReplayBatch
+
+ADAM_EPS = 1.5e-4
+
+
+class DQNLearner:
+    """Online and target Q-networks, the optimizer and the update counter."""
+
+    def __init__(
+        self,
+        cfg: DQNConfig,
+        obs_shape: tuple[int, ...],
+        n_actions: int,
+        seed: int,
+        device: str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(seed)
+            online = QNetwork(tuple(obs_shape), n_actions, cfg.hidden, cfg.normalize_obs)
+        self.online = online.to(self.device)
+        self.target = copy.deepcopy(self.online)
+        self.target.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, eps=ADAM_EPS)
+        self.updates = 0
+
+    def update(self, batch: ReplayBatch) -> dict[str, float]:
+        """One double-DQN gradient step on `batch`, then the target-network update."""
+        obs, action, reward, next_obs, discount = (t.to(self.device) for t in batch)
+        with torch.no_grad():
+            next_actions = self.online(next_obs).argmax(dim=1, keepdim=True)
+            next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
+            td_target = reward + discount * next_q
+        q = self.online(obs).gather(1, action.long().view(-1, 1)).squeeze(1)
+        loss = nn.functional.huber_loss(q, td_target, delta=self.cfg.huber_delta)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+
+        if self.cfg.target_update == "polyak":
+            with torch.no_grad():
+                for t_param, o_param in zip(
+                    self.target.parameters(), self.online.parameters(), strict=True
+                ):
+                    t_param.lerp_(o_param, self.cfg.tau)
+        elif self.updates % self.cfg.target_update_interval == 0:
+            self.target.load_state_dict(self.online.state_dict())
+        self._sync_target_normalizer()
+        return {
+            "loss": loss.item(),
+            "q_mean": q.detach().mean().item(),
+            "grad_norm": grad_norm.item(),
+        }
+
+    def update_normalizer(self, obs: np.ndarray) -> None:
+        """Merge a batch of observations into the running statistics (no-op if disabled)."""
+        if not self.cfg.normalize_obs:
+            return
+        self.online.obs_norm.update(obs)
+        self._sync_target_normalizer()
+
+    def _sync_target_normalizer(self) -> None:
+        self.target.obs_norm.load_state_dict(self.online.obs_norm.state_dict())
+
+    def policy_state(self) -> dict[str, torch.Tensor]:
+        """Detached, contiguous CPU copies of the online net's state_dict (for broadcasting)."""
+        return {
+            name: t.detach().to("cpu", copy=True).contiguous()
+            for name, t in self.online.state_dict().items()
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot for checkpoints: both nets, the optimizer and the update counter."""
+        return copy.deepcopy(
+            {
+                "online": self.online.state_dict(),
+                "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "updates": self.updates,
+            }
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict()`; the next update is the same as the saved learner's."""
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+
+
+def epsilon(cfg: DQNConfig, env_steps: int, client_index: int, num_clients: int) -> float:
+    """Exploration rate of one client.
+
+    "schedule": linear from eps_start to eps_end over eps_decay_steps global env steps.
+    "ladder": Ape-X, ladder_eps ** (1 + ladder_alpha * i / (N - 1)); ladder_eps when N == 1.
+    """
+    if cfg.exploration == "schedule":
+        frac = min(max(env_steps, 0) / cfg.eps_decay_steps, 1.0)
+        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
+    if not 0 <= client_index < num_clients:
+        raise ValueError(f"client_index {client_index} not in [0, {num_clients})")
+    if num_clients == 1:
+        return cfg.ladder_eps
+    return cfg.ladder_eps ** (1 + cfg.ladder_alpha * client_index / (num_clients - 1))

@@ -1,0 +1,372 @@
+"""The DQN training node: intake -> replay -> learner -> weight broadcast, plus checkpoints.
+
+Asynchronous (Ape-X-like): any number of clients; a sample is accepted when its model id lags
+the newest by at most `dqn.max_model_delay`. A replay-ratio control balances learning against
+sampling: the learner owes `accepted * replay_ratio / batch_size` gradient steps and pays them
+while the intake thread keeps draining Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from soulsai import run as runfolder
+from soulsai.client.envs import env_spaces
+from soulsai.config import Config
+from soulsai.errors import ProtocolError
+from soulsai.metrics import NodeMetrics
+from soulsai.training.algorithms.dqn import DQNLearner
+from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
+from soulsai.training.intake import Intake
+from soulsai.training.replay import ReplayBuffer
+from soulsai.transport import RedisTarget, TrainerLink, open_link
+from soulsai.transport.codec import Experience, decode_command, encode_command, encode_weights
+from soulsai.transport.links import TRANSIENT
+from soulsai.transport.messages import dqn_experience_spec
+
+log = logging.getLogger(__name__)
+
+TRAINER_COMMANDS = frozenset({"save_best", "quicksave", "shutdown"})
+STATS_INTERVAL = 0.5
+
+METRICS = {
+    "env_steps": "env steps received (accepted or stale)",
+    "accepted": "transitions accepted into the replay buffer",
+    "updates": "gradient updates",
+    "model_id": "newest published model id",
+    "buffer": "transitions in the replay buffer",
+    "clients": "connected sampling clients (live heartbeats)",
+    "queued": "experience messages waiting in Redis",
+    "samples_per_s": "accepted transitions per second (last interval)",
+    "updates_per_s": "gradient updates per second (last interval)",
+    "loss": "last TD loss",
+}
+
+
+class DQNTrainingNode:
+    def __init__(
+        self,
+        cfg: Config,
+        target: RedisTarget,
+        run_dir: Path,
+        stop: threading.Event,
+        resume: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.stop = stop
+        torch.manual_seed(cfg.seed)
+        if cfg.training.threads:
+            torch.set_num_threads(cfg.training.threads)
+        self.link = open_link(TrainerLink, target, cfg.key_prefix, wait=30.0)
+        obs_space, act_space = env_spaces(cfg.env)
+        self.spec = dqn_experience_spec(
+            obs_space,
+            act_space,
+            cfg.dqn.n_step,
+            cfg.training.max_batch,
+            cfg.training.max_message_bytes,
+        )
+        d = cfg.dqn
+        self.learner = DQNLearner(
+            d, tuple(obs_space.shape), int(act_space.n), cfg.seed, cfg.training.device
+        )
+        self.buffer = ReplayBuffer(
+            d.buffer_size, tuple(obs_space.shape), obs_space.dtype, seed=cfg.seed
+        )
+        self.lock = threading.Lock()
+        self.data_ready = threading.Event()
+        self.new_obs: list[np.ndarray] = []
+        self.accepted = 0
+        self.model_id = 0
+        self.env_steps_offset = 0
+        self.debt_base = 0.0  # accepted transitions whose updates were forgiven
+        self.intake = Intake(
+            self.link,
+            self.spec,
+            self._accept,
+            lambda: self.model_id,
+            d.max_model_delay,
+            cfg.training.intake_batch,
+            stop,
+        )
+        self.metrics = NodeMetrics("trainer", METRICS)
+        self.last_info: dict[str, float] = {}
+        self.clients = 0
+        self.throttled = False
+        self._throttle_renew = 0.0
+        self.throttle_count = 0
+        if resume is not None:
+            self._restore(resume)
+
+    # ---------------------------------------------------------------- intake side
+
+    def _accept(self, exp: Experience) -> None:
+        f = exp.fields
+        discount = (self.cfg.dqn.gamma ** f["steps"].astype(np.float32)) * (1.0 - f["terminated"])
+        with self.lock:
+            self.buffer.add_batch(
+                f["obs"], f["action"], f["reward"], f["next_obs"], discount.astype(np.float32)
+            )
+            if self.cfg.dqn.normalize_obs:
+                self.new_obs.append(f["obs"])
+            self.accepted += exp.n
+        self.data_ready.set()
+
+    @property
+    def env_steps(self) -> int:
+        return self.env_steps_offset + self.intake.env_steps
+
+    # ---------------------------------------------------------------- main loop
+
+    def run(self) -> None:
+        cfg = self.cfg
+        self.metrics.serve(cfg.training.metrics_port, "training.metrics_port")
+        self.link.publish_config(
+            cfg.model_dump_json(),
+            {
+                "run_dir": str(self.run_dir.resolve()),
+                "algo": cfg.algo,
+                "env": cfg.env.id,
+                "started": str(time.time()),
+            },
+        )
+        self._publish()
+        self.intake.start()
+        log.info("training node up: %s on %s, run folder %s", cfg.algo, cfg.env.id, self.run_dir)
+        d = cfg.dqn
+        next_stats = next_log = 0.0
+        last = {"t": time.monotonic(), "accepted": self.accepted, "updates": self.learner.updates}
+        published_at = self.accepted
+        try:
+            while not self.stop.is_set():
+                self._merge_normalizer()
+                owed = self._owed_updates()
+                self._throttle(owed)
+                if owed > 0:
+                    with self.lock:
+                        batch = self.buffer.sample(d.batch_size)
+                    self.last_info = self.learner.update(batch)
+                    if cfg.checkpoint.every and self.learner.updates % cfg.checkpoint.every == 0:
+                        self.save(self.run_dir / runfolder.CHECKPOINT_DIR, "periodic")
+                else:
+                    self.data_ready.wait(0.01)
+                    self.data_ready.clear()
+                if self.accepted - published_at >= d.update_samples:
+                    published_at = self.accepted
+                    self.model_id += 1
+                    self._publish()
+                now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + STATS_INTERVAL
+                    self._tick(now, last)
+                if now >= next_log:
+                    next_log = now + cfg.training.log_interval
+                    self._log_progress()
+        finally:
+            self.stop.set()
+            if self.throttled:
+                with contextlib.suppress(TRANSIENT):
+                    self.link.set_throttle(False)
+            self.intake.join(2.0)
+            self.save(self.run_dir / runfolder.CHECKPOINT_DIR, "final")
+            log.info(
+                "training node stopped at %d env steps, %d updates",
+                self.env_steps,
+                self.learner.updates,
+            )
+
+    def _owed_updates(self) -> int:
+        d = self.cfg.dqn
+        if len(self.buffer) < max(d.learning_starts, d.batch_size):
+            self.debt_base = self.accepted
+            return 0
+        owed = (self.accepted - self.debt_base) * d.replay_ratio / d.batch_size - self._paid
+        limit = 2 * d.max_update_debt  # beyond the throttle's reach: forgive the excess
+        if owed > limit:
+            self.debt_base += (owed - limit) * d.batch_size / d.replay_ratio
+            owed = limit
+        return int(owed)
+
+    def _throttle(self, owed: int) -> None:
+        """Pause the clients while the learner owes max_update_debt updates; resume at half."""
+        d = self.cfg.dqn
+        if not d.throttle:
+            return
+        now = time.monotonic()
+        want = owed >= d.max_update_debt or (self.throttled and owed > d.max_update_debt // 2)
+        if want == self.throttled and not (want and now >= self._throttle_renew):
+            return
+        try:
+            self.link.set_throttle(want)
+        except TRANSIENT:
+            return
+        self.throttled = want
+        self._throttle_renew = now + 1.0
+        self.throttle_count += int(want)
+
+    @property
+    def _paid(self) -> int:
+        return self.learner.updates - self._updates_at_start
+
+    _updates_at_start = 0
+
+    def _merge_normalizer(self) -> None:
+        if not self.new_obs:
+            return
+        with self.lock:
+            chunks, self.new_obs = self.new_obs, []
+        self.learner.update_normalizer(np.concatenate(chunks))
+
+    def _publish(self) -> None:
+        meta = {
+            "env_steps": self.env_steps,
+            "num_clients": max(1, self.clients),
+            "updates": self.learner.updates,
+        }
+        blob = encode_weights(self.learner.policy_state(), self.model_id, meta)
+        try:
+            self.link.publish_weights(blob, self.model_id)
+        except TRANSIENT as e:
+            log.warning("cannot publish weights (%s); will retry", type(e).__name__)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "env_steps": self.env_steps,
+            "accepted": self.accepted,
+            "updates": self.learner.updates,
+            "model_id": self.model_id,
+            "buffer": len(self.buffer),
+            "clients": self.clients,
+            "throttled": int(self.throttled),
+            "pauses": self.throttle_count,
+            "rejected": sum(self.intake.rejected.values()),
+            "rejected_by_reason": json.dumps(dict(self.intake.rejected)),
+            "loss": round(self.last_info.get("loss", float("nan")), 6),
+            "time": time.time(),
+        }
+
+    def _tick(self, now: float, last: dict) -> None:
+        dt = max(now - last["t"], 1e-9)
+        s = self.stats()
+        s["samples_per_s"] = round((self.accepted - last["accepted"]) / dt, 1)
+        s["updates_per_s"] = round((self.learner.updates - last["updates"]) / dt, 1)
+        last.update(t=now, accepted=self.accepted, updates=self.learner.updates)
+        try:
+            self.clients = self.link.connected_clients()
+            s["queued"] = self.link.queued_samples()
+            self.link.set_stats(s)
+            for raw in self.link.pop_commands():
+                self._command(raw)
+        except TRANSIENT as e:
+            log.warning("cannot reach Redis for stats (%s)", type(e).__name__)
+        self.metrics.set_all(s, dict(self.intake.rejected))
+        self._last_stats = s
+
+    def _log_progress(self) -> None:
+        s = getattr(self, "_last_stats", None) or self.stats()
+        log.info(
+            "env_steps=%d accepted=%d updates=%d model=%d buffer=%d clients=%d "
+            "samples/s=%s updates/s=%s loss=%s rejected=%s",
+            s["env_steps"],
+            s["accepted"],
+            s["updates"],
+            s["model_id"],
+            s["buffer"],
+            s["clients"],
+            s.get("samples_per_s"),
+            s.get("updates_per_s"),
+            s["loss"],
+            dict(self.intake.rejected),
+        )
+
+    # ---------------------------------------------------------------- commands and saves
+
+    def _command(self, raw: bytes) -> None:
+        try:
+            cmd = decode_command(raw, TRAINER_COMMANDS)
+        except ProtocolError as e:
+            self.intake.rejected[f"command_{e.reason}"] += 1
+            log.warning("rejected command: %s", e)
+            return
+        if cmd["cmd"] == "shutdown":
+            log.info("shutdown command received")
+            self.stop.set()
+        elif cmd["cmd"] == "quicksave":
+            self.save(
+                self.run_dir / runfolder.MANUAL_DIR,
+                "manual",
+                with_buffer=bool(cmd.get("buffer", False)),
+            )
+        elif cmd["cmd"] == "save_best":
+            value = cmd.get("value")
+            extra = {
+                "metric": str(cmd.get("key", "return"))[:64],
+                "value": value if isinstance(value, (int, float)) else None,
+            }
+            self.save(self.run_dir / runfolder.BEST_DIR, "best", with_buffer=False, extra=extra)
+
+    def save(
+        self, folder: Path, why: str, with_buffer: bool | None = None, extra: dict | None = None
+    ) -> None:
+        with_buffer = self.cfg.checkpoint.save_buffer if with_buffer is None else with_buffer
+        with self.lock:
+            state: dict[str, Any] = {
+                "learner": self.learner.state_dict(),
+                "rng": {"torch": torch.get_rng_state()},
+            }
+            if with_buffer:
+                state["buffer"] = self.buffer.state_dict()
+        summary = {
+            "env_steps": self.env_steps,
+            "model_id": self.model_id,
+            "updates": self.learner.updates,
+            "accepted": self.accepted,
+            "episodes": self._episodes(),
+            "algo": self.cfg.algo,
+            "env": self.cfg.env.id,
+            "buffer_saved": with_buffer,
+            "time": time.time(),
+            **(extra or {}),
+        }
+        size = save_checkpoint(folder, state, summary)
+        log.info("%s checkpoint written to %s (%.1f MiB)", why, folder, size / 2**20)
+
+    def _episodes(self) -> int:
+        try:
+            return int(self.link.stats("telemetry").get("episodes") or 0)
+        except (TRANSIENT, ValueError):
+            return 0
+
+    def _restore(self, folder: Path) -> None:
+        state, summary = load_checkpoint(folder)
+        self.learner.load_state_dict(state["learner"])
+        if "buffer" in state:
+            self.buffer.load_state_dict(state["buffer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.env_steps_offset = int(summary["env_steps"])
+        self.model_id = int(summary["model_id"]) + 1
+        self.accepted = int(summary["accepted"])
+        self.debt_base = self.accepted
+        self._updates_at_start = self.learner.updates
+        log.info(
+            "resumed from %s: env_steps=%d model_id=%d updates=%d",
+            folder,
+            self.env_steps,
+            self.model_id,
+            self.learner.updates,
+        )
+
+
+def notify_shutdown(link: TrainerLink) -> None:
+    """Ask every client to stop (used by `soulsai train` and the server on exit)."""
+    link.broadcast(encode_command("shutdown"))

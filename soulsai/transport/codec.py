@@ -1,0 +1,318 @@
+"""Binary envelopes for everything that crosses Redis. No pickle anywhere.
+
+- experience: msgpack map with a protocol version and raw numpy buffers per field;
+- episode records: small msgpack maps of scalars;
+- weights: safetensors bytes, model id and counters in the safetensors metadata;
+- commands: small JSON objects.
+
+Every decoder validates before anything is allocated from the payload beyond the raw bytes,
+and raises ProtocolError(reason) with a short reason label that nodes count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from soulsai.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+KIND_EXPERIENCE = "exp"
+KIND_EPISODE = "ep"
+MAX_CLIENT_ID = 64
+MAX_INFO_KEYS = 32
+MAX_COMMAND_BYTES = 4096
+INT64_MAX = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What one per-transition field must look like: dtype, per-item shape, value bounds."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...] = ()
+    low: float | None = None  # inclusive bounds, checked for integer and float fields
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+
+@dataclass(frozen=True)
+class ExperienceSpec:
+    """The exact set of fields an algorithm's experience message carries."""
+
+    fields: dict[str, FieldSpec]
+    max_batch: int = 4096
+    max_bytes: int = 16 << 20
+
+
+@dataclass
+class Experience:
+    client_id: str
+    model_id: int
+    n: int
+    fields: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class EpisodeRecord:
+    client_id: str
+    model_id: int
+    ret: float
+    length: int
+    info: dict[str, float]
+    time: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "return": self.ret,
+            "length": self.length,
+            "model_id": self.model_id,
+            "client_id": self.client_id,
+            "time": self.time,
+            **{f"info.{k}": v for k, v in self.info.items()},
+        }
+
+
+def _unpack(raw: Any, max_bytes: int) -> Any:
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise ProtocolError("bad_structure", f"payload is {type(raw).__name__}, not bytes")
+    if len(raw) > max_bytes:
+        raise ProtocolError("too_large", f"{len(raw)} bytes > {max_bytes}")
+    try:
+        return msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=max_bytes,
+            max_str_len=4096,
+            max_array_len=64,
+            max_map_len=64,
+            max_ext_len=0,
+            use_list=True,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData) as e:
+        raise ProtocolError("not_msgpack", type(e).__name__) from None
+    except Exception as e:  # msgpack raises a few other types on hostile input
+        raise ProtocolError("not_msgpack", type(e).__name__) from None
+
+
+def _header(msg: Any, kind: str) -> None:
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_structure", "top level is not a map")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", f"version {msg.get('v')!r} != {PROTOCOL_VERSION}")
+    if msg.get("t") != kind:
+        raise ProtocolError("bad_kind", f"kind {msg.get('t')!r} != {kind!r}")
+
+
+def _client_id(msg: dict) -> str:
+    cid = msg.get("client")
+    if not isinstance(cid, str) or not 0 < len(cid) <= MAX_CLIENT_ID:
+        raise ProtocolError("bad_structure", "client id must be a short string")
+    return cid
+
+
+def _model_id(msg: dict) -> int:
+    mid = msg.get("model_id")
+    if type(mid) is not int or not 0 <= mid <= INT64_MAX:
+        raise ProtocolError("bad_structure", "model_id must be a non-negative integer")
+    return mid
+
+
+# ---------------------------------------------------------------- experience
+
+
+def encode_experience(client_id: str, model_id: int, fields: dict[str, np.ndarray]) -> bytes:
+    """Pack a batch of transitions (every array shaped (n, ...)) into one envelope."""
+    n = len(next(iter(fields.values())))
+    body = {}
+    for name, arr in fields.items():
+        a = np.ascontiguousarray(arr)
+        body[name] = [a.dtype.str, list(a.shape), a.tobytes()]
+    msg = {
+        "v": PROTOCOL_VERSION,
+        "t": KIND_EXPERIENCE,
+        "client": client_id,
+        "model_id": int(model_id),
+        "n": n,
+        "f": body,
+    }
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def decode_experience(raw: Any, spec: ExperienceSpec) -> Experience:
+    """Validate and unpack an experience envelope against `spec`."""
+    msg = _unpack(raw, spec.max_bytes)
+    _header(msg, KIND_EXPERIENCE)
+    client_id = _client_id(msg)
+    model_id = _model_id(msg)
+    n = msg.get("n")
+    if type(n) is not int or not 1 <= n <= spec.max_batch:
+        raise ProtocolError("bad_batch_size", f"n={n!r} not in 1..{spec.max_batch}")
+    body = msg.get("f")
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_structure", "missing field map")
+    if set(body) != set(spec.fields):
+        missing = sorted(set(spec.fields) - set(body))
+        extra = sorted(str(k) for k in set(body) - set(spec.fields))
+        raise ProtocolError("bad_field", f"missing {missing} unexpected {extra[:5]}")
+    out: dict[str, np.ndarray] = {}
+    for name, fs in spec.fields.items():
+        out[name] = _decode_field(name, body[name], fs, n)
+    return Experience(client_id=client_id, model_id=model_id, n=n, fields=out)
+
+
+def _decode_field(name: str, item: Any, fs: FieldSpec, n: int) -> np.ndarray:
+    if not isinstance(item, list) or len(item) != 3:
+        raise ProtocolError("bad_structure", f"field {name} is not [dtype, shape, bytes]")
+    dtype_str, shape, data = item
+    if dtype_str != fs.dtype.str:
+        raise ProtocolError("bad_dtype", f"{name}: {str(dtype_str)[:16]!r} != {fs.dtype.str!r}")
+    expected_shape = [n, *fs.shape]
+    if shape != expected_shape:
+        raise ProtocolError("bad_shape", f"{name}: {str(shape)[:40]} != {expected_shape}")
+    if not isinstance(data, bytes) or len(data) != n * math.prod(fs.shape) * fs.dtype.itemsize:
+        raise ProtocolError("bad_shape", f"{name}: buffer length does not match shape")
+    arr = np.frombuffer(data, dtype=fs.dtype).reshape(expected_shape)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError("non_finite", f"{name} holds NaN or inf")
+    if arr.dtype.kind == "b":
+        return arr
+    if fs.low is not None and arr.size and arr.min() < fs.low:
+        raise ProtocolError("out_of_range", f"{name} below {fs.low}")
+    if fs.high is not None and arr.size and arr.max() > fs.high:
+        raise ProtocolError("out_of_range", f"{name} above {fs.high}")
+    return arr
+
+
+# ---------------------------------------------------------------- episodes
+
+
+def encode_episode(record: EpisodeRecord) -> bytes:
+    msg = {
+        "v": PROTOCOL_VERSION,
+        "t": KIND_EPISODE,
+        "client": record.client_id,
+        "model_id": int(record.model_id),
+        "return": float(record.ret),
+        "length": int(record.length),
+        "time": float(record.time),
+        "info": {str(k): float(v) for k, v in record.info.items()},
+    }
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def _finite(value: Any, what: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ProtocolError("non_finite" if isinstance(value, float) else "bad_structure", what)
+    return float(value)
+
+
+def decode_episode(raw: Any, max_bytes: int = 65536) -> EpisodeRecord:
+    msg = _unpack(raw, max_bytes)
+    _header(msg, KIND_EPISODE)
+    client_id = _client_id(msg)
+    model_id = _model_id(msg)
+    ret = _finite(msg.get("return"), "return must be a finite number")
+    length = msg.get("length")
+    if type(length) is not int or not 0 < length <= INT64_MAX:
+        raise ProtocolError("bad_structure", "length must be a positive integer")
+    t = _finite(msg.get("time"), "time must be a finite number")
+    info = msg.get("info", {})
+    if not isinstance(info, dict) or len(info) > MAX_INFO_KEYS:
+        raise ProtocolError("bad_structure", f"info must be a map of at most {MAX_INFO_KEYS}")
+    clean = {}
+    for k, v in info.items():
+        if not isinstance(k, str) or not 0 < len(k) <= 64:
+            raise ProtocolError("bad_structure", "info keys must be short strings")
+        clean[k] = _finite(v, f"info {k[:20]} must be a finite number")
+    return EpisodeRecord(client_id, model_id, ret, length, clean, t)
+
+
+# ---------------------------------------------------------------- weights
+
+
+def encode_weights(
+    tensors: dict[str, Any], model_id: int, meta: dict[str, Any] | None = None
+) -> bytes:
+    """safetensors bytes of `tensors` (torch) with the model id and `meta` in the metadata."""
+    from safetensors.torch import save
+
+    metadata = {"model_id": str(int(model_id)), "protocol": str(PROTOCOL_VERSION)}
+    metadata.update({k: json.dumps(v) for k, v in (meta or {}).items()})
+    return save(tensors, metadata=metadata)
+
+
+def weights_metadata(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    """Read the safetensors header's metadata without touching the tensors."""
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) < 8:
+        raise ProtocolError("bad_structure", "weights blob too short")
+    if len(raw) > max_bytes:
+        raise ProtocolError("too_large", f"weights blob {len(raw)} bytes > {max_bytes}")
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    if hlen > min(len(raw) - 8, 100 << 20):
+        raise ProtocolError("bad_structure", "weights header length out of range")
+    try:
+        header = json.loads(raw[8 : 8 + hlen])
+        meta = header.get("__metadata__", {})
+        out: dict[str, Any] = {"model_id": int(meta["model_id"])}
+        for k, v in meta.items():
+            if k not in ("model_id", "protocol"):
+                out[k] = json.loads(v)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ProtocolError("bad_structure", f"weights metadata: {type(e).__name__}") from None
+    return out
+
+
+def decode_weights(
+    raw: bytes, expected: dict[str, tuple[int, ...]], max_bytes: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parse safetensors bytes; check names and shapes against `expected` and finiteness.
+
+    Returns (tensors, metadata). safetensors never executes code, unlike torch.load.
+    """
+    import torch
+    from safetensors.torch import load
+
+    meta = weights_metadata(raw, max_bytes)
+    try:
+        tensors = load(bytes(raw))
+    except Exception as e:  # safetensors raises its own error type on malformed input
+        raise ProtocolError("bad_structure", f"weights: {type(e).__name__}") from None
+    if set(tensors) != set(expected):
+        raise ProtocolError("bad_field", "weights hold other tensors than the model")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name]):
+            raise ProtocolError("bad_shape", f"weights {name}: {tuple(t.shape)}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ProtocolError("non_finite", f"weights {name}")
+    return tensors, meta
+
+
+# ---------------------------------------------------------------- commands
+
+
+def encode_command(cmd: str, **args: Any) -> bytes:
+    return json.dumps({"cmd": cmd, **args}).encode()
+
+
+def decode_command(raw: Any, allowed: set[str] | frozenset[str]) -> dict[str, Any]:
+    if not isinstance(raw, (bytes, str)) or len(raw) > MAX_COMMAND_BYTES:
+        raise ProtocolError("too_large", "command too large")
+    try:
+        msg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("not_json", "command is not JSON") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
+        raise ProtocolError("bad_structure", "command must be an object with a 'cmd' string")
+    if msg["cmd"] not in allowed:
+        raise ProtocolError("unknown_command", msg["cmd"][:32])
+    return msg

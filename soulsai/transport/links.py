@@ -1,0 +1,171 @@
+"""What each role does with Redis, as plain methods. Only transport/ imports redis.
+
+- ClientLink: a sampling client's view (config and weights in, experience and episodes out).
+- TrainerLink: the training node's view (experience in, weights/config/stats out, commands).
+- TelemetryLink: the telemetry node's view (episode stream with a cursor, stats, commands).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from soulsai.transport.keys import Keys
+
+# Errors a caller should treat as "Redis is away for now": retry later, lose nothing.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _Link:
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+
+    def model_id(self) -> int | None:
+        raw = _str(self.r.get(self.keys.model_id))
+        return int(raw) if raw is not None and raw.lstrip("-").isdigit() else None
+
+    def connected_clients(self) -> int:
+        return sum(1 for _ in self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000))
+
+    def client_heartbeats(self) -> dict[str, dict]:
+        out = {}
+        prefix = len(self.keys.heartbeat(""))
+        for key in self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000):
+            raw = self.r.get(key)
+            try:
+                out[_str(key)[prefix:]] = json.loads(raw) if raw else {}
+            except ValueError:
+                out[_str(key)[prefix:]] = {}
+        return out
+
+    def stats(self, which: str) -> dict[str, str]:
+        key = self.keys.trainer_stats if which == "trainer" else self.keys.telemetry_stats
+        return {_str(k): _str(v) for k, v in self.r.hgetall(key).items()}
+
+    def close(self) -> None:
+        self.r.close()
+
+
+class ClientLink(_Link):
+    def register(self) -> int:
+        """A fresh index for this client (epsilon ladder, seeds)."""
+        return int(self.r.incr(self.keys.client_seq)) - 1
+
+    def fetch_config(self) -> bytes | None:
+        return self.r.get(self.keys.config)
+
+    def fetch_weights(self) -> bytes | None:
+        return self.r.get(self.keys.weights)
+
+    def heartbeat(self, client_id: str, info: dict, ttl: float) -> None:
+        self.r.set(self.keys.heartbeat(client_id), json.dumps(info), px=int(ttl * 1000))
+
+    def push(self, samples: Iterable[bytes], episodes: Iterable[bytes], stream_maxlen: int) -> None:
+        """One round trip for a whole outbox; raises TRANSIENT errors for the caller to retry."""
+        pipe = self.r.pipeline(transaction=False)
+        for blob in samples:
+            pipe.lpush(self.keys.samples, blob)
+        for blob in episodes:
+            pipe.xadd(self.keys.episodes, {"m": blob}, maxlen=stream_maxlen, approximate=True)
+        pipe.execute()
+
+    def throttled(self) -> bool:
+        return bool(self.r.exists(self.keys.throttle))
+
+    def subscribe(self) -> redis.client.PubSub:
+        ps = self.r.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(self.keys.model_channel, self.keys.commands)
+        return ps
+
+
+class TrainerLink(_Link):
+    def pop_samples(self, count: int, block: float) -> list[bytes]:
+        """Up to `count` envelopes, oldest first; blocks up to `block` seconds when empty."""
+        got = self.r.rpop(self.keys.samples, count)
+        if got:
+            return list(got)
+        if block <= 0:
+            return []
+        item = self.r.brpop([self.keys.samples], timeout=block)
+        return [item[1]] if item else []
+
+    def queued_samples(self) -> int:
+        return int(self.r.llen(self.keys.samples))
+
+    def publish_weights(self, blob: bytes, model_id: int) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.keys.weights, blob)
+        pipe.set(self.keys.model_id, model_id)
+        pipe.publish(self.keys.model_channel, str(model_id))
+        pipe.execute()
+
+    def publish_config(self, config_json: str, run_info: dict[str, str]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.keys.config, config_json)
+        pipe.delete(self.keys.run)
+        pipe.hset(self.keys.run, mapping=run_info)
+        pipe.execute()
+
+    def set_stats(self, stats: dict[str, Any]) -> None:
+        self.r.hset(self.keys.trainer_stats, mapping={k: str(v) for k, v in stats.items()})
+
+    def pop_commands(self, count: int = 16) -> list[bytes]:
+        return list(self.r.rpop(self.keys.trainer_commands, count) or [])
+
+    def broadcast(self, command: bytes) -> None:
+        self.r.publish(self.keys.commands, command)
+
+    def set_throttle(self, on: bool, ttl: float = 3.0) -> None:
+        """Pause (or resume) the clients: a key with an expiry plus a notification."""
+        pipe = self.r.pipeline(transaction=False)
+        if on:
+            pipe.set(self.keys.throttle, 1, px=int(ttl * 1000))
+        else:
+            pipe.delete(self.keys.throttle)
+        pipe.publish(self.keys.commands, json.dumps({"cmd": "pause" if on else "resume"}))
+        pipe.execute()
+
+
+class TelemetryLink(_Link):
+    def read_episodes(self, cursor: str, count: int, block_ms: int) -> list[tuple[str, Any]]:
+        """Entries after `cursor` as (id, raw field map); the caller keeps the cursor."""
+        got = self.r.xread({self.keys.episodes: cursor}, count=count, block=block_ms)
+        if not got:
+            return []
+        return [(_str(eid), fields) for eid, fields in got[0][1]]
+
+    def run_info(self) -> dict[str, str]:
+        return {_str(k): _str(v) for k, v in self.r.hgetall(self.keys.run).items()}
+
+    def set_stats(self, stats: dict[str, Any]) -> None:
+        self.r.hset(self.keys.telemetry_stats, mapping={k: str(v) for k, v in stats.items()})
+
+    def trainer_env_steps(self) -> int:
+        raw = _str(self.r.hget(self.keys.trainer_stats, "env_steps"))
+        return int(raw) if raw and raw.isdigit() else 0
+
+    def send_trainer_command(self, command: bytes) -> None:
+        self.r.lpush(self.keys.trainer_commands, command)
+
+
+def wait_for(fn, timeout: float, interval: float = 0.2) -> Any:
+    """Call `fn` until it returns something truthy or `timeout` passes (then return None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
