@@ -226,7 +226,7 @@ def _announced_run_dir(cfg: Config, target: Any) -> Path:
     from soulsai.transport import TelemetryLink, open_link
     from soulsai.transport.links import wait_for
 
-    link = open_link(TelemetryLink, target, cfg.key_prefix, wait=30.0)
+    link = open_link(TelemetryLink, target, cfg.key_prefix, wait=cfg.connect_wait)
     info = wait_for(link.run_info, 120.0)
     if not info or "run_dir" not in info:
         raise ConnectionFailed("no training node announced a run folder (start it first)")

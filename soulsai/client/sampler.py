@@ -67,7 +67,8 @@ class Sampler:
     ) -> None:
         self.client_id = client_id or make_client_id()
         self.stop = stop
-        self.link = open_link(ClientLink, target, local_cfg.key_prefix, wait=30.0)
+        self.link = open_link(ClientLink, target, local_cfg.key_prefix,
+                              wait=local_cfg.connect_wait)
         raw = wait_for(self.link.fetch_config, local_cfg.client.config_wait)
         if raw is None:
             raise ConnectionFailed(

@@ -101,6 +101,7 @@ class Config(_Strict):
     redis_address: str = Field(min_length=1)
     redis_port: int = Field(ge=1, le=65535)
     redis_url: str | None
+    connect_wait: float = Field(ge=0.0, le=86400.0)
     key_prefix: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     save_dir: str
     max_steps: int = Field(ge=0)

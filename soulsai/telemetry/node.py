@@ -45,7 +45,7 @@ class TelemetryNode:
         self.cfg = cfg
         self.run_dir = run_dir
         self.stop = stop
-        self.link = open_link(TelemetryLink, target, cfg.key_prefix, wait=30.0)
+        self.link = open_link(TelemetryLink, target, cfg.key_prefix, wait=cfg.connect_wait)
         self.records: list[dict[str, Any]] = self._load_existing()
         self.unwritten: list[dict[str, Any]] = []
         self.cursor = str(self.records[-1].get("stream_id", "0-0")) if self.records else "0-0"

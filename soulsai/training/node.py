@@ -67,7 +67,7 @@ class DQNTrainingNode:
         torch.manual_seed(cfg.seed)
         if cfg.training.threads:
             torch.set_num_threads(cfg.training.threads)
-        self.link = open_link(TrainerLink, target, cfg.key_prefix, wait=30.0)
+        self.link = open_link(TrainerLink, target, cfg.key_prefix, wait=cfg.connect_wait)
         obs_space, act_space = env_spaces(cfg.env)
         self.spec = dqn_experience_spec(
             obs_space,

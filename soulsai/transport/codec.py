@@ -107,8 +107,9 @@ def _unpack(raw: Any, max_bytes: int) -> Any:
 def _header(msg: Any, kind: str) -> None:
     if not isinstance(msg, dict):
         raise ProtocolError("bad_structure", "top level is not a map")
-    if msg.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"version {msg.get('v')!r} != {PROTOCOL_VERSION}")
+    version = msg.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
+        raise ProtocolError("bad_version", f"version {version!r} != {PROTOCOL_VERSION}")
     if msg.get("t") != kind:
         raise ProtocolError("bad_kind", f"kind {msg.get('t')!r} != {kind!r}")
 
@@ -263,11 +264,15 @@ def weights_metadata(raw: bytes, max_bytes: int) -> dict[str, Any]:
     try:
         header = json.loads(raw[8 : 8 + hlen])
         meta = header.get("__metadata__", {})
-        out: dict[str, Any] = {"model_id": int(meta["model_id"])}
+        mid = meta["model_id"]
+        ok = isinstance(mid, str) and mid.isascii() and mid.isdigit() and len(mid) <= 19
+        if not ok or int(mid) > INT64_MAX:
+            raise ProtocolError("bad_structure", "weights model_id must be a non-negative integer")
+        out: dict[str, Any] = {"model_id": int(mid)}
         for k, v in meta.items():
             if k not in ("model_id", "protocol"):
                 out[k] = json.loads(v)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise ProtocolError("bad_structure", f"weights metadata: {type(e).__name__}") from None
     return out
 
@@ -305,11 +310,13 @@ def encode_command(cmd: str, **args: Any) -> bytes:
 
 
 def decode_command(raw: Any, allowed: set[str] | frozenset[str]) -> dict[str, Any]:
-    if not isinstance(raw, (bytes, str)) or len(raw) > MAX_COMMAND_BYTES:
+    if not isinstance(raw, (bytes, str)):
+        raise ProtocolError("bad_structure", f"command is {type(raw).__name__}, not bytes")
+    if len(raw) > MAX_COMMAND_BYTES:
         raise ProtocolError("too_large", "command too large")
     try:
         msg = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # deep nesting overflows json's recursion limit
         raise ProtocolError("not_json", "command is not JSON") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
         raise ProtocolError("bad_structure", "command must be an object with a 'cmd' string")

