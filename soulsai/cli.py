@@ -187,6 +187,32 @@ def train(
 
 
 @cli.command()
+@common_options
+@click.option("--no-progress", is_flag=True, help="No live status line (for logs).")
+def server(config_dir: Path | None, sets: tuple[str, ...], no_progress: bool, **named: Any) -> None:
+    """Run the training and telemetry nodes against the configured Redis until Ctrl-C.
+
+    Clients on other machines connect with `soulsai client` and the same redis.secret.
+    """
+    from soulsai.local import LocalStack
+
+    cfg, cdir, overrides = _load(config_dir, sets, **named)
+    _setup_logging(rich=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    stack = LocalStack(
+        cfg,
+        cdir,
+        overrides,
+        clients=0,
+        redis_mode="external",
+        progress=not no_progress,
+        stop_rules=False,
+    )
+    code = stack.run()
+    sys.exit(0 if code == 130 else code)
+
+
+@cli.command()
 @click.argument("role", type=click.Choice(["training", "telemetry"]))
 @common_options
 @click.option(

@@ -1,4 +1,4 @@
-"""`soulsai train`: the whole stack on one machine, as separate processes.
+"""`soulsai train` and `soulsai server`: the stack on one machine, as separate processes.
 
 embedded Redis -> training node + telemetry node -> N sampling clients, a progress bar, the
 stop rule (max steps or target rolling return), then an orderly shutdown and summary.json.
@@ -24,7 +24,7 @@ from soulsai.config import Config
 from soulsai.errors import SoulsaiError
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.codec import encode_command
-from soulsai.transport.connection import PASSWORD_ENV, SECRET_NAME, reachable
+from soulsai.transport.connection import PASSWORD_ENV, SECRET_NAME, connect, reachable
 from soulsai.transport.embedded import EmbeddedRedis, die_with_parent
 from soulsai.transport.links import TRANSIENT
 
@@ -72,6 +72,7 @@ class LocalStack:
     clients: int
     redis_mode: str = "auto"  # auto | embedded | external
     progress: bool = True
+    stop_rules: bool = True  # False for `soulsai server`: run until Ctrl-C or SIGTERM
     console: Console = field(default_factory=lambda: Console(stderr=True))
     children: list[Child] = field(default_factory=list)
 
@@ -135,6 +136,8 @@ class LocalStack:
     def _redis(self) -> tuple[EmbeddedRedis | None, RedisTarget]:
         configured = RedisTarget.from_config(self.cfg, self.config_dir)
         secret_given = (self.config_dir / SECRET_NAME).is_file() or os.environ.get(PASSWORD_ENV)
+        if self.redis_mode == "external":
+            connect(configured, wait=self.cfg.connect_wait).close()  # one-line error if not
         if self.redis_mode == "external" or (
             self.redis_mode == "auto"
             and (secret_given or self.cfg.redis_url)
@@ -142,8 +145,6 @@ class LocalStack:
         ):
             self.console.print(f"using Redis at {configured.describe()}")
             return None, configured
-        if self.redis_mode == "external":
-            raise SoulsaiError(f"cannot reach Redis at {configured.describe()}")
         redis = EmbeddedRedis().start()
         self.console.print(f"started embedded redis-server on 127.0.0.1:{redis.port}")
         return redis, redis.target
@@ -216,7 +217,7 @@ class LocalStack:
 
     def _watch(self, link: TelemetryLink, t0: float) -> str:
         cfg = self.cfg
-        total = cfg.max_steps or None
+        total = (cfg.max_steps or None) if self.stop_rules else None
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -249,15 +250,16 @@ class LocalStack:
                 if now - last_t >= 1.0:
                     sps = (steps - last_steps) / (now - last_t)
                     last_steps, last_t = steps, now
+                rolling = tel.get("rolling_return") or "-"
+                best = tel.get("best_rolling_return") or "-"
                 info = (
-                    f"ep {tel.get('episodes', 0)} | return(20) "
-                    f"{tel.get('rolling_return') or '-'} | best {tel.get('best_rolling_return') or '-'}"
+                    f"ep {tel.get('episodes', 0)} | return(20) {rolling} | best {best}"
                     f" | {sps:,.0f} steps/s | clients {trn.get('clients', 0)}"
                 )
                 bar.update(task, completed=steps, info=info)
-                if tel.get("solved") == "1":
+                if self.stop_rules and tel.get("solved") == "1":
                     return "target_return"
-                if cfg.max_steps and steps >= cfg.max_steps:
+                if self.stop_rules and cfg.max_steps and steps >= cfg.max_steps:
                     return "max_steps"
                 time.sleep(0.25)
 

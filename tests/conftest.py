@@ -62,14 +62,21 @@ class Procs:
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *args: str, password: str | None = None, name: str = "proc") -> subprocess.Popen:
+    def start(
+        self, *args: str, password: str | None = None, name: str = "proc"
+    ) -> subprocess.Popen:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop(PASSWORD_ENV, None)
         if password is not None:
             env[PASSWORD_ENV] = password
-        log = open(self.tmp_path / f"{name}-{len(self.procs)}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "soulsai", *args], stdout=log,
-                             stderr=subprocess.STDOUT, env=env, cwd=self.tmp_path)
+        log = open(self.tmp_path / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, "-m", "soulsai", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.tmp_path,
+        )
         p.log_path = log.name  # type: ignore[attr-defined]
         log.close()
         self.procs.append(p)

@@ -6,6 +6,7 @@ the config the training node publishes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -67,8 +68,7 @@ class Sampler:
     ) -> None:
         self.client_id = client_id or make_client_id()
         self.stop = stop
-        self.link = open_link(ClientLink, target, local_cfg.key_prefix,
-                              wait=local_cfg.connect_wait)
+        self.link = open_link(ClientLink, target, local_cfg.key_prefix, wait=local_cfg.connect_wait)
         raw = wait_for(self.link.fetch_config, local_cfg.client.config_wait)
         if raw is None:
             raise ConnectionFailed(
@@ -202,10 +202,8 @@ class Sampler:
         return obs
 
     def _recreate_env(self, accs: list, ep_ret: np.ndarray, ep_len: np.ndarray) -> np.ndarray:
-        try:
+        with contextlib.suppress(Exception):  # the crashed env may not close cleanly
             self.env.close()
-        except Exception:  # the crashed env may not close cleanly
-            pass
         self.env = make_vector_env(self.cfg.env)
         for acc in accs:
             acc.reset()

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -18,10 +17,23 @@ pytestmark = pytest.mark.integration
 
 
 def _node_args(redis_server, config_dir: Path, prefix: str, tmp_path: Path, *extra: str):
-    return ["--config-dir", str(config_dir), "--set", f"redis_port={redis_server.port}",
-            "--set", "redis_address=127.0.0.1", "--set", f"key_prefix={prefix}",
-            "--set", f"save_dir={tmp_path / 'saves'}", "--set", "training.metrics_port=0",
-            "--set", "telemetry.http_port=0", *extra]
+    return [
+        "--config-dir",
+        str(config_dir),
+        "--set",
+        f"redis_port={redis_server.port}",
+        "--set",
+        "redis_address=127.0.0.1",
+        "--set",
+        f"key_prefix={prefix}",
+        "--set",
+        f"save_dir={tmp_path / 'saves'}",
+        "--set",
+        "training.metrics_port=0",
+        "--set",
+        "telemetry.http_port=0",
+        *extra,
+    ]
 
 
 def _stats(rclient, key: str) -> dict[str, str]:
@@ -42,14 +54,23 @@ def _envelope(model_id: int, n: int = 8, **override) -> bytes:
     return encode_experience("tester", model_id, fields)
 
 
-def test_client_trainer_broadcast_and_hot_swap(redis_server, rclient, keys, prefix, config_dir,
-                                               procs, tmp_path):
-    args = _node_args(redis_server, config_dir, prefix, tmp_path,
-                      "--set", "dqn.learning_starts=200", "--set", "dqn.update_samples=128")
-    trainer = procs.start("node", "training", *args, password=redis_server.password,
-                          name="trainer")
-    client = procs.start("client", *args, "--client-id", "c1", password=redis_server.password,
-                         name="client")
+def test_client_trainer_broadcast_and_hot_swap(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    args = _node_args(
+        redis_server,
+        config_dir,
+        prefix,
+        tmp_path,
+        "--set",
+        "dqn.learning_starts=200",
+        "--set",
+        "dqn.update_samples=128",
+    )
+    trainer = procs.start("node", "training", *args, password=redis_server.password, name="trainer")
+    client = procs.start(
+        "client", *args, "--client-id", "c1", password=redis_server.password, name="client"
+    )
 
     def progressed():
         s = _stats(rclient, keys.trainer_stats)
@@ -59,8 +80,11 @@ def test_client_trainer_broadcast_and_hot_swap(redis_server, rclient, keys, pref
     assert int(stats["accepted"]) > 200
     assert json.loads(stats["rejected_by_reason"]) == {}
     # The client hot-swapped to a newer model: its heartbeat reports the model it samples with.
-    wait_until(lambda: json.loads(rclient.get(keys.heartbeat("c1")) or b"{}").get("model_id", 0)
-               >= 2, 30, "client to use a newer model")
+    wait_until(
+        lambda: json.loads(rclient.get(keys.heartbeat("c1")) or b"{}").get("model_id", 0) >= 2,
+        30,
+        "client to use a newer model",
+    )
     # The effective config is published for clients that only know the Redis address.
     published = json.loads(rclient.get(keys.config))
     assert published["key_prefix"] == prefix and published["env"]["id"] == "CartPole-v1"
@@ -72,14 +96,22 @@ def test_client_trainer_broadcast_and_hot_swap(redis_server, rclient, keys, pref
     wait_until(lambda: not rclient.exists(keys.heartbeat("c1")), 10, "heartbeat removal/expiry")
 
 
-def test_stale_future_and_garbage_are_counted_and_node_survives(redis_server, rclient, keys,
-                                                                prefix, config_dir, procs,
-                                                                tmp_path):
-    args = _node_args(redis_server, config_dir, prefix, tmp_path,
-                      "--set", "dqn.update_samples=8", "--set", "dqn.max_model_delay=1",
-                      "--set", "dqn.learning_starts=100000")
-    trainer = procs.start("node", "training", *args, password=redis_server.password,
-                          name="trainer")
+def test_stale_future_and_garbage_are_counted_and_node_survives(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    args = _node_args(
+        redis_server,
+        config_dir,
+        prefix,
+        tmp_path,
+        "--set",
+        "dqn.update_samples=8",
+        "--set",
+        "dqn.max_model_delay=1",
+        "--set",
+        "dqn.learning_starts=100000",
+    )
+    trainer = procs.start("node", "training", *args, password=redis_server.password, name="trainer")
     wait_until(lambda: rclient.get(keys.model_id) is not None, 60, "first weights")
     for _ in range(4):  # each accepted batch of 8 advances the model id by one
         mid = int(rclient.get(keys.model_id))
@@ -96,8 +128,14 @@ def test_stale_future_and_garbage_are_counted_and_node_survives(redis_server, rc
 
     def counted():
         r = json.loads(_stats(rclient, keys.trainer_stats).get("rejected_by_reason", "{}"))
-        want = {"stale_model", "future_model", "not_msgpack", "non_finite", "out_of_range",
-                "command_unknown_command"}
+        want = {
+            "stale_model",
+            "future_model",
+            "not_msgpack",
+            "non_finite",
+            "out_of_range",
+            "command_unknown_command",
+        }
         return want <= set(r) and r
 
     rejected = wait_until(counted, 20, "rejections to be counted")
@@ -105,28 +143,34 @@ def test_stale_future_and_garbage_are_counted_and_node_survives(redis_server, rc
     assert trainer.poll() is None, read_log(trainer)
     accepted_before = int(_stats(rclient, keys.trainer_stats)["accepted"])
     rclient.lpush(keys.samples, _envelope(int(rclient.get(keys.model_id))))
-    wait_until(lambda: int(_stats(rclient, keys.trainer_stats)["accepted"]) > accepted_before,
-               10, "a good message after the garbage to be accepted")
+    wait_until(
+        lambda: int(_stats(rclient, keys.trainer_stats)["accepted"]) > accepted_before,
+        10,
+        "a good message after the garbage to be accepted",
+    )
 
 
 def test_wrong_password_and_unreachable_are_one_line(redis_server, config_dir, tmp_path, procs):
     base = ["client", "--config-dir", str(config_dir), "--set", "redis_address=127.0.0.1"]
-    p = procs.start(*base, "--set", f"redis_port={redis_server.port}", password="wrong",
-                    name="wrongpw")
+    p = procs.start(
+        *base, "--set", f"redis_port={redis_server.port}", password="wrong", name="wrongpw"
+    )
     assert p.wait(60) == 1
     out = read_log(p).strip()
     assert "Traceback" not in out and len(out.splitlines()) == 1
     assert "refused the password" in out
 
-    p = procs.start(*base, "--set", "redis_port=1", "--set", "connect_wait=1", password="x",
-                    name="unreachable")
+    p = procs.start(
+        *base, "--set", "redis_port=1", "--set", "connect_wait=1", password="x", name="unreachable"
+    )
     assert p.wait(120) == 1
     out = read_log(p).strip()
     assert "Traceback" not in out and "cannot reach Redis at 127.0.0.1:1" in out
 
 
-def test_weights_on_the_wire_are_safetensors_not_pickle(redis_server, rclient, keys, prefix,
-                                                        config_dir, procs, tmp_path):
+def test_weights_on_the_wire_are_safetensors_not_pickle(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
     args = _node_args(redis_server, config_dir, prefix, tmp_path)
     procs.start("node", "training", *args, password=redis_server.password, name="trainer")
     blob = wait_until(lambda: rclient.get(keys.weights), 60, "weights")
@@ -142,10 +186,30 @@ def test_soulsai_train_learns_cartpole(tmp_path):
     """End to end: the one-command local run reaches a modest return in bounded time."""
     save = tmp_path / "saves"
     out = subprocess.run(
-        [sys.executable, "-m", "soulsai", "train", "--save-dir", str(save), "--max-steps",
-         "120000", "--target-return", "150", "--no-progress", "--redis", "embedded",
-         "--set", "training.metrics_port=0", "--set", "telemetry.http_port=0"],
-        capture_output=True, text=True, timeout=400, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "soulsai",
+            "train",
+            "--save-dir",
+            str(save),
+            "--max-steps",
+            "120000",
+            "--target-return",
+            "150",
+            "--no-progress",
+            "--redis",
+            "embedded",
+            "--set",
+            "training.metrics_port=0",
+            "--set",
+            "telemetry.http_port=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (run,) = save.iterdir()
     summary = json.loads((run / "summary.json").read_text())
