@@ -146,7 +146,7 @@ class DQNTrainingNode:
         d = cfg.dqn
         next_stats = next_log = 0.0
         last = {"t": time.monotonic(), "accepted": self.accepted, "updates": self.learner.updates}
-        published_at = self.accepted
+        published_at, published_updates = self.accepted, self.learner.updates
         try:
             while not self.stop.is_set():
                 self._merge_normalizer()
@@ -161,8 +161,10 @@ class DQNTrainingNode:
                 else:
                     self.data_ready.wait(0.01)
                     self.data_ready.clear()
-                if self.accepted - published_at >= d.update_samples:
-                    published_at = self.accepted
+                # Weights change only through updates: without learning, nothing to publish.
+                if (self.accepted - published_at >= d.update_samples
+                        and self.learner.updates > published_updates):
+                    published_at, published_updates = self.accepted, self.learner.updates
                     self.model_id += 1
                     self._publish()
                 now = time.monotonic()

@@ -109,7 +109,9 @@ def test_stale_future_and_garbage_are_counted_and_node_survives(
         "--set",
         "dqn.max_model_delay=1",
         "--set",
-        "dqn.learning_starts=100000",
+        "dqn.learning_starts=8",
+        "--set",
+        "dqn.batch_size=8",
     )
     trainer = procs.start("node", "training", *args, password=redis_server.password, name="trainer")
     wait_until(lambda: rclient.get(keys.model_id) is not None, 60, "first weights")
