@@ -54,17 +54,18 @@ def generator(port: int, password: str, prefix: str, obs_dim: int, n_actions: in
     """One load client: pipelines 16 envelopes per round trip with the newest model id."""
     r = redis.Redis(host="127.0.0.1", port=port, password=password)
     keys = Keys(prefix)
-    model_id, envs, next_check = -1, [], 0.0
+    model_id, envs, next_check, paused = -1, [], 0.0, False
     while time.time() < until:
         now = time.time()
         if now >= next_check:
-            next_check = now + 0.05
+            next_check = now + 0.005
             mid = int(r.get(keys.model_id) or 0)
             if mid != model_id:
                 model_id, envs = mid, _envelopes(obs_dim, n_actions, mid)
-            if honor_throttle and r.exists(keys.throttle):
-                time.sleep(0.01)
-                continue
+            paused = honor_throttle and bool(r.exists(keys.throttle))
+        if paused:
+            time.sleep(0.005)
+            continue
         pipe = r.pipeline(transaction=False)
         for i in range(16):
             pipe.lpush(keys.samples, envs[i % len(envs)])

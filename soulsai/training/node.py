@@ -193,7 +193,10 @@ class DQNTrainingNode:
             self.debt_base = self.accepted
             return 0
         owed = (self.accepted - self.debt_base) * d.replay_ratio / d.batch_size - self._paid
-        limit = 2 * d.max_update_debt  # beyond the throttle's reach: forgive the excess
+        # Paused clients stop new samples, but what is already queued in Redis still arrives:
+        # owe it too, so the replay ratio holds. Forgive only a debt no throttle can explain
+        # (clients that ignore it), or any beyond max_update_debt when throttling is off.
+        limit = (20 if d.throttle else 1) * d.max_update_debt
         if owed > limit:
             self.debt_base += (owed - limit) * d.batch_size / d.replay_ratio
             owed = limit
