@@ -83,7 +83,8 @@ class Sampler:
         self.n_actions = int(self.env.single_action_space.n)
         self.action_start = int(self.env.single_action_space.start)
         expected = expected_weight_shapes(self.cfg, tuple(obs_space.shape), self.n_actions)
-        self.outbox = Outbox(self.link, MAX_OUTBOX_MESSAGES, self.cfg.telemetry.stream_maxlen)
+        self.outbox = Outbox(self.link, MAX_OUTBOX_MESSAGES, self.cfg.telemetry.stream_maxlen,
+                             self.cfg.training.max_queue)
         self.steps = 0
         self.episodes = 0
         self.control = Control(
@@ -110,7 +111,7 @@ class Sampler:
             "model_id": self.control.model_id,
             "steps": self.steps,
             "episodes": self.episodes,
-            "dropped": self.outbox.dropped,
+            "dropped": self.outbox.dropped + self.outbox.trimmed,
             "time": time.time(),
         }
 
@@ -224,7 +225,9 @@ class Sampler:
 
     def _episode(self, ret: float, length: int, model_id: int, info: dict[str, float]) -> None:
         self.episodes += 1
-        record = EpisodeRecord(self.client_id, model_id, float(ret), int(length), info, time.time())
+        record = EpisodeRecord(
+            self.client_id, model_id, float(ret), int(length), info, time.time(), self.episodes
+        )
         self.outbox.put_episode(encode_episode(record))
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ class TrainingConfig(_Strict):
     max_message_bytes: int = Field(ge=1024, le=1 << 30)
     max_batch: int = Field(ge=1, le=1 << 20)
     intake_batch: int = Field(ge=1, le=100000)
+    max_queue: int = Field(ge=1, le=10_000_000)
     log_interval: float = Field(gt=0.0)
     device: str
     threads: int = Field(ge=0, le=256)
@@ -82,6 +83,33 @@ class DQNConfig(_Strict):
     normalize_obs: bool
 
 
+class PPOConfig(_Strict):
+    gamma: float = Field(gt=0.0, le=1.0)
+    gae_lambda: float = Field(ge=0.0, le=1.0)
+    lr: float = Field(gt=0.0, lt=1.0)
+    anneal_lr: bool
+    n_steps_total: int = Field(ge=1, le=10_000_000)
+    fragment_length: int = Field(ge=1, le=1 << 20)
+    num_minibatches: int = Field(ge=1)
+    update_epochs: int = Field(ge=1, le=1000)
+    clip_coef: float = Field(gt=0.0)
+    clip_vloss: bool
+    vf_coef: float = Field(ge=0.0)
+    ent_coef: float = Field(ge=0.0)
+    max_grad_norm: float = Field(gt=0.0)
+    target_kl: float | None = Field(gt=0.0)
+    norm_adv: bool
+    hidden: list[int] = Field(min_length=1)
+    shared_network: bool
+    activation: Literal["tanh", "relu"]
+    init_log_std: float = Field(ge=-20.0, le=5.0)
+    normalize_obs: bool
+    scale_rewards: bool
+    pause_clients: bool
+    client_timeout: float = Field(gt=0.0)
+    min_fraction: float = Field(gt=0.0, le=1.0)
+
+
 class CheckpointConfig(_Strict):
     every: int = Field(ge=0)
     save_buffer: bool
@@ -110,6 +138,7 @@ class Config(_Strict):
     client: ClientConfig
     training: TrainingConfig
     dqn: DQNConfig
+    ppo: PPOConfig
     checkpoint: CheckpointConfig
     telemetry: TelemetryConfig
 

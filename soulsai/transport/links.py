@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -71,14 +70,22 @@ class ClientLink(_Link):
     def heartbeat(self, client_id: str, info: dict, ttl: float) -> None:
         self.r.set(self.keys.heartbeat(client_id), json.dumps(info), px=int(ttl * 1000))
 
-    def push(self, samples: Iterable[bytes], episodes: Iterable[bytes], stream_maxlen: int) -> None:
-        """One round trip for a whole outbox; raises TRANSIENT errors for the caller to retry."""
+    def push(self, samples: list[bytes], episodes: list[bytes], stream_maxlen: int,
+             max_queue: int) -> int:
+        """One round trip for a whole outbox; raises TRANSIENT errors for the caller to retry.
+
+        The experience list is trimmed to its newest `max_queue` messages in the same round
+        trip, so a slow or stopped training node can never fill Redis's memory. Returns how
+        many queued messages that trim dropped (the oldest ones).
+        """
         pipe = self.r.pipeline(transaction=False)
-        for blob in samples:
-            pipe.lpush(self.keys.samples, blob)
+        if samples:
+            pipe.lpush(self.keys.samples, *samples)
+            pipe.ltrim(self.keys.samples, 0, max_queue - 1)
         for blob in episodes:
             pipe.xadd(self.keys.episodes, {"m": blob}, maxlen=stream_maxlen, approximate=True)
-        pipe.execute()
+        out = pipe.execute()
+        return max(0, int(out[0]) - max_queue) if samples else 0
 
     def throttled(self) -> bool:
         return bool(self.r.exists(self.keys.throttle))
