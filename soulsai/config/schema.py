@@ -115,12 +115,47 @@ class CheckpointConfig(_Strict):
     save_buffer: bool
 
 
+class WinsConfig(_Strict):
+    """An episode is a win when `record[key] <op> threshold` (e.g. info.boss_hp le 0)."""
+
+    key: str = Field(min_length=1)
+    op: Literal["gt", "ge", "lt", "le", "eq", "ne"]
+    threshold: float
+
+
 class TelemetryConfig(_Strict):
     http_port: int = Field(ge=0, le=65535)
     update_interval: int = Field(ge=1)
     moving_average: int = Field(ge=1)
     stream_maxlen: int = Field(ge=100)
     max_record_bytes: int = Field(ge=256)
+    metrics: list[str]
+    info_metrics: bool
+    wins: WinsConfig | None
+    log_keys: list[str]
+    figure_x: Literal["env_steps", "episode", "wall_time", "time"]
+    figure_y: list[str] = Field(min_length=1, max_length=8)
+    figure_interval: float = Field(ge=0.0)
+    best_key: str = Field(min_length=1)
+    best_interval: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _known_series(self) -> TelemetryConfig:
+        base = {"episode", "env_steps", "wall_time", "time"}
+        raw = set(self.metrics) | ({"wins"} if self.wins else set())
+        known = base | raw | {f"{k}_avg" for k in raw}
+        for field in ("log_keys", "figure_y"):
+            for name in getattr(self, field):
+                if name not in known and not (self.info_metrics and name.startswith("info.")):
+                    raise ValueError(
+                        f"{field}: unknown series {name!r}; known: {sorted(known)}"
+                        + (" and info.<key>[_avg]" if self.info_metrics else "")
+                    )
+        if self.best_key not in raw and not (
+            self.info_metrics and self.best_key.startswith("info.")
+        ):
+            raise ValueError(f"best_key: {self.best_key!r} is not among metrics {sorted(raw)}")
+        return self
 
 
 class Config(_Strict):
@@ -129,6 +164,11 @@ class Config(_Strict):
     redis_address: str = Field(min_length=1)
     redis_port: int = Field(ge=1, le=65535)
     redis_url: str | None
+    redis_username: str | None = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    redis_tls_ca: str | None
+    redis_tls_cert: str | None
+    redis_tls_key: str | None
+    redis_allow_insecure: bool
     connect_wait: float = Field(ge=0.0, le=86400.0)
     key_prefix: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     save_dir: str
