@@ -310,6 +310,64 @@ def quicksave(config_dir: Path | None, sets: tuple[str, ...], buffer: bool) -> N
     click.echo(request_quicksave(cfg, cdir, buffer))
 
 
+@cli.command()
+@click.option(
+    "--config-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder with redis.secret (and the config, for key_prefix).",
+)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="ACL file to write [default: <config-dir>/users.acl].",
+)
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="First add 'user trainer' and 'user client' lines with fresh passwords to "
+    "redis.secret where missing.",
+)
+@click.option(
+    "--client-secret",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write a secret file for client machines holding only the client user.",
+)
+@click.option(
+    "--prefix",
+    "prefixes",
+    multiple=True,
+    help="Key prefix the users may use (repeatable) [default: key_prefix].",
+)
+def acl(
+    config_dir: Path | None,
+    sets: tuple[str, ...],
+    out: Path | None,
+    generate: bool,
+    client_secret: Path | None,
+    prefixes: tuple[str, ...],
+) -> None:
+    """Write Redis ACL users (trainer, client, optional admin) from redis.secret.
+
+    The file holds password hashes only; Redis >= 7.0 loads it (`aclfile` or as a config
+    file). Nodes then log in with redis_username: trainer, clients with redis_username:
+    client (see docs/deployment.md).
+    """
+    from soulsai.transport.acl import write_acl
+
+    cfg, cdir, _ = _load(config_dir, sets)
+    _setup_logging()
+    res = write_acl(cdir, list(prefixes) or [cfg.key_prefix], out, generate, client_secret)
+    if res.generated:
+        click.echo(f"added users {', '.join(res.generated)} to {cdir / 'redis.secret'}")
+    click.echo(f"wrote {res.acl_file} (users: default off, {', '.join(res.users)})")
+    if res.client_secret:
+        click.echo(f"wrote {res.client_secret}: copy it to client machines as config/redis.secret")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
