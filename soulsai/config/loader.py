@@ -95,14 +95,25 @@ def _sets_to_dict(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _describe(err: dict, origin: dict, defaults_path: Path) -> str:
+def _source(loc: tuple, origin: dict, rank: dict[str, int]) -> str | None:
+    """Who set `loc`: the latest source of it or anything under it, else of its nearest parent.
+
+    A cross-field error on a section (e.g. `client`) blames the override that changed the
+    section, not the defaults file that first created it.
+    """
+    under = [src for path, src in origin.items() if path[: len(loc)] == loc]
+    if loc and under:
+        return max(under, key=lambda src: rank.get(src, -1))
+    for n in range(len(loc) - 1, 0, -1):
+        if loc[:n] in origin:
+            return origin[loc[:n]]
+    return None
+
+
+def _describe(err: dict, origin: dict, defaults_path: Path, rank: dict[str, int]) -> str:
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc) if loc else "(top level)"
-    source = None
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in origin:
-            source = origin[loc[:n]]
-            break
+    source = _source(loc, origin, rank)
     if err["type"] == "missing":
         source = source or str(defaults_path)
         return f"config error in {source}: key '{key}' is missing"
@@ -139,7 +150,8 @@ def load_config(config_dir: Path | str | None = None, overrides: list[str] | Non
         return Config.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
-        first = _describe(errors[0], origin, defaults_path)
+        rank = {str(defaults_path): 0, str(user_path): 1, SET_SOURCE: 2}
+        first = _describe(errors[0], origin, defaults_path, rank)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None
 
