@@ -1,4 +1,4 @@
-"""The training figure: raw values faint, moving average bold, one panel per key."""
+"""The training figure: one panel per series, raw values faint, moving average bold."""
 
 from __future__ import annotations
 
@@ -12,38 +12,50 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from soulsai.run import atomic_write_bytes  # noqa: E402
+from soulsai.telemetry.stats import AVG, EpisodeStats, downsample  # noqa: E402
+
+MAX_POINTS = 4000  # per curve; more than a 9-inch figure at 90 dpi can show
 
 
-def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last `window` values at each point (fewer at the start)."""
-    if len(values) == 0:
-        return values.astype(float)
-    c = np.cumsum(np.insert(values.astype(float), 0, 0.0))
-    idx = np.arange(1, len(values) + 1)
-    lo = np.maximum(idx - window, 0)
-    return (c[idx] - c[lo]) / (idx - lo)
+def draw_stats(path: Path, stats: EpisodeStats, x_key: str, y_keys: list[str], title: str) -> None:
+    """Render the configured panels of `stats` and write the PNG atomically."""
+    with stats.lock:
+        x = stats.view(x_key)
+        panels = [(k, stats.view(k), stats.view(k + AVG)) for k in y_keys]
+    if x is None:
+        return
+    draw(path, x, panels, x_key, stats.window, title)
 
 
 def draw(
-    path: Path, records: list[dict], x_key: str, y_keys: list[str], window: int, title: str
+    path: Path,
+    x: np.ndarray,
+    panels: list[tuple[str, np.ndarray | None, np.ndarray | None]],
+    x_label: str,
+    window: int,
+    title: str,
 ) -> None:
-    """Render `records` and write the PNG atomically."""
-    fig, axes = plt.subplots(len(y_keys), 1, figsize=(9, 3.2 * len(y_keys)), squeeze=False)
-    x = np.asarray([r.get(x_key, i) for i, r in enumerate(records)], dtype=float)
-    for ax, key in zip(axes[:, 0], y_keys, strict=True):
-        y = np.asarray([r.get(key, np.nan) for r in records], dtype=float)
-        ax.plot(x, y, color="tab:blue", alpha=0.25, linewidth=0.8, label=key)
-        ax.plot(
-            x,
-            moving_average(np.nan_to_num(y), window),
-            color="tab:blue",
-            linewidth=2.0,
-            label=f"{key} (mean of {window})",
-        )
-        ax.set_ylabel(key)
+    """panels: (name, raw values, moving average) per panel, all aligned with `x`."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    for ax, (name, raw, avg) in zip(axes[:, 0], panels, strict=True):
+        if raw is not None:
+            ax.plot(
+                *downsample(x, raw, MAX_POINTS), color="tab:blue", alpha=0.25, lw=0.8, label=name
+            )
+        if avg is not None:
+            ax.plot(
+                *downsample(x, avg, MAX_POINTS),
+                color="tab:blue",
+                lw=2.0,
+                label=f"{name} (mean of {window})",
+            )
+        if raw is None and avg is None:
+            ax.text(0.5, 0.5, f"no values for {name} yet", ha="center", transform=ax.transAxes)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
-    axes[-1, 0].set_xlabel(x_key)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel(x_label)
     axes[0, 0].set_title(title)
     fig.tight_layout()
     buf = io.BytesIO()

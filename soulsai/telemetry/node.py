@@ -1,25 +1,29 @@
-"""The telemetry node: episode stream -> statistics -> episodes.jsonl, figure, best-model command.
+"""The telemetry node: episode stream -> statistics -> episodes.jsonl, figure, best-model command,
+live page, Grafana source and /metrics.
 
 Episodes arrive on a Redis stream and are read with a cursor, so a telemetry node that is down
-or slow loses nothing: on restart it continues after the last record it wrote to disk.
+or slow loses nothing: on restart it continues after the last record it wrote to disk (see
+stream.py for what happens when Redis itself was restarted or replaced).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.errors import ProtocolError
 from soulsai.metrics import NodeMetrics
-from soulsai.telemetry.figures import draw
+from soulsai.telemetry.figures import draw_stats
+from soulsai.telemetry.stats import EpisodeStats, SystemSeries, stream_seconds
+from soulsai.telemetry.stream import START, SeenRecords, StreamCursor
 from soulsai.training.intake import RateLimitedLog
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.codec import decode_episode, encode_command
@@ -27,15 +31,42 @@ from soulsai.transport.links import TRANSIENT
 
 log = logging.getLogger(__name__)
 
-BEST_MIN_EPISODES_BETWEEN = 10  # debounce for save_best on a rising curve
+READ_BATCH = 500  # stream entries per read
+SAMPLE_EVERY = 1.0  # seconds between samples of steps/s and connected clients
+CHECK_EVERY = 2.0  # seconds between checks of the stream position while idle
 METRICS = {
     "episodes": "episodes received",
-    "env_steps": "env steps at the last episode",
+    "env_steps": "env steps (training node's total)",
     "last_return": "return of the last episode",
     "rolling_return": "moving-average return",
     "best_rolling_return": "best moving-average return so far",
     "clients": "connected sampling clients",
+    "steps_per_s": "env steps per second",
+    "missing": "episodes numbered by a client that never arrived",
+    "duplicates": "episode records received twice and skipped",
 }
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Records in episodes.jsonl. A torn last line (a crash mid-write) is cut off, so the
+    next append starts on a fresh line; the stream still holds that record."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("cutting a torn last line (%d bytes) off %s", len(data) - end, path)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    out = []
+    for line in data[:end].splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "time" in rec and "client_id" in rec:
+            out.append(rec)
+    return out
 
 
 class TelemetryNode:
@@ -43,140 +74,262 @@ class TelemetryNode:
         self, cfg: Config, target: RedisTarget, run_dir: Path, stop: threading.Event
     ) -> None:
         self.cfg = cfg
+        self.tcfg = cfg.telemetry
         self.run_dir = run_dir
         self.stop = stop
         self.link = open_link(TelemetryLink, target, cfg.key_prefix, wait=cfg.connect_wait)
-        self.records: list[dict[str, Any]] = self._load_existing()
+        self.stats = EpisodeStats(self.tcfg, cfg.target_return)
+        self.system = SystemSeries()
+        # approximate trimming (MAXLEN ~) may keep a little more than stream_maxlen
+        maxlen = self.tcfg.stream_maxlen
+        self.seen = SeenRecords(window=maxlen + maxlen // 10 + 1000)
+        records = load_records(run_dir / runfolder.EPISODES_FILE)
+        for rec in records:
+            self.stats.add(rec)
+        self.seen.load(records)
+        self.episodes = len(records)
+        cursor = str(records[-1].get("stream_id") or START) if records else START
+        self.cursor = StreamCursor(self.link, cursor)
+        self.t0 = self._start_time(records[0]) if records else None
+        self.env_steps = int(records[-1].get("env_steps") or 0) if records else 0
         self.unwritten: list[dict[str, Any]] = []
-        self.cursor = str(self.records[-1].get("stream_id", "0-0")) if self.records else "0-0"
-        self.returns = [float(r["return"]) for r in self.records]
-        self.best = -float("inf")
-        self.best_saved_at = -BEST_MIN_EPISODES_BETWEEN
-        self.solved = False
+        self.pending_commands: list[bytes] = []
         self.rejected: dict[str, int] = {}
         self.metrics = NodeMetrics("telemetry", METRICS)
+        self.clients: set[str] | None = None
+        self.last_draw = -math.inf
         self._log = RateLimitedLog(log)
+        self.http: Any = None
 
-    def _load_existing(self) -> list[dict[str, Any]]:
-        path = self.run_dir / runfolder.EPISODES_FILE
-        if not path.is_file():
-            return []
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line from a crash; the stream still has the record
-        return out
+    @staticmethod
+    def _start_time(first: dict[str, Any]) -> float | None:
+        received = stream_seconds(first.get("stream_id")) or first.get("time")
+        wall = first.get("wall_time")
+        if isinstance(received, (int, float)):
+            return float(received) - (float(wall) if isinstance(wall, (int, float)) else 0.0)
+        return None
 
-    def rolling(self) -> float | None:
-        w = self.cfg.telemetry.moving_average
-        if len(self.returns) < w:
-            return None
-        return float(np.mean(self.returns[-w:]))
+    # ---------------------------------------------------------------- main loop
 
     def run(self) -> None:
-        self.metrics.serve(self.cfg.telemetry.http_port, "telemetry.http_port")
+        self._start_http()
         log.info(
-            "telemetry node up, run folder %s, %d episodes on disk", self.run_dir, len(self.records)
+            "telemetry node up, run folder %s, %d episodes on disk, stream position %s",
+            self.run_dir,
+            self.episodes,
+            self.cursor.cursor,
         )
-        backoff = 0.1
+        backoff, last_sample, last_check = 0.1, -math.inf, -math.inf
+        must_check = True
         try:
             while not self.stop.is_set():
                 try:
-                    self.poll()
+                    if must_check or time.monotonic() - last_check >= CHECK_EVERY:
+                        self.cursor.check()
+                        must_check, last_check = False, time.monotonic()
+                    got = self.poll()
+                    if got:
+                        last_check = time.monotonic()  # records flow: the position is fine
+                    if time.monotonic() - last_sample >= SAMPLE_EVERY:
+                        self.sample()
+                        last_sample = time.monotonic()
                     backoff = 0.1
                 except TRANSIENT as e:
-                    self._log.warning("redis", f"telemetry cannot read Redis ({type(e).__name__})")
+                    self._log.warning("redis", f"telemetry cannot reach Redis ({type(e).__name__})")
+                    must_check = True  # Redis may come back as a different (empty) server
                     self.stop.wait(backoff)
                     backoff = min(2 * backoff, 5.0)
         finally:
-            self.flush()
+            self.flush(final=True)
+            if self.http is not None:
+                self.http.stop()
+
+    def _start_http(self) -> None:
+        port = self.tcfg.http_port
+        if port == 0:
+            return
+        from soulsai.telemetry.web import HttpServer, WebState, make_app
+
+        state = WebState(
+            stats=self.stats,
+            system=self.system,
+            summary=self.summary,
+            x_key=self.tcfg.figure_x,
+            y_keys=list(self.tcfg.figure_y),
+            title=self._title(),
+            registry=self.metrics.registry,
+        )
+        self.http = HttpServer(make_app(state), port, "telemetry.http_port").start()
+        log.info(
+            "live page http://localhost:%d/  Grafana source http://localhost:%d/grafana  "
+            "metrics /metrics",
+            self.http.port,
+            self.http.port,
+        )
 
     def poll(self, block_ms: int = 500) -> int:
-        """Read and process the next records; returns how many were processed."""
-        entries = self.link.read_episodes(self.cursor, count=500, block_ms=block_ms)
+        """Read and process the next records; returns how many stream entries were handled."""
+        entries = self.cursor.read(READ_BATCH, block_ms)
         if not entries:
             return 0
-        env_steps = self.link.trainer_env_steps()
+        self.env_steps = max(self.env_steps, self.link.trainer_env_steps())
         for entry_id, fields in entries:
-            self.cursor = entry_id
             raw = fields.get(b"m") if isinstance(fields, dict) else None
             try:
-                rec = decode_episode(raw, self.cfg.telemetry.max_record_bytes)
+                rec = decode_episode(raw, self.tcfg.max_record_bytes).as_dict()
             except ProtocolError as e:
                 self.rejected[e.reason] = self.rejected.get(e.reason, 0) + 1
                 self._log.warning(e.reason, f"rejected episode record: {e}")
-                continue
-            self._add(rec.as_dict(), env_steps, entry_id)
-        self._after_batch(env_steps)
+            else:
+                if self.seen.add(rec):
+                    self._add(rec, entry_id)
+            self.cursor.cursor = entry_id
+        self._check_best()
+        self._send_commands()
+        self._publish()
+        if len(self.unwritten) >= self.tcfg.update_interval:
+            self.flush()
         return len(entries)
 
-    def _add(self, rec: dict[str, Any], env_steps: int, entry_id: str) -> None:
+    def _add(self, rec: dict[str, Any], entry_id: str) -> None:
+        received = stream_seconds(entry_id) or time.time()
+        if self.t0 is None:
+            started = self._run_started()
+            self.t0 = started if started is not None and started <= received else received
+        self.episodes += 1
         rec = {
-            "episode": len(self.records) + 1,
+            "episode": self.episodes,
             **rec,
-            "env_steps": env_steps,
+            "env_steps": self.env_steps,
+            "wall_time": round(received - self.t0, 3),
             "stream_id": entry_id,
         }
-        self.records.append(rec)
+        self.stats.add(rec)
         self.unwritten.append(rec)
-        self.returns.append(float(rec["return"]))
-        rolling = self.rolling()
-        if rolling is not None and rolling > self.best:
-            self.best = rolling
-            n = len(self.records)
-            if n - self.best_saved_at >= BEST_MIN_EPISODES_BETWEEN:
-                self.best_saved_at = n
-                self.link.send_trainer_command(
-                    encode_command("save_best", key="return", value=rolling, episode=n)
-                )
-        target = self.cfg.target_return
-        if target is not None and rolling is not None and rolling >= target:
-            self.solved = True
 
-    def _after_batch(self, env_steps: int) -> None:
-        rolling = self.rolling()
-        stats = {
-            "episodes": len(self.records),
-            "env_steps": env_steps,
-            "last_return": self.returns[-1] if self.returns else "",
-            "rolling_return": "" if rolling is None else round(rolling, 4),
-            "best_rolling_return": "" if self.best == -float("inf") else round(self.best, 4),
-            "solved": int(self.solved),
-            "rejected": sum(self.rejected.values()),
-        }
-        self.link.set_stats(stats)
-        self.metrics.set_all({k: v for k, v in stats.items() if v != ""}, self.rejected)
-        if len(self.unwritten) >= self.cfg.telemetry.update_interval:
-            self.flush()
-
-    def flush(self) -> None:
-        """Append unwritten records to episodes.jsonl and redraw the figure."""
-        if self.unwritten:
-            lines = "".join(json.dumps(r) + "\n" for r in self.unwritten)
-            with open(self.run_dir / runfolder.EPISODES_FILE, "a", encoding="utf-8") as f:
-                f.write(lines)  # one write of whole lines; readers never see half a record
-            self.unwritten = []
-        if self.records:
-            draw(
-                self.run_dir / runfolder.FIGURE_FILE,
-                self.records,
-                "env_steps",
-                ["return", "length"],
-                self.cfg.telemetry.moving_average,
-                f"{self.cfg.algo} on {self.cfg.env.id}",
+    def _check_best(self) -> None:
+        if not self.unwritten:
+            return
+        value = self.stats.best_due(self.unwritten[-1])
+        if value is not None:
+            key = self.tcfg.best_key
+            log.info("new best %s moving average %.4g at episode %d", key, value, self.episodes)
+            self.pending_commands.append(
+                encode_command("save_best", key=key, value=value, episode=self.episodes)
             )
+
+    def _run_started(self) -> float | None:
+        """When the training node started the run (the hash it publishes), if known."""
+        try:
+            started = float(self.link.run_info().get("started") or "")
+        except ValueError:
+            return None
+        return started if math.isfinite(started) else None
+
+    def _send_commands(self) -> None:
+        while self.pending_commands:
+            self.link.send_trainer_command(self.pending_commands[0])  # TRANSIENT: retried later
+            self.pending_commands.pop(0)
+
+    def sample(self) -> None:
+        """Steps/s and connected clients over time; heartbeat changes become annotations."""
+        now = time.time()
+        self.env_steps = max(self.env_steps, self.link.trainer_env_steps())
+        ids = self.link.client_ids()
+        if self.clients is not None:
+            for cid in sorted(ids - self.clients):
+                self.stats.note_client(cid, True, now)
+            for cid in sorted(self.clients - ids):
+                self.stats.note_client(cid, False, now)
+        self.clients = ids
+        self.system.sample(now, self.env_steps, len(ids))
+        self._publish()
+
+    # ---------------------------------------------------------------- outputs
+
+    def summary(self) -> dict[str, Any]:
+        """The latest numbers (None where there is nothing yet)."""
+        stats = self.stats
+        with stats.lock:
+            return {
+                "episodes": self.episodes,
+                "env_steps": self.env_steps,
+                "last_return": stats.latest("return"),
+                "rolling_return": stats.rolling("return"),
+                "best_rolling_return": stats.best_return,
+                "best_key": self.tcfg.best_key,
+                "best_value": stats.best_value(),
+                "solved": stats.solved,
+                "target_return": self.cfg.target_return,
+                "clients": self.system.latest("clients"),
+                "steps_per_s": self.system.latest("steps_per_s"),
+                "rejected": sum(self.rejected.values()),
+                "missing": self.seen.missing,
+                "duplicates": self.seen.duplicates,
+                "wall_time": None if self.t0 is None else round(time.time() - self.t0, 1),
+            }
+
+    def _publish(self) -> None:
+        s = self.summary()
+        numbers = {k: v for k, v in s.items() if isinstance(v, (int, float)) and v is not None}
+        self.metrics.set_all(numbers, self.rejected)
+        fields = (
+            "episodes", "env_steps", "last_return", "rolling_return", "best_rolling_return",
+            "rejected", "missing", "duplicates",
+        )  # fmt: skip
+        out: dict[str, Any] = {k: "" if s[k] is None else _round(s[k]) for k in fields}
+        out["solved"] = int(bool(s["solved"]))
+        self.link.set_stats(out)
+
+    def flush(self, final: bool = False) -> None:
+        """Append unwritten records to episodes.jsonl, log `log_keys`, redraw the figure (at
+        most every `figure_interval` seconds, always when `final`), write summary.json."""
+        if self.unwritten:
+            lines = "".join(json.dumps(r) + "\n" for r in self.unwritten).encode()
+            fd = os.open(
+                self.run_dir / runfolder.EPISODES_FILE,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                0o644,
+            )
+            try:
+                os.write(fd, lines)  # one write of whole lines: readers never see half a record
+            finally:
+                os.close(fd)
+            self.unwritten = []
+            self._log_update()
+        now = time.monotonic()
+        if self.stats.n and (final or now - self.last_draw >= self.tcfg.figure_interval):
+            draw_stats(
+                self.run_dir / runfolder.FIGURE_FILE,
+                self.stats,
+                self.tcfg.figure_x,
+                list(self.tcfg.figure_y),
+                self._title(),
+            )
+            self.last_draw = time.monotonic()
         self.write_summary()
 
-    def write_summary(self, wall_seconds: float | None = None) -> None:
-        started = self.records[0]["time"] if self.records else time.time()
+    def _log_update(self) -> None:
+        parts = [f"episode {self.episodes}", f"env steps {self.env_steps}"]
+        for key in self.tcfg.log_keys:
+            value = self.stats.latest(key)
+            parts.append(f"{key} {'-' if value is None else f'{value:.4g}'}")
+        log.info(" | ".join(parts))
+
+    def write_summary(self) -> None:
         runfolder.write_summary(
             self.run_dir,
-            solved=self.solved,
-            env_steps=self.records[-1]["env_steps"] if self.records else 0,
-            episodes=len(self.records),
-            wall_seconds=wall_seconds if wall_seconds is not None else time.time() - started,
-            best_rolling_return=None if self.best == -float("inf") else self.best,
+            solved=self.stats.solved,
+            env_steps=self.env_steps,
+            episodes=self.episodes,
+            wall_seconds=0.0 if self.t0 is None else time.time() - self.t0,
+            best_rolling_return=self.stats.best_return,
             target_return=self.cfg.target_return,
         )
+
+    def _title(self) -> str:
+        return f"{self.cfg.algo} on {self.cfg.env.id} ({self.run_dir.name})"
+
+
+def _round(v: float) -> float:
+    return round(v, 4) if isinstance(v, float) else v

@@ -69,16 +69,20 @@ class EpisodeRecord:
     length: int
     info: dict[str, float]
     time: float
+    client_episode: int | None = None  # the client's own 1-based episode count (optional)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "return": self.ret,
             "length": self.length,
             "model_id": self.model_id,
             "client_id": self.client_id,
             "time": self.time,
-            **{f"info.{k}": v for k, v in self.info.items()},
         }
+        if self.client_episode is not None:
+            out["client_episode"] = self.client_episode
+        out.update({f"info.{k}": v for k, v in self.info.items()})
+        return out
 
 
 def _unpack(raw: Any, max_bytes: int) -> Any:
@@ -208,6 +212,8 @@ def encode_episode(record: EpisodeRecord) -> bytes:
         "time": float(record.time),
         "info": {str(k): float(v) for k, v in record.info.items()},
     }
+    if record.client_episode is not None:
+        msg["client_episode"] = int(record.client_episode)
     return msgpack.packb(msg, use_bin_type=True)
 
 
@@ -235,7 +241,10 @@ def decode_episode(raw: Any, max_bytes: int = 65536) -> EpisodeRecord:
         if not isinstance(k, str) or not 0 < len(k) <= 64:
             raise ProtocolError("bad_structure", "info keys must be short strings")
         clean[k] = _finite(v, f"info {k[:20]} must be a finite number")
-    return EpisodeRecord(client_id, model_id, ret, length, clean, t)
+    seq = msg.get("client_episode")  # optional within protocol v1; older clients omit it
+    if seq is not None and (type(seq) is not int or not 0 < seq <= INT64_MAX):
+        raise ProtocolError("bad_structure", "client_episode must be a positive integer")
+    return EpisodeRecord(client_id, model_id, ret, length, clean, t, seq)
 
 
 # ---------------------------------------------------------------- weights

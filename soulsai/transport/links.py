@@ -165,6 +165,22 @@ class TelemetryLink(_Link):
     def send_trainer_command(self, command: bytes) -> None:
         self.r.lpush(self.keys.trainer_commands, command)
 
+    def stream_bounds(self) -> tuple[str | None, str] | None:
+        """(id of the oldest entry or None if empty, last generated id) of the episode stream;
+        None when the stream does not exist (a new or flushed Redis)."""
+        try:
+            info = self.r.xinfo_stream(self.keys.episodes)
+        except redis.ResponseError:  # no such key
+            return None
+        first = info.get("first-entry")
+        return (_str(first[0]) if first else None), str(_str(info.get("last-generated-id")))
+
+    def client_ids(self) -> set[str]:
+        """Ids of the clients whose heartbeat key exists."""
+        n = len(self.keys.heartbeat(""))
+        keys = self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000)
+        return {str(_str(k))[n:] for k in keys}
+
 
 def wait_for(fn, timeout: float, interval: float = 0.2) -> Any:
     """Call `fn` until it returns something truthy or `timeout` passes (then return None)."""

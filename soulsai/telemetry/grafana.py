@@ -1,0 +1,333 @@
+"""Grafana data source, mounted under /grafana (the URL to enter in Grafana).
+
+Speaks both JSON plugins as they are:
+- simpod-json-datasource: GET / (health), POST /metrics, /metric-payload-options, /query,
+  /variable, /tag-keys, /tag-values;
+- the older SimpleJSON: POST /search, /query (`"type": "timeserie"` or `"table"`),
+  /annotations.
+
+Every per-episode series and its moving average (`<key>_avg`) is a target, plus the sampled
+`steps_per_s` and `clients`; the time axis is when Redis received the episode. Queries honour
+`range` and `maxDataPoints` by down-sampling (bucket means by default; the `aggregate`
+payload picks min, max or last). An ad hoc filter on `client_id` restricts episode series to
+those clients, moving averages recomputed over what is left. Best-model saves and client
+joins/leaves are annotations (and the `annotations` target, for the newer plugin's
+annotation queries, which go through /query).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Body
+
+from soulsai.telemetry.stats import (
+    AGGREGATES,
+    AVG,
+    EpisodeStats,
+    Event,
+    SystemSeries,
+    bucket_edges,
+    downsample,
+    in_range,
+    moving_average,
+    reduce_buckets,
+)
+
+SYSTEM_SERIES = ("steps_per_s", "clients")
+TAG_KEYS = ("client_id",)
+ANNOTATIONS = "annotations"
+DEFAULT_POINTS = 1000
+MAX_POINTS = 100_000
+
+
+# ---------------------------------------------------------------------- request parsing
+
+
+def parse_time(value: Any) -> float | None:
+    """Grafana's range bounds: ISO 8601 strings ("2016-10-31T06:33:44.866Z"), or epoch ms."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value) / 1000.0
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text) / 1000.0
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def time_range(body: dict[str, Any]) -> tuple[float | None, float | None]:
+    rng = body.get("range")
+    if not isinstance(rng, dict):
+        return None, None
+    return parse_time(rng.get("from")), parse_time(rng.get("to"))
+
+
+def max_points(body: dict[str, Any]) -> int:
+    raw = body.get("maxDataPoints")
+    if isinstance(raw, (int, float)) and math.isfinite(raw) and raw >= 1:
+        return int(min(raw, MAX_POINTS))
+    return DEFAULT_POINTS
+
+
+def _payload(target: dict[str, Any]) -> dict[str, Any]:
+    """A target's extra options: `payload` (simpod >= 0.3, an object or a JSON string) or
+    `data` (older releases)."""
+    for key in ("payload", "data"):
+        value = target.get(key)
+        if isinstance(value, str) and value.strip():
+            try:
+                value = json.loads(value)
+            except ValueError:
+                continue
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def expand_target(name: str) -> list[str]:
+    """A multi-value template variable arrives as "{a,b}"."""
+    name = name.strip()
+    if name.startswith("{") and name.endswith("}"):
+        return [part.strip() for part in name[1:-1].split(",") if part.strip()]
+    return [name] if name else []
+
+
+def client_filter(stats: EpisodeStats, filters: Any) -> list[str] | None:
+    """Clients selected by ad hoc filters on client_id (None: no such filter)."""
+    if not isinstance(filters, list):
+        return None
+    selected: list[str] | None = None
+    for f in filters:
+        if not isinstance(f, dict) or f.get("key") != "client_id":
+            continue
+        op, value = str(f.get("operator", "=")), str(f.get("value", ""))
+        pool = selected if selected is not None else list(stats.clients)
+        if op == "=":
+            selected = [c for c in pool if c == value]
+        elif op == "!=":
+            selected = [c for c in pool if c != value]
+        elif op in ("=~", "!~"):
+            try:
+                rx = re.compile(value)
+            except re.error:
+                continue
+            selected = [c for c in pool if bool(rx.search(c)) == (op == "=~")]
+    return selected
+
+
+# ---------------------------------------------------------------------- the data
+
+
+class GrafanaSource:
+    """Answers Grafana's questions from the node's statistics."""
+
+    def __init__(self, stats: EpisodeStats, system: SystemSeries) -> None:
+        self.stats = stats
+        self.system = system
+
+    def names(self) -> list[str]:
+        return [*self.stats.series_names(), *SYSTEM_SERIES]
+
+    def series(
+        self,
+        name: str,
+        lo: float | None,
+        hi: float | None,
+        points: int,
+        how: str = "mean",
+        clients: list[str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(unix seconds, values) of one target within [lo, hi], at most `points` long."""
+        if name in SYSTEM_SERIES:
+            t, values = self.system.arrays()
+            y = values[name]
+        else:
+            with self.stats.lock:
+                t, y = self.stats.view("t"), self.stats.view(name)
+                mask = None if clients is None else self.stats.client_mask(clients)
+                raw = self.stats.view(name[: -len(AVG)]) if name.endswith(AVG) else None
+            if t is None or y is None:
+                return np.zeros(0), np.zeros(0)
+            if mask is not None:
+                t = t[mask]
+                y = y[mask] if raw is None else moving_average(raw[mask], self.stats.window)
+        keep = in_range(t, lo, hi)
+        return downsample(t[keep], y[keep], points, how)
+
+    def table(
+        self, name: str, lo: float | None, hi: float | None, points: int, how: str
+    ) -> dict[str, Any]:
+        """Time, episode, env steps and the value, one row per (down-sampled) episode."""
+        columns = [
+            {"text": "Time", "type": "time"},
+            {"text": "episode", "type": "number"},
+            {"text": "env_steps", "type": "number"},
+            {"text": name, "type": "number"},
+        ]
+        rows: list[list[Any]] = []
+        with self.stats.lock:
+            t, y = self.stats.view("t"), self.stats.view(name)
+            ep, steps = self.stats.view("episode"), self.stats.view("env_steps")
+        if t is not None and y is not None and ep is not None and steps is not None:
+            keep = in_range(t, lo, hi) & np.isfinite(y)
+            t, y, ep, steps = t[keep], y[keep], ep[keep], steps[keep]
+            if len(t):
+                edges = bucket_edges(len(t), points)
+                cols = [reduce_buckets(a, edges, "last") for a in (t, ep, steps)]
+                cols.append(reduce_buckets(y, edges, how))
+                rows = [
+                    [int(round(a * 1000)), _num(b), _num(c), _num(d)]
+                    for a, b, c, d in zip(*cols, strict=True)
+                ]
+        return {"type": "table", "columns": columns, "rows": rows}
+
+    def events(self, lo: float | None, hi: float | None, kinds: set[str]) -> list[Event]:
+        with self.stats.lock:
+            events = list(self.stats.events)
+        return [
+            e
+            for e in events
+            if (not kinds or e.kind in kinds)
+            and (lo is None or e.time >= lo)
+            and (hi is None or e.time <= hi)
+        ]
+
+
+def _num(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _kinds(text: Any) -> set[str]:
+    """An annotation query such as "best,join" (empty: everything)."""
+    words = re.split(r"[\s,#|]+", text) if isinstance(text, str) else []
+    return {w for w in words if w in ("best", "join", "leave")}
+
+
+# ---------------------------------------------------------------------- the routes
+
+
+def make_router(source: GrafanaSource) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "episodes": source.stats.n}
+
+    @router.post("/metrics")
+    def metrics(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, Any]]:
+        payloads = [
+            {
+                "label": "Down-sampling",
+                "name": "aggregate",
+                "type": "select",
+                "placeholder": "mean (default)",
+                "reloadMetric": False,
+            }
+        ]
+        return [{"label": n, "value": n, "payloads": payloads} for n in source.names()]
+
+    @router.post("/metric-payload-options")
+    def payload_options(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict]:
+        if body.get("name") == "aggregate":
+            return [{"label": a, "value": a} for a in AGGREGATES]
+        return []
+
+    @router.post("/search")
+    def search(body: dict[str, Any] = Body(default_factory=dict)) -> list[str]:
+        needle = str(body.get("target") or "").lower()
+        return [n for n in [*source.names(), ANNOTATIONS] if needle in n.lower()]
+
+    @router.post("/variable")
+    def variable(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, str]]:
+        payload = body.get("payload")
+        target = payload.get("target", "") if isinstance(payload, dict) else payload
+        target = str(target or "").strip()
+        if target in ("clients", "client_id"):
+            values = list(source.stats.clients)
+        else:
+            values = [n for n in source.names() if target.lower() in n.lower()]
+        return [{"__text": v, "__value": v} for v in values]
+
+    @router.post("/tag-keys")
+    def tag_keys(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, str]]:
+        return [{"type": "string", "text": k} for k in TAG_KEYS]
+
+    @router.post("/tag-values")
+    def tag_values(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, str]]:
+        if body.get("key") == "client_id":
+            return [{"text": c} for c in source.stats.clients]
+        return []
+
+    @router.post("/query")
+    def query(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, Any]]:
+        lo, hi = time_range(body)
+        points = max_points(body)
+        clients = client_filter(source.stats, body.get("adhocFilters"))
+        out: list[dict[str, Any]] = []
+        for target in body.get("targets") or []:
+            if not isinstance(target, dict) or target.get("hide") is True:
+                continue
+            payload = _payload(target)
+            how = payload.get("aggregate") if payload.get("aggregate") in AGGREGATES else "mean"
+            for name in expand_target(str(target.get("target") or "")):
+                if name.split(".")[0] == ANNOTATIONS:
+                    out.append(annotation_table(source, lo, hi, name))
+                elif target.get("type") == "table":
+                    out.append(source.table(name, lo, hi, points, how))
+                else:
+                    t, y = source.series(name, lo, hi, points, how, clients)
+                    ms = np.round(t * 1000).astype(np.int64).tolist()
+                    datapoints = [list(p) for p in zip(y.tolist(), ms, strict=True)]
+                    out.append(
+                        {"target": name, "refId": target.get("refId"), "datapoints": datapoints}
+                    )
+        return out
+
+    @router.post("/annotations")
+    def annotations(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, Any]]:
+        lo, hi = time_range(body)
+        ann = body.get("annotation") if isinstance(body.get("annotation"), dict) else {}
+        return [
+            {
+                "annotation": ann,
+                "time": int(round(e.time * 1000)),
+                "title": e.title,
+                "text": e.text,
+                "tags": [e.kind],
+            }
+            for e in source.events(lo, hi, _kinds(ann.get("query")))
+        ]
+
+    return router
+
+
+def annotation_table(
+    source: GrafanaSource, lo: float | None, hi: float | None, name: str
+) -> dict[str, Any]:
+    """Events as a table (time, title, text, tags): what the newer plugin maps to annotations.
+    `annotations` gives every kind, `annotations.best` (or .join, .leave) one."""
+    kinds = _kinds(name.partition(".")[2])
+    return {
+        "type": "table",
+        "columns": [
+            {"text": "time", "type": "time"},
+            {"text": "title", "type": "string"},
+            {"text": "text", "type": "string"},
+            {"text": "tags", "type": "string"},
+        ],
+        "rows": [
+            [int(round(e.time * 1000)), e.title, e.text, e.kind]
+            for e in source.events(lo, hi, kinds)
+        ],
+    }
