@@ -18,16 +18,19 @@ class NumpyQPolicy:
 
     def __init__(self, state: dict[str, Any], normalize_obs: bool) -> None:
         def arr(t: Any) -> np.ndarray:
-            return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+            # A live torch module's tensors are copied (training would change them under us);
+            # freshly decoded numpy arrays are owned by nobody else and are used as they are.
+            return t.detach().cpu().numpy().copy() if hasattr(t, "detach") else np.asarray(t)
 
         self.normalize = normalize_obs
         self.mean = arr(state["obs_norm.mean"]).astype(np.float32).ravel()
         self.std = np.sqrt(arr(state["obs_norm.var"]).astype(np.float32).ravel() + 1e-8)
         idx = sorted({int(k.split(".")[1]) for k in state if k.startswith("mlp.")})
+        # (in, out) views of the (out, in) weights: matmul reads them transposed, no copy.
         self.layers = [
             (
-                np.ascontiguousarray(arr(state[f"mlp.{i}.weight"]).T.astype(np.float32)),
-                arr(state[f"mlp.{i}.bias"]).astype(np.float32),
+                arr(state[f"mlp.{i}.weight"]).astype(np.float32, copy=False).T,
+                arr(state[f"mlp.{i}.bias"]).astype(np.float32, copy=False),
             )
             for i in idx
         ]

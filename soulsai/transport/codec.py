@@ -288,27 +288,27 @@ def weights_metadata(raw: bytes, max_bytes: int) -> dict[str, Any]:
 
 def decode_weights(
     raw: bytes, expected: dict[str, tuple[int, ...]], max_bytes: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Parse safetensors bytes; check names and shapes against `expected` and finiteness.
 
-    Returns (tensors, metadata). safetensors never executes code, unlike torch.load.
+    Returns (numpy arrays, metadata): clients act in numpy, so no torch work on this path.
+    safetensors never executes code, unlike torch.load.
     """
-    import torch
-    from safetensors.torch import load
+    from safetensors.numpy import load
 
     meta = weights_metadata(raw, max_bytes)
     try:
-        tensors = load(bytes(raw))
+        arrays = load(bytes(raw))
     except Exception as e:  # safetensors raises its own error type on malformed input
         raise ProtocolError("bad_structure", f"weights: {type(e).__name__}") from None
-    if set(tensors) != set(expected):
+    if set(arrays) != set(expected):
         raise ProtocolError("bad_field", "weights hold other tensors than the model")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(expected[name]):
-            raise ProtocolError("bad_shape", f"weights {name}: {tuple(t.shape)}")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    for name, a in arrays.items():
+        if tuple(a.shape) != tuple(expected[name]):
+            raise ProtocolError("bad_shape", f"weights {name}: {tuple(a.shape)}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise ProtocolError("non_finite", f"weights {name}")
-    return tensors, meta
+    return arrays, meta
 
 
 # ---------------------------------------------------------------- commands

@@ -1,0 +1,120 @@
+"""Broadcast latency: from the training node publishing weights to a client's policy using them.
+
+A publisher (the training node's code path: safetensors encode + SET/SET/PUBLISH in one
+transaction) and a client process (the real control thread: notification, GET, validation,
+a new policy object, swap) on a real Redis. The client stamps the moment its env loop sees
+the new policy; the latency is that minus the moment before encoding. Models of about 10k,
+1M and 10M parameters.
+
+    python bench/broadcast.py [--repeats 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import machine_line  # noqa: E402
+from soulsai.client.control import Control  # noqa: E402
+from soulsai.client.policy import NumpyQPolicy  # noqa: E402
+from soulsai.nets import QNetwork  # noqa: E402
+from soulsai.transport import ClientLink, Keys, RedisTarget, TrainerLink  # noqa: E402
+from soulsai.transport.codec import encode_weights  # noqa: E402
+from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
+
+SIZES = {"10k": [96, 96], "1M": [1000, 1000], "10M": [2230, 2230, 2230]}
+OBS, ACTIONS = (8,), 4
+
+
+def client_proc(port: int, password: str, prefix: str, hidden: list[int], n: int) -> None:
+    """Runs the real control thread and a stand-in env loop that swaps policies each 'step'."""
+    import torch
+
+    torch.set_num_threads(1)
+    r = redis.Redis(host="127.0.0.1", port=port, password=password)
+    link = ClientLink(r, Keys(prefix))
+    net = QNetwork(OBS, ACTIONS, hidden, True)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    stop = threading.Event()
+    control = Control(link, "bench", expected, lambda s: NumpyQPolicy(s, True),
+                      heartbeat_interval=1.0, heartbeat_timeout=5.0, poll_interval=1.0,
+                      max_bytes=1 << 30, status=lambda: {}, stop=stop)
+    seen = -1
+    control.start()
+    r.set(f"{prefix}:ready", 1)
+    obs = np.zeros((1, *OBS), np.float32)
+    while seen < n - 1:
+        latest = control.latest
+        if latest is not None and latest[0] != seen:
+            seen, policy, _ = latest
+            policy.act(obs, 0.0, np.random.default_rng())  # the env loop uses it
+            r.rpush(f"{prefix}:seen", f"{seen} {time.time()}")
+        time.sleep(0.0002)  # one env step of a fast env
+    stop.set()
+
+
+def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int) -> dict:
+    import torch
+
+    prefix = f"bc{name}{time.time_ns() % 10**6}"
+    r = redis.Redis(host="127.0.0.1", port=server.port, password=server.password)
+    link = TrainerLink(r, Keys(prefix))
+    net = QNetwork(OBS, ACTIONS, hidden, True)
+    params = sum(p.numel() for p in net.parameters())
+    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    link.publish_weights(encode_weights(state, 0, {}), 0)
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=client_proc,
+                       args=(server.port, server.password, prefix, hidden, repeats + 1))
+    proc.start()
+    while not r.get(f"{prefix}:ready"):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    sent: dict[int, float] = {}
+    size = 0
+    for mid in range(1, repeats + 1):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.001)
+        t0 = time.time()
+        blob = encode_weights(net.state_dict(), mid, {"env_steps": mid})
+        link.publish_weights(blob, mid)
+        sent[mid], size = t0, len(blob)
+        deadline = time.time() + 30
+        while r.llen(f"{prefix}:seen") < mid + 1 and time.time() < deadline:
+            time.sleep(0.0005)
+        time.sleep(0.02)
+    proc.join(30)
+    lat = []
+    for raw in r.lrange(f"{prefix}:seen", 0, -1):
+        mid, t = raw.decode().split()
+        if int(mid) in sent:
+            lat.append((float(t) - sent[int(mid)]) * 1000)
+    lat_arr = np.asarray(lat)
+    return {"params": params, "mb": size / 2**20, "n": len(lat),
+            "p50": float(np.percentile(lat_arr, 50)), "p99": float(np.percentile(lat_arr, 99))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=40)
+    args = ap.parse_args()
+    print(machine_line())
+    print(f"{'model':>6} {'params':>11} {'MB':>7} {'n':>4} {'p50 ms':>8} {'p99 ms':>8}")
+    with EmbeddedRedis() as server:
+        for name, hidden in SIZES.items():
+            res = measure(server, name, hidden, args.repeats)
+            print(f"{name:>6} {res['params']:>11,} {res['mb']:>7.1f} {res['n']:>4} "
+                  f"{res['p50']:>8.2f} {res['p99']:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

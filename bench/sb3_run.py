@@ -1,0 +1,115 @@
+"""Peer for bench/solve.py and bench/scaling.py: Stable-Baselines3 with RL-Zoo's tuned
+hyperparameters, stopped by the same rule as `soulsai train` (mean of the last 20 training
+episode returns >= target). Prints one JSON line. Bench-only: `pip install -e .[bench]`.
+
+    python bench/sb3_run.py --algo ppo --env CartPole-v1 --target 475 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+T0 = time.time()
+
+import gymnasium as gym  # noqa: E402
+import torch  # noqa: E402
+from stable_baselines3 import DQN, PPO  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from soulsai.client.envs import StepDelay  # noqa: E402
+
+
+def linear(start: float):
+    return lambda progress: progress * start
+
+
+# RL-Zoo (rl-baselines3-zoo) hyperparameters for these envs (LunarLander's are the v2 entries).
+ZOO = {
+    ("dqn", "CartPole-v1"): dict(
+        n_envs=1, learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
+        gamma=0.99, target_update_interval=10, train_freq=256, gradient_steps=128,
+        exploration_fraction=0.16, exploration_final_eps=0.04, net=[256, 256], budget=50_000),
+    ("ppo", "CartPole-v1"): dict(
+        n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+        ent_coef=0.0, learning_rate=linear(1e-3), clip_range=linear(0.2), budget=100_000),
+    ("dqn", "LunarLander-v3"): dict(
+        n_envs=1, learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0,
+        gamma=0.99, target_update_interval=250, train_freq=4, gradient_steps=-1,
+        exploration_fraction=0.12, exploration_final_eps=0.1, net=[256, 256], budget=100_000),
+    ("ppo", "LunarLander-v3"): dict(
+        n_envs=16, n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4,
+        ent_coef=0.01, budget=1_000_000),
+}
+
+
+class StopRule(BaseCallback):
+    """Stops when the mean of the last 20 finished training episodes reaches the target."""
+
+    def __init__(self, target: float, max_steps: int, deadline: float) -> None:
+        super().__init__()
+        self.target, self.max_steps, self.deadline = target, max_steps, deadline
+        self.returns: deque[float] = deque(maxlen=20)
+        self.best = -float("inf")
+        self.solved_at: int | None = None
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            ep = info.get("episode")
+            if ep is not None:
+                self.returns.append(float(ep["r"]))
+                if len(self.returns) == 20:
+                    mean = sum(self.returns) / 20
+                    self.best = max(self.best, mean)
+                    if mean >= self.target:
+                        self.solved_at = self.num_timesteps
+                        return False
+        return self.num_timesteps < self.max_steps and time.time() < self.deadline
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--algo", choices=["dqn", "ppo"], required=True)
+    ap.add_argument("--env", required=True)
+    ap.add_argument("--target", type=float, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=2_000_000)
+    ap.add_argument("--max-seconds", type=float, default=900)
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds slept per env step")
+    ap.add_argument("--n-envs", type=int, default=None, help="override the zoo's env count")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    hp = dict(ZOO[(args.algo, args.env)])
+    hp.pop("budget")
+    n_envs = args.n_envs or hp.pop("n_envs")
+    hp.pop("n_envs", None)
+    wrapper = (lambda e: StepDelay(e, args.delay)) if args.delay > 0 else None
+    vec_cls = SubprocVecEnv if (args.algo == "ppo" and n_envs > 1 and args.delay > 0) else DummyVecEnv
+    env = make_vec_env(args.env, n_envs=n_envs, seed=args.seed, wrapper_class=wrapper,
+                       vec_env_cls=vec_cls)
+    if args.algo == "dqn":
+        net = hp.pop("net")
+        model = DQN("MlpPolicy", env, seed=args.seed, policy_kwargs={"net_arch": net}, **hp)
+    else:
+        model = PPO("MlpPolicy", env, seed=args.seed, **hp)
+    rule = StopRule(args.target, args.max_steps, T0 + args.max_seconds)
+    model.learn(total_timesteps=args.max_steps, callback=rule)
+    env.close()
+    print(json.dumps({
+        "peer": "sb3", "algo": args.algo, "env": args.env, "seed": args.seed,
+        "solved": rule.solved_at is not None, "env_steps": rule.num_timesteps,
+        "best_rolling_return": rule.best, "wall_seconds": round(time.time() - T0, 2),
+        "vec_env": vec_cls.__name__, "n_envs": n_envs,
+    }))
+
+
+if __name__ == "__main__":
+    gym.logger.min_level = 40
+    main()
