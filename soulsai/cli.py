@@ -121,6 +121,38 @@ def _load(
     return cfg, cdir, overrides
 
 
+def resume_option(f: Any) -> Any:
+    return click.option(
+        "--resume",
+        metavar="RUN_DIR|latest",
+        default=None,
+        help="Continue a run in its own folder: RUN_DIR (or one of its checkpoint folders), or "
+        "`latest`, the run under save_dir that was active last. Counters, model ids, optimizer, "
+        "normalizer and (when saved) the replay buffer continue. The run's saved config is used; "
+        "this start's config.yaml and options override it (env and algorithm must match).",
+    )(f)
+
+
+def _resume(cfg: Config, cdir: Path, overrides: list[str], arg: str) -> tuple[Config, Any]:
+    """The config to continue with and where (a ResumePoint); the checkpoint is verified."""
+    from soulsai.training import resume
+    from soulsai.training.checkpoint import read_summary, verify_checkpoint
+
+    point = resume.find(arg, cfg.save_dir)
+    cfg, changed = resume.resume_config(cfg, cdir, overrides, point)
+    verify_checkpoint(point.checkpoint)
+    summary = read_summary(point.checkpoint) or {}
+    log.info(
+        "resuming %s from %s: env_steps=%s model_id=%s updates=%s episodes=%s",
+        point.run_dir,
+        point.checkpoint.name,
+        *(summary.get(k) for k in ("env_steps", "model_id", "updates", "episodes")),
+    )
+    for change in changed:
+        log.info("resume override: %s", change)
+    return cfg, point
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="soulsai")
 def cli() -> None:
@@ -164,12 +196,14 @@ def cli() -> None:
     "else start a private one; embedded: always a private one; external: never.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
+@resume_option
 def train(
     config_dir: Path | None,
     sets: tuple[str, ...],
     clients: int,
     redis_mode: str,
     no_progress: bool,
+    resume: str | None,
     **named: Any,
 ) -> None:
     """Train on this machine: Redis, training node, telemetry node and N clients.
@@ -181,15 +215,27 @@ def train(
 
     cfg, cdir, overrides = _load(config_dir, sets, **named)
     _setup_logging(rich=True)
+    point = None
+    if resume is not None:
+        cfg, point = _resume(cfg, cdir, overrides, resume)
     signal.signal(signal.SIGTERM, _interrupt)
-    code = LocalStack(cfg, cdir, overrides, clients, redis_mode, progress=not no_progress).run()
-    sys.exit(code)
+    stack = LocalStack(
+        cfg, cdir, overrides, clients, redis_mode, progress=not no_progress, resume=point
+    )
+    sys.exit(stack.run())
 
 
 @cli.command()
 @common_options
 @click.option("--no-progress", is_flag=True, help="No live status line (for logs).")
-def server(config_dir: Path | None, sets: tuple[str, ...], no_progress: bool, **named: Any) -> None:
+@resume_option
+def server(
+    config_dir: Path | None,
+    sets: tuple[str, ...],
+    no_progress: bool,
+    resume: str | None,
+    **named: Any,
+) -> None:
     """Run the training and telemetry nodes against the configured Redis until Ctrl-C.
 
     Clients on other machines connect with `soulsai client` and the same redis.secret.
@@ -198,6 +244,9 @@ def server(config_dir: Path | None, sets: tuple[str, ...], no_progress: bool, **
 
     cfg, cdir, overrides = _load(config_dir, sets, **named)
     _setup_logging(rich=True)
+    point = None
+    if resume is not None:
+        cfg, point = _resume(cfg, cdir, overrides, resume)
     signal.signal(signal.SIGTERM, _interrupt)
     stack = LocalStack(
         cfg,
@@ -207,6 +256,7 @@ def server(config_dir: Path | None, sets: tuple[str, ...], no_progress: bool, **
         redis_mode="external",
         progress=not no_progress,
         stop_rules=False,
+        resume=point,
     )
     code = stack.run()
     sys.exit(0 if code == 130 else code)
@@ -222,29 +272,43 @@ def server(config_dir: Path | None, sets: tuple[str, ...], no_progress: bool, **
     help="Run folder to write into [training: a new one under save_dir; "
     "telemetry: the one the training node announces].",
 )
+@resume_option
 def node(
-    role: str, config_dir: Path | None, sets: tuple[str, ...], run_dir: Path | None, **named: Any
+    role: str,
+    config_dir: Path | None,
+    sets: tuple[str, ...],
+    run_dir: Path | None,
+    resume: str | None,
+    **named: Any,
 ) -> None:
     """Run one server node (what a container runs)."""
     from soulsai import run as runfolder
     from soulsai.transport import RedisTarget
 
-    cfg, cdir, _ = _load(config_dir, sets, **named)
+    cfg, cdir, overrides = _load(config_dir, sets, **named)
     _setup_logging()
+    point = None
+    if resume is not None:
+        cfg, point = _resume(cfg, cdir, overrides, resume)
     stop = _stop_on_signals()
     target = RedisTarget.from_config(cfg, cdir)
     if role == "training":
         from soulsai.training.node import DQNTrainingNode
 
-        if run_dir is None:
-            run_dir = runfolder.make_run_dir(cfg.save_dir, cfg.algo, cfg.env.id)
+        if run_dir is None:  # else `soulsai train` or `server` made it and wrote the config
+            run_dir = (
+                point.run_dir
+                if point
+                else runfolder.make_run_dir(cfg.save_dir, cfg.algo, cfg.env.id)
+            )
             runfolder.atomic_write_json(run_dir / runfolder.CONFIG_FILE, cfg.model_dump())
-        DQNTrainingNode(cfg, target, run_dir, stop).run()
+        resume_from = point.checkpoint if point is not None else None
+        DQNTrainingNode(cfg, target, run_dir, stop, resume=resume_from).run()
     else:
         from soulsai.telemetry.node import TelemetryNode
 
         if run_dir is None:
-            run_dir = _announced_run_dir(cfg, target)
+            run_dir = point.run_dir if point else _announced_run_dir(cfg, target)
         TelemetryNode(cfg, target, run_dir, stop).run()
 
 
@@ -301,13 +365,113 @@ def client(config_dir: Path | None, sets: tuple[str, ...], client_id: str | None
     help="Folder with config_d.yaml, config.yaml and redis.secret.",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@click.option(
+    "--save-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="save_dir of a `soulsai train` running from here (finds its private Redis).",
+)
 @click.option("--buffer", is_flag=True, help="Also save the replay buffer.")
-def quicksave(config_dir: Path | None, sets: tuple[str, ...], buffer: bool) -> None:
-    """Ask the running training node to save into <run>/manual_save now."""
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1.0),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the training node to confirm the save.",
+)
+@click.option("--no-wait", is_flag=True, help="Send the request and return at once.")
+def quicksave(
+    config_dir: Path | None,
+    sets: tuple[str, ...],
+    save_dir: Path | None,
+    buffer: bool,
+    timeout: float,
+    no_wait: bool,
+) -> None:
+    """Ask the running training node to save into <run>/manual_save now, and wait until it has.
+
+    Works against a `soulsai train` started from this directory (its private Redis) or
+    against any server through the configured Redis and redis.secret.
+    """
     from soulsai.quicksave import request_quicksave
 
-    cfg, cdir, _ = _load(config_dir, sets)
-    click.echo(request_quicksave(cfg, cdir, buffer))
+    cfg, cdir, _ = _load(config_dir, sets, save_dir=save_dir)
+    click.echo(request_quicksave(cfg, cdir, buffer, timeout=timeout, wait=not no_wait))
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option(
+    "--model",
+    type=click.Choice(["best", "latest", "manual"]),
+    default=None,
+    help="best_model/, checkpoint/ or manual_save/ [default: best, else latest].",
+)
+@click.option(
+    "--episodes", type=click.IntRange(1, 100000), default=10, show_default=True, help="Episodes."
+)
+@click.option(
+    "--render",
+    type=click.Choice(["rgb_array", "human"]),
+    default=None,
+    help="Gymnasium render mode (human opens a window; --video needs rgb_array).",
+)
+@click.option(
+    "--video",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Write each episode as DIR/episode-NNN.gif.",
+)
+@click.option("--seed", type=int, default=None, help="Seed of the first episode [config seed].")
+@click.option(
+    "--save-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where `latest` looks for run folders [the configured save_dir].",
+)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a saved key.")
+def evaluate(
+    run_dir: str,
+    model: str | None,
+    episodes: int,
+    render: str | None,
+    video: Path | None,
+    seed: int | None,
+    save_dir: Path | None,
+    sets: tuple[str, ...],
+) -> None:
+    """Play a saved agent's deterministic policy (greedy DQN, mean-action PPO) without Redis.
+
+    RUN_DIR is a run folder, one of its checkpoint folders, or `latest`. Prints each episode's
+    return and then the mean and standard deviation.
+    """
+    from soulsai import evaluate as ev
+
+    if video is not None and render == "human":
+        raise click.UsageError("--video needs --render rgb_array")
+    if save_dir is None and run_dir == "latest":
+        save_dir = Path(load_config(default_config_dir()).save_dir)
+    folder, note = ev.locate(run_dir, model, save_dir or ".")
+    if note:
+        click.echo(note, err=True)
+    cfg = ev.checkpoint_config(folder, sets)
+    first = cfg.seed + 10_000 if seed is None else seed  # not the seeds the clients trained on
+    click.echo(f"evaluating {folder} ({cfg.algo} on {cfg.env.id}, {episodes} episodes)")
+
+    def show(i: int, ret: float, length: int) -> None:
+        click.echo(f"episode {i + 1}: return {ret:.2f}, length {length}")
+
+    result = ev.evaluate(folder, cfg, episodes, first, render, video, on_episode=show)
+    s = result.summary
+    info = f"model_id {s.get('model_id')}, env_steps {s.get('env_steps')}"
+    if s.get("value") is not None:
+        info += f", saved at {s.get('metric', 'return')} {s['value']:.2f}"
+    for path in result.videos:
+        click.echo(f"video: {path}")
+    click.echo(
+        f"mean return {result.mean:.2f} +/- {result.std:.2f} over {episodes} episodes ({info})"
+    )
 
 
 @cli.command()

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,6 +28,9 @@ from soulsai.transport.codec import encode_command
 from soulsai.transport.connection import PASSWORD_ENV, SECRET_NAME, connect, reachable
 from soulsai.transport.embedded import EmbeddedRedis, die_with_parent
 from soulsai.transport.links import TRANSIENT
+
+if TYPE_CHECKING:
+    from soulsai.training.resume import ResumePoint
 
 LOCAL_REDIS_FILE = ".soulsai-local.json"  # lets `soulsai quicksave` find the embedded Redis
 
@@ -73,14 +77,24 @@ class LocalStack:
     redis_mode: str = "auto"  # auto | embedded | external
     progress: bool = True
     stop_rules: bool = True  # False for `soulsai server`: run until Ctrl-C or SIGTERM
+    resume: ResumePoint | None = None  # continue this run folder from this checkpoint
     console: Console = field(default_factory=lambda: Console(stderr=True))
     children: list[Child] = field(default_factory=list)
 
     def run(self) -> int:
         t0 = time.time()
         redis, target = self._redis()
-        run_dir = runfolder.make_run_dir(self.cfg.save_dir, self.cfg.algo, self.cfg.env.id)
-        (run_dir / runfolder.LOG_DIR).mkdir()
+        prior: dict = {}  # summary.json of the run before this start (resumed runs)
+        resume_args: list[str] = []
+        if self.resume is not None:
+            run_dir = self.resume.run_dir
+            (run_dir / runfolder.LOG_DIR).mkdir(exist_ok=True)
+            prior = _prior_summary(run_dir)
+            resume_args = ["--resume", str(self.resume.checkpoint)]
+            self.console.print(f"resuming {run_dir} from {self.resume.checkpoint.name}/")
+        else:
+            run_dir = runfolder.make_run_dir(self.cfg.save_dir, self.cfg.algo, self.cfg.env.id)
+            (run_dir / runfolder.LOG_DIR).mkdir()
         runfolder.atomic_write_json(run_dir / runfolder.CONFIG_FILE, self.cfg.model_dump())
         local_file = Path(self.cfg.save_dir) / LOCAL_REDIS_FILE
         stopped_by = "error"
@@ -90,11 +104,14 @@ class LocalStack:
             sets = self._child_sets(target)
             link = open_link(TelemetryLink, target, self.cfg.key_prefix)
             self._spawn(
-                "training", ["node", "training", *sets, "--run-dir", str(run_dir)], target, run_dir
+                "training",
+                ["node", "training", *sets, "--run-dir", str(run_dir), *resume_args],
+                target,
+                run_dir,
             )
             self._spawn(
                 "telemetry",
-                ["node", "telemetry", *sets, "--run-dir", str(run_dir)],
+                ["node", "telemetry", *sets, "--run-dir", str(run_dir), *resume_args],
                 target,
                 run_dir,
             )
@@ -108,17 +125,21 @@ class LocalStack:
             final = self._shutdown(target)
             if redis is not None:
                 redis.stop()
-                local_file.unlink(missing_ok=True)
+                _remove_local_file(local_file)
         tel, trn = final
         solved = tel.get("solved") == "1"
         best = tel.get("best_rolling_return")
+        # A resumed run's totals never go back, even if this start ended before reporting.
+        bests = [float(best) if best else None, prior.get("best_rolling_return")]
         runfolder.write_summary(
             run_dir,
-            solved=solved,
-            env_steps=int(trn.get("env_steps") or 0),
-            episodes=int(tel.get("episodes") or 0),
-            wall_seconds=time.time() - t0,
-            best_rolling_return=float(best) if best else None,
+            solved=solved or bool(prior.get("solved")),
+            env_steps=max(int(trn.get("env_steps") or 0), int(prior.get("env_steps") or 0)),
+            episodes=max(int(tel.get("episodes") or 0), int(prior.get("episodes") or 0)),
+            wall_seconds=float(prior.get("wall_seconds") or 0.0) + time.time() - t0,
+            best_rolling_return=max(
+                (b for b in bests if isinstance(b, (int, float))), default=None
+            ),
             target_return=self.cfg.target_return,
             stopped_by=stopped_by,
         )
@@ -283,6 +304,23 @@ class LocalStack:
             except TRANSIENT:
                 pass
         return final
+
+
+def _prior_summary(run_dir: Path) -> dict:
+    try:
+        data = json.loads((run_dir / runfolder.SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remove_local_file(path: Path) -> None:
+    """Remove the quicksave hint file, unless another `soulsai train` has since replaced it."""
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _terminate(children: list[Child], timeout: float) -> None:

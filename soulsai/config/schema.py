@@ -113,6 +113,7 @@ class PPOConfig(_Strict):
 class CheckpointConfig(_Strict):
     every: int = Field(ge=0)
     save_buffer: bool
+    keep_last: int = Field(ge=0, le=100000)
 
 
 class WinsConfig(_Strict):

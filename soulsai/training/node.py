@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from soulsai import run as runfolder
 from soulsai.client.envs import env_spaces
 from soulsai.config import Config
 from soulsai.errors import ProtocolError
 from soulsai.metrics import NodeMetrics
 from soulsai.training.algorithms.dqn import DQNLearner
-from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
+from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.intake import Intake
 from soulsai.training.replay import ReplayBuffer
+from soulsai.training.saves import Saves, answer_json, describe
 from soulsai.transport import RedisTarget, TrainerLink, open_link
 from soulsai.transport.codec import Experience, decode_command, encode_command, encode_weights
 from soulsai.transport.links import TRANSIENT
@@ -105,6 +105,8 @@ class DQNTrainingNode:
         self.throttled = False
         self._throttle_renew = 0.0
         self.throttle_count = 0
+        self.episodes_at_start = 0  # the telemetry node's count may lag after a resume
+        self.saves = Saves(cfg, run_dir, self)
         if resume is not None:
             self._restore(resume)
 
@@ -157,7 +159,7 @@ class DQNTrainingNode:
                         batch = self.buffer.sample(d.batch_size)
                     self.last_info = self.learner.update(batch)
                     if cfg.checkpoint.every and self.learner.updates % cfg.checkpoint.every == 0:
-                        self.save(self.run_dir / runfolder.CHECKPOINT_DIR, "periodic")
+                        self.saves.save("periodic")
                 else:
                     self.data_ready.wait(0.01)
                     self.data_ready.clear()
@@ -180,7 +182,7 @@ class DQNTrainingNode:
                 with contextlib.suppress(TRANSIENT):
                     self.link.set_throttle(False)
             self.intake.join(2.0)
-            self.save(self.run_dir / runfolder.CHECKPOINT_DIR, "final")
+            self.saves.save("final")
             log.info(
                 "training node stopped at %d env steps, %d updates",
                 self.env_steps,
@@ -306,69 +308,67 @@ class DQNTrainingNode:
         if cmd["cmd"] == "shutdown":
             log.info("shutdown command received")
             self.stop.set()
-        elif cmd["cmd"] == "quicksave":
-            self.save(
-                self.run_dir / runfolder.MANUAL_DIR,
-                "manual",
-                with_buffer=bool(cmd.get("buffer", False)),
-            )
-        elif cmd["cmd"] == "save_best":
-            value = cmd.get("value")
-            extra = {
-                "metric": str(cmd.get("key", "return"))[:64],
-                "value": value if isinstance(value, (int, float)) else None,
-            }
-            self.save(self.run_dir / runfolder.BEST_DIR, "best", with_buffer=False, extra=extra)
+        elif cmd["cmd"] in ("quicksave", "save_best"):
+            answer = self.saves.on_command(cmd)
+            if answer is not None:
+                try:
+                    self.link.reply(cmd["reply"], answer_json(answer))
+                except TRANSIENT as e:
+                    log.warning("cannot answer %s (%s)", cmd["cmd"], type(e).__name__)
 
-    def save(
-        self, folder: Path, why: str, with_buffer: bool | None = None, extra: dict | None = None
-    ) -> None:
-        with_buffer = self.cfg.checkpoint.save_buffer if with_buffer is None else with_buffer
+    def checkpoint_state(self, with_buffer: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The node's state as checkpoint parts, and its counters (see training.saves)."""
+        self._merge_normalizer()
         with self.lock:
             state: dict[str, Any] = {
+                "policy": self.learner.policy_state(),
                 "learner": self.learner.state_dict(),
-                "rng": {"torch": torch.get_rng_state()},
+                "rng": {**rng_state(), "replay": self.buffer.rng.bit_generator.state},
             }
             if with_buffer:
                 state["buffer"] = self.buffer.state_dict()
-        summary = {
-            "env_steps": self.env_steps,
-            "model_id": self.model_id,
-            "updates": self.learner.updates,
-            "accepted": self.accepted,
-            "episodes": self._episodes(),
-            "algo": self.cfg.algo,
-            "env": self.cfg.env.id,
-            "buffer_saved": with_buffer,
-            "time": time.time(),
-            **(extra or {}),
-        }
-        size = save_checkpoint(folder, state, summary)
-        log.info("%s checkpoint written to %s (%.1f MiB)", why, folder, size / 2**20)
+            counters = {
+                "env_steps": self.env_steps,
+                "model_id": self.model_id,
+                "updates": self.learner.updates,
+                "accepted": self.accepted,
+                "episodes": self._episodes(),
+                "buffer_size": len(self.buffer),
+            }
+        state["node"] = dict(counters)
+        return state, counters
 
     def _episodes(self) -> int:
         try:
-            return int(self.link.stats("telemetry").get("episodes") or 0)
+            seen = int(self.link.stats("telemetry").get("episodes") or 0)
         except (TRANSIENT, ValueError):
-            return 0
+            seen = 0
+        return max(seen, self.episodes_at_start)
 
-    def _restore(self, folder: Path) -> None:
-        state, summary = load_checkpoint(folder)
+    def restore_state(self, state: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Continue from a checkpoint: learner, replay buffer (when saved), RNGs, counters."""
+        counters = state.get("node") or summary
         self.learner.load_state_dict(state["learner"])
         if "buffer" in state:
             self.buffer.load_state_dict(state["buffer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.env_steps_offset = int(summary["env_steps"])
-        self.model_id = int(summary["model_id"]) + 1
-        self.accepted = int(summary["accepted"])
+        set_rng_state(state["rng"])
+        if "replay" in state["rng"]:
+            self.buffer.rng.bit_generator.state = state["rng"]["replay"]
+        self.env_steps_offset = int(counters["env_steps"])
+        self.model_id = int(counters["model_id"]) + 1  # the next publish continues the sequence
+        self.accepted = int(counters["accepted"])
+        self.episodes_at_start = int(counters.get("episodes") or 0)
         self.debt_base = self.accepted
         self._updates_at_start = self.learner.updates
+
+    def _restore(self, folder: Path) -> None:
+        summary = self.saves.restore(folder)
         log.info(
-            "resumed from %s: env_steps=%d model_id=%d updates=%d",
+            "resumed from %s: %s; replay buffer %s; next model id %d",
             folder,
-            self.env_steps,
+            describe(summary),
+            f"restored with {len(self.buffer)} transitions" if len(self.buffer) else "empty",
             self.model_id,
-            self.learner.updates,
         )
 
 

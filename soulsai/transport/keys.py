@@ -89,6 +89,11 @@ class Keys:
         `commands` as {"cmd": "pause"} / {"cmd": "resume"}."""
         return self._k("throttle")
 
+    def reply(self, token: str) -> str:
+        """List holding the training node's one JSON answer to a command that carried
+        `"reply": token` (`soulsai quicksave` waits on it); expires after a few minutes."""
+        return self._k(f"reply:{token}")
+
     @property
     def trainer_commands(self) -> str:
         """List of JSON commands to the training node ({"cmd": "save_best", ...}); not lost

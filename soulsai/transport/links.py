@@ -133,6 +133,13 @@ class TrainerLink(_Link):
     def broadcast(self, command: bytes) -> None:
         self.r.publish(self.keys.commands, command)
 
+    def reply(self, token: str, answer: bytes, ttl: float = 300.0) -> None:
+        """Answer a command that asked for it; kept `ttl` seconds for a late reader."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lpush(self.keys.reply(token), answer)
+        pipe.pexpire(self.keys.reply(token), int(ttl * 1000))
+        pipe.execute()
+
     def set_throttle(self, on: bool, ttl: float = 3.0) -> None:
         """Pause (or resume) the clients: a key with an expiry plus a notification."""
         pipe = self.r.pipeline(transaction=False)
@@ -164,6 +171,17 @@ class TelemetryLink(_Link):
 
     def send_trainer_command(self, command: bytes) -> None:
         self.r.lpush(self.keys.trainer_commands, command)
+
+    def wait_reply(self, token: str, timeout: float) -> bytes | None:
+        """The training node's answer to the command sent with `"reply": token`, or None."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            # short blocking reads: the connection's socket timeout must not fire first
+            got = self.r.blpop([self.keys.reply(token)], timeout=max(1, min(5, int(left))))
+            if got:
+                self.r.delete(self.keys.reply(token))
+                return got[1]
+        return None
 
     def stream_bounds(self) -> tuple[str | None, str] | None:
         """(id of the oldest entry or None if empty, last generated id) of the episode stream;
