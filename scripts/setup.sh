@@ -14,6 +14,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# Debian's docker-compose (v1) validates the compose files in the tests; no engine is needed.
+if ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+  && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing docker-compose (Debian package, for the compose file tests)"
+  { apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose
+  } >/dev/null 2>&1 || echo "setup: could not install docker-compose; its tests will be skipped"
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

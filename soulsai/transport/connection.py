@@ -33,6 +33,7 @@ PASSWORD_ENV = "SOULSAI_REDIS_PASSWORD"
 # Shorter passwords get a warning: Redis answers fast, so short ones can be guessed online.
 MIN_PASSWORD_LENGTH = 16
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+PLACEHOLDER = "CHANGE-ME"  # config/redis.secret.example's stand-in password
 SECRET_FORMAT = "expected 'requirepass <password>' or 'user <name> <password>' lines"
 
 _warned: set[str] = set()
@@ -132,6 +133,8 @@ def read_credentials(path: Path) -> Secret | None:
             raise ConfigError(f"malformed secret file {path} line {n}: {SECRET_FORMAT}")
     if requirepass is None and not users:
         raise ConfigError(f"malformed secret file {path}: {SECRET_FORMAT}")
+    if any(pw.startswith(PLACEHOLDER) for pw in [requirepass or "", *users.values()]):
+        raise ConfigError(f"{path} still holds the example's placeholder: put in a real password")
     return Secret(requirepass, users)
 
 
@@ -309,7 +312,7 @@ def connect(target: RedisTarget, *, wait: float = 0.0, socket_timeout: float = 1
             if target.tls and _is_tls_failure(e):
                 raise ConnectionFailed(
                     f"TLS with Redis at {target.describe()} failed: {reason} "
-                    "(check redis_tls_ca, redis_tls_cert, redis_tls_key)"
+                    "(check redis_tls_ca and that the server certificate names this host)"
                 ) from None
             if time.monotonic() >= deadline:
                 raise ConnectionFailed(
