@@ -92,6 +92,7 @@ class TelemetryNode:
         self.cursor = StreamCursor(self.link, cursor)
         self.t0 = self._start_time(records[0]) if records else None
         self.env_steps = int(records[-1].get("env_steps") or 0) if records else 0
+        self.record_steps = self.env_steps  # env_steps of the last record
         self.unwritten: list[dict[str, Any]] = []
         self.pending_commands: list[bytes] = []
         self.rejected: dict[str, int] = {}
@@ -168,11 +169,14 @@ class TelemetryNode:
         )
 
     def poll(self, block_ms: int = 500) -> int:
-        """Read and process the next records; returns how many stream entries were handled."""
+        """Read and process the next records; returns how many stream entries were handled.
+        All Redis reads come first, so an error cannot leave a batch half-processed."""
         entries = self.cursor.read(READ_BATCH, block_ms)
         if not entries:
             return 0
-        self.env_steps = max(self.env_steps, self.link.trainer_env_steps())
+        steps_now = max(self.env_steps, self.link.trainer_env_steps())
+        started = self._run_started() if self.t0 is None else None
+        fresh: list[tuple[dict[str, Any], str]] = []
         for entry_id, fields in entries:
             raw = fields.get(b"m") if isinstance(fields, dict) else None
             try:
@@ -180,10 +184,18 @@ class TelemetryNode:
             except ProtocolError as e:
                 self.rejected[e.reason] = self.rejected.get(e.reason, 0) + 1
                 self._log.warning(e.reason, f"rejected episode record: {e}")
-            else:
-                if self.seen.add(rec):
-                    self._add(rec, entry_id)
-            self.cursor.cursor = entry_id
+                continue
+            if self.seen.add(rec):
+                fresh.append((rec, entry_id))
+        if fresh and self.t0 is None:
+            first = stream_seconds(fresh[0][1]) or time.time()
+            self.t0 = started if started is not None and started <= first else first
+        for (rec, entry_id), steps in zip(fresh, self._spread(fresh, steps_now), strict=True):
+            self._add(rec, entry_id, steps)
+        self.env_steps = steps_now
+        if fresh:
+            self.record_steps = steps_now
+        self.cursor.cursor = entries[-1][0]
         self._check_best()
         self._send_commands()
         self._publish()
@@ -191,17 +203,27 @@ class TelemetryNode:
             self.flush()
         return len(entries)
 
-    def _add(self, rec: dict[str, Any], entry_id: str) -> None:
+    def _spread(self, fresh: list[tuple[dict[str, Any], str]], steps_now: int) -> list[int]:
+        """env_steps of each new record: the training node's total when the batch was read,
+        spread back over the batch in proportion to episode lengths, so a batch does not
+        stack up at one x value (the last record gets the total itself)."""
+        before = min(self.record_steps, steps_now)
+        lengths = [max(1, int(rec.get("length", 1))) for rec, _ in fresh]
+        total = sum(lengths)
+        out, acc = [], 0
+        for n in lengths:
+            acc += n
+            out.append(before + (steps_now - before) * acc // total)
+        return out
+
+    def _add(self, rec: dict[str, Any], entry_id: str, env_steps: int) -> None:
         received = stream_seconds(entry_id) or time.time()
-        if self.t0 is None:
-            started = self._run_started()
-            self.t0 = started if started is not None and started <= received else received
         self.episodes += 1
         rec = {
             "episode": self.episodes,
             **rec,
-            "env_steps": self.env_steps,
-            "wall_time": round(received - self.t0, 3),
+            "env_steps": env_steps,
+            "wall_time": round(received - (self.t0 or received), 3),
             "stream_id": entry_id,
         }
         self.stats.add(rec)
@@ -297,6 +319,7 @@ class TelemetryNode:
                 os.close(fd)
             self.unwritten = []
             self._log_update()
+        self.write_summary()
         now = time.monotonic()
         if self.stats.n and (final or now - self.last_draw >= self.tcfg.figure_interval):
             draw_stats(
@@ -307,7 +330,6 @@ class TelemetryNode:
                 self._title(),
             )
             self.last_draw = time.monotonic()
-        self.write_summary()
 
     def _log_update(self) -> None:
         parts = [f"episode {self.episodes}", f"env steps {self.env_steps}"]

@@ -1,0 +1,281 @@
+"""The telemetry node as a real process against a real Redis: files, HTTP, save_best, restarts
+(of the node and of Redis), the port error, and the live page in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from soulsai.transport.codec import EpisodeRecord, encode_episode
+from tests.conftest import read_log, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_node(procs, redis_server, config_dir, prefix, run_dir, port=0, *extra, name="tel"):
+    sets = {
+        "redis_port": redis_server.port,
+        "redis_address": "127.0.0.1",
+        "key_prefix": prefix,
+        "telemetry.http_port": port,
+        "telemetry.update_interval": 5,
+        "telemetry.figure_interval": 0,
+        "telemetry.moving_average": 5,
+        "telemetry.best_interval": 5,
+        "target_return": "null",
+    }
+    args = ["node", "telemetry", "--config-dir", str(config_dir), "--run-dir", str(run_dir)]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    for item in extra:
+        args += ["--set", item]
+    return procs.start(*args, password=redis_server.password, name=name)
+
+
+def episode(client: str, seq: int, ret: float, **info: float) -> bytes:
+    rec = EpisodeRecord(client, seq // 10, ret, 10 + seq % 7, info, time.time(), seq)
+    return encode_episode(rec)
+
+
+def lines(run_dir: Path) -> list[dict]:
+    path = run_dir / "episodes.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def http(port: int, path: str, body: dict | None = None) -> bytes:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.read()
+
+
+def http_up(port: int) -> bool:
+    try:
+        return b'"ok"' in http(port, "/grafana/")
+    except OSError:
+        return False
+
+
+def summary_at(run_dir: Path, episodes: int) -> dict | None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary if summary["episodes"] == episodes else None
+
+
+def stats(rclient, keys) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in rclient.hgetall(keys.telemetry_stats).items()}
+
+
+def test_node_writes_files_serves_http_and_sends_save_best(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    run_dir, port = tmp_path / "run", free_port()
+    run_dir.mkdir()
+    rclient.hset(keys.trainer_stats, mapping={"env_steps": 1234})
+    node = start_node(procs, redis_server, config_dir, prefix, run_dir, port)
+    wait_until(lambda: http_up(port), 30, f"HTTP up\n{read_log(node)}")
+    for i in range(1, 41):
+        rclient.xadd(keys.episodes, {"m": episode("c1", i, float(i), boss_hp=1 - i / 40)})
+    rclient.xadd(keys.episodes, {"m": b"\x00garbage"})
+    wait_until(lambda: len(lines(run_dir)) == 40, 20, f"40 records\n{read_log(node)}")
+    rec = lines(run_dir)[-1]
+    assert rec["episode"] == 40 and rec["return"] == 40.0 and rec["env_steps"] == 1234
+    assert rec["client_id"] == "c1" and rec["client_episode"] == 40
+    assert {"length", "model_id", "time", "wall_time", "stream_id", "info.boss_hp"} <= set(rec)
+    png = run_dir / "telemetry.png"
+    wait_until(png.exists, 10, "telemetry.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wait_until(lambda: stats(rclient, keys).get("rejected") == "1", 10, "garbage counted")
+    summary = wait_until(lambda: summary_at(run_dir, 40), 10, "summary.json")
+    assert summary["best_rolling_return"] == 38.0
+    s = stats(rclient, keys)
+    assert s["episodes"] == "40" and s["missing"] == "0" and s["rolling_return"] == "38.0"
+    # save_best: a rising curve, at most one command per best_interval (5) episodes
+    cmds = [json.loads(c) for c in reversed(rclient.lrange(keys.trainer_commands, 0, -1))]
+    assert cmds and all(c["cmd"] == "save_best" and c["key"] == "return" for c in cmds)
+    episodes_sent = [c["episode"] for c in cmds]
+    assert all(b - a >= 5 for a, b in zip(episodes_sent, episodes_sent[1:], strict=False))
+    assert [c["value"] for c in cmds] == sorted(c["value"] for c in cmds)
+    # real HTTP: the Grafana source, the JSON API and /metrics
+    target = {"target": "return_avg", "refId": "A", "payload": {"aggregate": "last"}}
+    q = {"targets": [target], "maxDataPoints": 10}
+    (series,) = json.loads(http(port, "/grafana/query", q))
+    assert len(series["datapoints"]) == 10 and series["datapoints"][-1][0] == 38.0
+    assert "info.boss_hp_avg" in json.loads(http(port, "/grafana/search", {"target": "boss"}))
+    rows = json.loads(http(port, "/api/series?keys=return,length_avg&max_points=1000"))
+    assert len(rows) == 40 and rows[-1]["episode"] == 40
+    fams = {f.name: f for f in text_string_to_metric_families(http(port, "/metrics").decode())}
+    assert fams["soulsai_telemetry_episodes"].samples[0].value == 40
+    assert fams["soulsai_telemetry_best_rolling_return"].samples[0].value == 38.0
+    assert fams["soulsai_telemetry_rejected"].samples[0].labels == {"reason": "not_msgpack"}
+    node.terminate()
+    assert node.wait(20) == 0
+
+
+def test_kill_9_and_restart_mid_stream_loses_and_duplicates_nothing(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    extra = ("telemetry.update_interval=7",)  # records read but not yet written when killed
+    node = start_node(procs, redis_server, config_dir, prefix, run_dir, 0, *extra)
+    total, clients = 600, ("a", "b", "c")
+    sent = threading.Event()
+
+    def push() -> None:  # three clients, each numbering its episodes, for about 6 s
+        for i in range(total // len(clients)):
+            for c in clients:
+                rclient.xadd(keys.episodes, {"m": episode(c, i + 1, float(i))})
+            time.sleep(0.03)
+        sent.set()
+
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    for _ in range(2):  # kill -9 twice while records keep coming
+        wait_until(lambda n=len(lines(run_dir)): len(lines(run_dir)) > n + 30, 30, "progress")
+        node.send_signal(signal.SIGKILL)
+        node.wait(10)
+        assert not sent.is_set(), "the stream ended before the kill: nothing tested"
+        node = start_node(procs, redis_server, config_dir, prefix, run_dir, 0, *extra)
+    pusher.join()
+    wait_until(lambda: len(lines(run_dir)) >= total, 30, f"all records\n{read_log(node)}")
+    wait_until(lambda: "telemetry node up" in read_log(node), 10, "the last node's start")
+    node.terminate()
+    assert node.wait(20) == 0
+    recs = lines(run_dir)
+    assert len(recs) == total  # none lost, none twice
+    assert len({(r["client_id"], r["client_episode"]) for r in recs}) == total
+    assert [r["episode"] for r in recs] == list(range(1, total + 1))
+    assert stats(rclient, keys)["missing"] == "0"
+    assert summary_at(run_dir, total)
+
+
+def test_replaced_redis_with_lower_stream_ids_is_read_from_the_start_without_duplicates(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    future_ms = int(time.time() * 1000) + 10**9  # the old server's clock was 11 days ahead
+    old = [episode("a", i, float(i)) for i in range(1, 21)]
+    for i, blob in enumerate(old):
+        rclient.xadd(keys.episodes, {"m": blob}, id=f"{future_ms}-{i}")
+    node = start_node(procs, redis_server, config_dir, prefix, run_dir)
+    wait_until(lambda: len(lines(run_dir)) == 20, 20, f"first 20\n{read_log(node)}")
+    # "Redis replaced by one restored from an older snapshot": the stream holds the first 10
+    # records again (ids from the new server's clock, below the node's cursor), then new ones
+    rclient.delete(keys.episodes)
+    for blob in old[:10]:
+        rclient.xadd(keys.episodes, {"m": blob})
+    for i in range(21, 36):
+        rclient.xadd(keys.episodes, {"m": episode("a", i, float(i))})
+    wait_until(lambda: len(lines(run_dir)) == 35, 20, f"15 new records\n{read_log(node)}")
+    assert "reading it from the start" in read_log(node)
+    wait_until(lambda: stats(rclient, keys).get("duplicates") == "10", 10, "duplicates counted")
+    assert stats(rclient, keys)["missing"] == "0"
+    # a restart now continues after the last record on disk (a position in the new stream)
+    node.terminate()
+    assert node.wait(20) == 0
+    node = start_node(procs, redis_server, config_dir, prefix, run_dir)
+    for i in range(36, 41):
+        rclient.xadd(keys.episodes, {"m": episode("a", i, float(i))})
+    wait_until(lambda: len(lines(run_dir)) == 40, 20, f"5 more\n{read_log(node)}")
+    time.sleep(1.0)
+    recs = lines(run_dir)
+    assert [r["client_episode"] for r in recs] == list(range(1, 41))
+
+
+def test_busy_http_port_is_a_one_line_config_error(
+    redis_server, prefix, config_dir, procs, tmp_path
+):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        node = start_node(procs, redis_server, config_dir, prefix, tmp_path, port)
+        assert node.wait(30) == 2
+    out = read_log(node).strip()
+    assert "Traceback" not in out and f"telemetry.http_port={port}" in out, out
+    assert len(out.splitlines()) == 1
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (apt-get install chromium)")
+def test_live_page_draws_the_curve_in_headless_chromium(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    run_dir, port = tmp_path / "run", free_port()
+    run_dir.mkdir()
+    node = start_node(procs, redis_server, config_dir, prefix, run_dir, port)
+    wait_until(lambda: http_up(port), 30, f"HTTP up\n{read_log(node)}")
+    for i in range(1, 61):
+        if i % 10 == 1:  # the training node's step count moves on between batches
+            rclient.hset(keys.trainer_stats, mapping={"env_steps": 500 * i})
+            time.sleep(0.6)
+        rclient.xadd(keys.episodes, {"m": episode("c1", i, float(i % 20 * i))})
+    wait_until(lambda: json.loads(http(port, "/api/summary"))["episodes"] == 60, 20, "records")
+    url = f"http://127.0.0.1:{port}/"
+    dom = run_chromium(["--dump-dom", url], tmp_path)
+    assert 'data-state="live"' in dom, dom[-2000:]
+    drawn = int(dom.split('id="points">')[1].split("<")[0])
+    assert drawn >= 120  # return and length panels, raw and mean, 60 episodes each
+    assert 'id="episodes">60<' in dom and 'id="last-return">0<' in dom  # 60 % 20 * 60 == 0
+    shot = tmp_path / "page.png"
+    run_chromium([f"--screenshot={shot}", "--window-size=1200,900", url], tmp_path)
+    assert line_pixels(shot) > 500, "no curve visible in the screenshot"
+
+
+def run_chromium(args: list[str], tmp_path: Path) -> str:
+    profile = tempfile.mkdtemp(dir=tmp_path, prefix="chromium-")
+    cmd = [
+        str(chromium()),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def line_pixels(png: Path) -> int:
+    """Pixels in the return panel's curve colour (#1f77b4) in a screenshot."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    img = (mpimg.imread(png)[..., :3] * 255).round().astype(int)
+    return int((np.abs(img - np.array([0x1F, 0x77, 0xB4])).sum(axis=-1) < 40).sum())
