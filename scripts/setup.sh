@@ -23,6 +23,15 @@ if ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
   } >/dev/null 2>&1 || echo "setup: could not install docker-compose; its tests will be skipped"
 fi
 
+# Debian's chromium renders the telemetry node's live page in a headless test.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+  && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing chromium (Debian package, for the live page test)"
+  { apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+  } >/dev/null 2>&1 || echo "setup: could not install chromium; the live page test will be skipped"
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
