@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from soulsai.config.schema import Config
@@ -252,7 +252,9 @@ def _client(target: RedisTarget, socket_timeout: float) -> redis.Redis:
         socket_connect_timeout=5.0,
         socket_keepalive=True,
         health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 5),
+        # No retries for the first PING: redis-py counts a refused password as a connection
+        # error and would retry it for seconds. connect() switches retries on afterwards.
+        retry=Retry(NoBackoff(), 0),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
     if target.tls:
@@ -300,6 +302,7 @@ def connect(target: RedisTarget, *, wait: float = 0.0, socket_timeout: float = 1
     while True:
         try:
             client.ping()
+            client.set_retry(Retry(ExponentialBackoff(cap=2.0, base=0.05), 5))
             return client
         except redis.AuthenticationError as e:
             raise _auth_failure(target, e) from None
