@@ -95,12 +95,21 @@ def _payload(target: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def expand_target(name: str) -> list[str]:
-    """A multi-value template variable arrives as "{a,b}"."""
+def expand_target(name: str, known: list[str]) -> list[str]:
+    """The series a target names: a series itself; a multi-value variable, which arrives as
+    "{a,b}" or, in the plugins' regex formatting, as "(a|b)" with escaped dots; or any regular
+    expression matching whole names ("info\\..*_avg"). Unknown names come back as they are."""
     name = name.strip()
+    if not name or name in known:
+        return [name] if name else []
     if name.startswith("{") and name.endswith("}"):
         return [part.strip() for part in name[1:-1].split(",") if part.strip()]
-    return [name] if name else []
+    try:
+        rx = re.compile(name)
+    except re.error:
+        return [name]
+    matched = [k for k in known if rx.fullmatch(k)]
+    return matched or [name]
 
 
 def client_filter(stats: EpisodeStats, filters: Any) -> list[str] | None:
@@ -209,9 +218,11 @@ def _num(v: float) -> float | None:
 
 
 def _kinds(text: Any) -> set[str]:
-    """An annotation query such as "best,join" (empty: everything)."""
-    words = re.split(r"[\s,#|]+", text) if isinstance(text, str) else []
-    return {w for w in words if w in ("best", "join", "leave")}
+    """An annotation query such as "best", "join,leave" or "clients" (empty: everything)."""
+    words = set(re.split(r"[\s,#|.]+", text)) if isinstance(text, str) else set()
+    if "clients" in words:
+        words |= {"join", "leave"}
+    return words & {"best", "join", "leave"}
 
 
 # ---------------------------------------------------------------------- the routes
@@ -280,7 +291,8 @@ def make_router(source: GrafanaSource) -> APIRouter:
                 continue
             payload = _payload(target)
             how = payload.get("aggregate") if payload.get("aggregate") in AGGREGATES else "mean"
-            for name in expand_target(str(target.get("target") or "")):
+            known = [*source.names(), ANNOTATIONS]
+            for name in expand_target(str(target.get("target") or ""), known):
                 if name.split(".")[0] == ANNOTATIONS:
                     out.append(annotation_table(source, lo, hi, name))
                 elif target.get("type") == "table":
@@ -316,7 +328,8 @@ def annotation_table(
     source: GrafanaSource, lo: float | None, hi: float | None, name: str
 ) -> dict[str, Any]:
     """Events as a table (time, title, text, tags): what the newer plugin maps to annotations.
-    `annotations` gives every kind, `annotations.best` (or .join, .leave) one."""
+    `annotations` gives every kind, `annotations.best` the saves, `annotations.clients` joins
+    and leaves (also `.join`, `.leave`)."""
     kinds = _kinds(name.partition(".")[2])
     return {
         "type": "table",

@@ -129,7 +129,8 @@ def series_payload(
 
 
 def make_app(state: WebState) -> FastAPI:
-    app = FastAPI(title="soulsai telemetry", docs_url="/docs", redoc_url=None)
+    # No /docs: Swagger UI loads its scripts from a CDN. The schema is at /openapi.json.
+    app = FastAPI(title="soulsai telemetry", docs_url=None, redoc_url=None)
     # Grafana's "browser" access mode calls the data source from the user's browser.
     app.add_middleware(
         CORSMiddleware,

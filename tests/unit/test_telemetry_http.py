@@ -136,6 +136,18 @@ def test_query_aggregate_payload_and_multi_value_target(client: TestClient) -> N
     assert max(v for v, _ in got[1]["datapoints"]) == 24
 
 
+def test_targets_in_the_plugins_regex_formatting(client: TestClient) -> None:
+    # a multi-value variable $series is sent as "(a|b)", values regex-escaped
+    targets = [
+        {"target": "(return_avg|info\\.hp_avg)", "refId": "A"},
+        {"target": "length.*", "refId": "B"},
+        {"target": "info\\.hp", "refId": "C"},
+    ]
+    got = client.post("/grafana/query", json=simpod_query(targets, T0, T0 + N, 5)).json()
+    assert [g["target"] for g in got] == ["return_avg", "info.hp_avg", "length", "length_avg",
+                                          "info.hp"]  # fmt: skip
+
+
 def test_adhoc_filter_by_client_recomputes_moving_average(client: TestClient) -> None:
     body = simpod_query([{"target": "return_avg", "refId": "A"}], T0, T0 + N, 1000)
     body["adhocFilters"] = [{"key": "client_id", "operator": "=", "value": "beta"}]
@@ -278,6 +290,12 @@ def test_metrics_parse_with_prometheus_parser(client: TestClient) -> None:
     assert families["soulsai_telemetry_episodes"].samples[0].value == N
     rejected = families["soulsai_telemetry_rejected"].samples[0]
     assert rejected.labels == {"reason": "bad_version"} and rejected.value == 3
+
+
+def test_openapi_schema_and_no_cdn_docs(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/series", "/grafana/query", "/grafana/annotations"} <= set(paths)
+    assert client.get("/docs").status_code == 404  # Swagger UI would load scripts from a CDN
 
 
 def test_cors_for_grafana_browser_access(client: TestClient) -> None:
