@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from soulsai.errors import ConnectionFailed, SoulsaiError
 from soulsai.local import LOCAL_REDIS_FILE
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.codec import encode_command
-
-ALIVE_WITHIN = 30.0  # seconds: a training node refreshes its stats every 0.5 s
 
 
 class SaveFailed(SoulsaiError):
@@ -68,25 +65,24 @@ def request_quicksave(
             raise ConnectionFailed(
                 f"no training node has announced a run at {target.describe()} (prefix {prefix})"
             )
-        age = time.time() - float(link.stats("trainer").get("time") or 0)
-        if age > ALIVE_WITHIN:
-            raise ConnectionFailed(
-                f"the training node of {run.get('run_dir')} is not running "
-                f"(no report from it for {age:.0f} s)"
-            )
+        if not link.trainer_alive():
+            raise ConnectionFailed(f"the training node of {run.get('run_dir')} is not running")
         token = uuid.uuid4().hex
-        link.send_trainer_command(encode_command("quicksave", buffer=buffer, reply=token))
+        command = encode_command("quicksave", buffer=buffer, reply=token)
+        link.send_trainer_command(command)
         folder = f"{run.get('run_dir')}/manual_save"
         if not wait:
             return f"quicksave requested: the training node writes {folder}"
         raw = link.wait_reply(token, timeout)
+        if raw is None:
+            withdrawn = link.withdraw_trainer_command(command)
+            alive = link.trainer_alive()
     finally:
         link.close()
     if raw is None:
-        raise ConnectionFailed(
-            f"the training node did not confirm the save within {timeout:.0f} s "
-            "(the request stays queued; check its log)"
-        )
+        why = f"within {timeout:.0f} s" if alive else "before it stopped"
+        fate = "request withdrawn" if withdrawn else "it took the request; check its log"
+        raise ConnectionFailed(f"the training node did not confirm the save {why} ({fate})")
     answer = json.loads(raw)
     if not answer.get("ok"):
         raise SaveFailed(f"the training node could not save: {answer.get('reason')}")

@@ -164,8 +164,10 @@ class DQNTrainingNode:
                     self.data_ready.wait(0.01)
                     self.data_ready.clear()
                 # Weights change only through updates: without learning, nothing to publish.
-                if (self.accepted - published_at >= d.update_samples
-                        and self.learner.updates > published_updates):
+                if (
+                    self.accepted - published_at >= d.update_samples
+                    and self.learner.updates > published_updates
+                ):
                     published_at, published_updates = self.accepted, self.learner.updates
                     self.model_id += 1
                     self._publish()
@@ -183,6 +185,8 @@ class DQNTrainingNode:
                     self.link.set_throttle(False)
             self.intake.join(2.0)
             self.saves.save("final")
+            with contextlib.suppress(TRANSIENT):
+                self.link.clear_alive()
             log.info(
                 "training node stopped at %d env steps, %d updates",
                 self.env_steps,
@@ -319,6 +323,7 @@ class DQNTrainingNode:
     def checkpoint_state(self, with_buffer: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """The node's state as checkpoint parts, and its counters (see training.saves)."""
         self._merge_normalizer()
+        episodes = self._episodes()  # a Redis round trip: not under the lock
         with self.lock:
             state: dict[str, Any] = {
                 "policy": self.learner.policy_state(),
@@ -332,7 +337,7 @@ class DQNTrainingNode:
                 "model_id": self.model_id,
                 "updates": self.learner.updates,
                 "accepted": self.accepted,
-                "episodes": self._episodes(),
+                "episodes": episodes,
                 "buffer_size": len(self.buffer),
             }
         state["node"] = dict(counters)

@@ -210,7 +210,12 @@ class Saves:
     # ---------------------------------------------------------------- restore
 
     def restore(self, folder: Path) -> dict[str, Any]:
-        """Load `folder` into the node; the env and algorithm must match the config."""
+        """Load `folder` into the node; the env and algorithm must match the config.
+
+        Episodes recorded after the checkpoint (before a crash) keep their place: env steps
+        continue from the last one recorded, model ids after the highest one seen, so the
+        curve never steps back and no id names two different models.
+        """
         state, summary = load_checkpoint(folder)
         saved = (summary.get("algo"), summary.get("env"))
         if saved != (self.cfg.algo, self.cfg.env.id):
@@ -218,6 +223,18 @@ class Saves:
                 f"checkpoint {folder} was trained with algo={saved[0]} env={saved[1]}; "
                 f"the config asks for algo={self.cfg.algo} env={self.cfg.env.id}"
             )
+        counters = dict(state.get("node") or summary)
+        steps, model = recorded_progress(self.run_dir)
+        if steps > int(counters["env_steps"]) or model > int(counters["model_id"]):
+            log.info(
+                "episodes recorded after the checkpoint reach env_steps=%d, model_id=%d: "
+                "counting on from there (the experience since the checkpoint is lost)",
+                steps,
+                model,
+            )
+            counters["env_steps"] = max(int(counters["env_steps"]), steps)
+            counters["model_id"] = max(int(counters["model_id"]), model)
+        state["node"] = counters
         try:
             self.node.restore_state(state, summary)
         except (KeyError, ValueError, RuntimeError) as e:
@@ -226,6 +243,23 @@ class Saves:
                 f"checkpoint {folder} does not fit this configuration: {first[:300]}"
             ) from None
         return summary
+
+
+def recorded_progress(run_dir: Path) -> tuple[int, int]:
+    """(highest env_steps, highest model_id) in the run's episodes.jsonl; (0, 0) without one."""
+    steps = model = 0
+    try:
+        with open(Path(run_dir) / runfolder.EPISODES_FILE, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    steps = max(steps, int(rec.get("env_steps") or 0))
+                    model = max(model, int(rec.get("model_id") or 0))
+                except (ValueError, TypeError, AttributeError):
+                    continue  # a torn last line
+    except OSError:
+        pass
+    return steps, model
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -54,6 +54,12 @@ class Keys:
         return self._k("trainer")
 
     @property
+    def trainer_alive(self) -> str:
+        """Present while a training node runs: each stats update renews its expiry, a clean
+        stop deletes it (`soulsai quicksave` checks it before asking for a save)."""
+        return self._k("trainer_alive")
+
+    @property
     def telemetry_stats(self) -> str:
         """Hash of the telemetry node's counters (episodes, rolling_return, best, ...)."""
         return self._k("telemetry")

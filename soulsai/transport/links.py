@@ -48,6 +48,9 @@ class _Link:
                 out[_str(key)[prefix:]] = {}
         return out
 
+    def trainer_alive(self) -> bool:
+        return bool(self.r.exists(self.keys.trainer_alive))
+
     def stats(self, which: str) -> dict[str, str]:
         key = self.keys.trainer_stats if which == "trainer" else self.keys.telemetry_stats
         return {_str(k): _str(v) for k, v in self.r.hgetall(key).items()}
@@ -124,8 +127,16 @@ class TrainerLink(_Link):
         pipe.hset(self.keys.run, mapping=run_info)
         pipe.execute()
 
-    def set_stats(self, stats: dict[str, Any]) -> None:
-        self.r.hset(self.keys.trainer_stats, mapping={k: str(v) for k, v in stats.items()})
+    def set_stats(self, stats: dict[str, Any], alive_ttl: float = 10.0) -> None:
+        """Publish the counters and renew the liveness key (`trainer_alive`)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.keys.trainer_stats, mapping={k: str(v) for k, v in stats.items()})
+        pipe.set(self.keys.trainer_alive, 1, px=int(alive_ttl * 1000))
+        pipe.execute()
+
+    def clear_alive(self) -> None:
+        """A clean stop: the training node is gone now, not only after the expiry."""
+        self.r.delete(self.keys.trainer_alive)
 
     def pop_commands(self, count: int = 16) -> list[bytes]:
         return list(self.r.rpop(self.keys.trainer_commands, count) or [])
@@ -172,17 +183,6 @@ class TelemetryLink(_Link):
     def send_trainer_command(self, command: bytes) -> None:
         self.r.lpush(self.keys.trainer_commands, command)
 
-    def wait_reply(self, token: str, timeout: float) -> bytes | None:
-        """The training node's answer to the command sent with `"reply": token`, or None."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            # short blocking reads: the connection's socket timeout must not fire first
-            got = self.r.blpop([self.keys.reply(token)], timeout=max(1, min(5, int(left))))
-            if got:
-                self.r.delete(self.keys.reply(token))
-                return got[1]
-        return None
-
     def stream_bounds(self) -> tuple[str | None, str] | None:
         """(id of the oldest entry or None if empty, last generated id) of the episode stream;
         None when the stream does not exist (a new or flushed Redis)."""
@@ -198,6 +198,24 @@ class TelemetryLink(_Link):
         n = len(self.keys.heartbeat(""))
         keys = self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000)
         return {str(_str(k))[n:] for k in keys}
+
+    def wait_reply(self, token: str, timeout: float) -> bytes | None:
+        """The training node's answer to the command sent with `"reply": token`, or None when
+        none came within `timeout` or the node stopped (its liveness key is gone)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            # short blocking reads: the connection's socket timeout must not fire first
+            got = self.r.blpop([self.keys.reply(token)], timeout=max(1, min(2, int(left))))
+            if got:
+                self.r.delete(self.keys.reply(token))
+                return got[1]
+            if not self.trainer_alive():
+                return None
+        return None
+
+    def withdraw_trainer_command(self, command: bytes) -> bool:
+        """Take back a command the training node has not read yet; False if it has."""
+        return bool(self.r.lrem(self.keys.trainer_commands, 1, command))
 
 
 def wait_for(fn, timeout: float, interval: float = 0.2) -> Any:
