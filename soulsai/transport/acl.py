@@ -52,7 +52,7 @@ CLIENT_GRANTS: dict[str, Grant] = {
     "model_id": Grant(("get",), "R"),
     "config": Grant(("get",), "R"),
     "heartbeat": Grant(("set",), "W"),  # SET ... PX on <p>:client:<id>
-    "client_seq": Grant(("incr",), "RW"),
+    "client_seq": Grant(("incr", "incrby"), "RW"),  # redis-py sends INCRBY for incr()
     "throttle": Grant(("exists",), "R"),
 }
 CLIENT_CHANNELS: tuple[str, ...] = ("model_channel", "commands")
