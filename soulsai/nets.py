@@ -97,3 +97,89 @@ def greedy_actions(net: QNetwork, obs: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         q_values = net(torch.as_tensor(np.asarray(obs), device=device))
     return q_values.argmax(dim=1).cpu().numpy().astype(np.int64, copy=False)
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _orthogonal(layer: nn.Linear, gain: float) -> nn.Linear:
+    """Orthogonal weights with `gain`, zero bias (the PPO implementation detail)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(in_features: int, hidden: list[int], activation: str) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for size in hidden:
+        linear = _orthogonal(nn.Linear(in_features, size), math.sqrt(2))
+        layers += [linear, ACTIVATIONS[activation]()]
+        in_features = size
+    return layers
+
+
+class ActorCritic(nn.Module):
+    """PPO's policy and value function over normalized, flattened observations.
+
+    `shared`: one MLP torso feeding an actor head and a critic head; otherwise two separate
+    MLPs (`torso` is then empty). The actor outputs Categorical logits (discrete) or the mean of
+    a diagonal Gaussian whose log-std is a state-independent parameter (`log_std`). Linear
+    layers are orthogonally initialized: gain sqrt(2) hidden, 0.01 actor output, 1 critic output.
+    The whole state_dict is what clients receive, normalizer statistics included.
+    """
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        action_dim: int,
+        discrete: bool,
+        hidden: list[int],
+        shared: bool = False,
+        activation: str = "tanh",
+        normalize_obs: bool = True,
+        init_log_std: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.discrete = discrete
+        self.obs_norm = ObsNormalizer(self.obs_shape, enabled=normalize_obs)
+        in_features = math.prod(self.obs_shape)
+        if shared:
+            self.torso = nn.Sequential(*_mlp(in_features, hidden, activation))
+            actor_layers: list[nn.Module] = []
+            critic_layers: list[nn.Module] = []
+        else:
+            self.torso = nn.Sequential()
+            actor_layers = _mlp(in_features, hidden, activation)
+            critic_layers = _mlp(in_features, hidden, activation)
+        last = hidden[-1]
+        self.actor = nn.Sequential(*actor_layers, _orthogonal(nn.Linear(last, action_dim), 0.01))
+        self.critic = nn.Sequential(*critic_layers, _orthogonal(nn.Linear(last, 1), 1.0))
+        if not discrete:
+            self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits or Gaussian mean of shape (B, action_dim), values of shape (B,))."""
+        h = self.torso(self.obs_norm(obs).flatten(start_dim=1))
+        return self.actor(h), self.critic(h).squeeze(-1)
+
+    def distribution(self, actor_out: torch.Tensor) -> torch.distributions.Distribution:
+        if self.discrete:
+            return torch.distributions.Categorical(logits=actor_out)
+        return torch.distributions.Normal(actor_out, self.log_std.exp().expand_as(actor_out))
+
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.forward(obs)[1]
+
+    def get_action_and_value(
+        self, obs: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(action, log-prob, entropy, value); samples an action when none is given."""
+        actor_out, value = self.forward(obs)
+        dist = self.distribution(actor_out)
+        if action is None:
+            action = dist.sample()
+        logprob, entropy = dist.log_prob(action), dist.entropy()
+        if not self.discrete:  # independent dimensions: sum over the action vector
+            logprob, entropy = logprob.sum(-1), entropy.sum(-1)
+        return action, logprob, entropy, value

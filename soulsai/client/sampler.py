@@ -1,7 +1,8 @@
-"""A sampling client: env -> policy -> n-step experience out; weights in.
+"""A sampling client: env -> policy -> experience out; weights in.
 
 It needs only where Redis is and the secret; env, algorithm and batching settings come from
-the config the training node publishes.
+the config the training node publishes. The env loop here is the same for every algorithm;
+what to act, record and send is the job of the algorithm's actor (actors.py).
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from soulsai.client.actors import Message, make_actor
 from soulsai.client.control import Control
 from soulsai.client.envs import make_vector_env
-from soulsai.client.nstep import NStepAccumulator, NStepTransition
 from soulsai.client.outbox import Outbox
-from soulsai.client.policy import NumpyQPolicy, expected_weight_shapes
 from soulsai.config import Config, config_from_json
 from soulsai.errors import ConnectionFailed
-from soulsai.training.algorithms.dqn import epsilon
 from soulsai.transport import ClientLink, RedisTarget, open_link
 from soulsai.transport.codec import EpisodeRecord, encode_episode, encode_experience
 from soulsai.transport.links import wait_for
@@ -79,19 +78,20 @@ class Sampler:
         self.index = self.link.register()
         self.rng = np.random.default_rng(self.cfg.seed + 1000 * (self.index + 1))
         self.env = make_vector_env(self.cfg.env)
-        obs_space = self.env.single_observation_space
-        self.n_actions = int(self.env.single_action_space.n)
-        self.action_start = int(self.env.single_action_space.start)
-        expected = expected_weight_shapes(self.cfg, tuple(obs_space.shape), self.n_actions)
-        self.outbox = Outbox(self.link, MAX_OUTBOX_MESSAGES, self.cfg.telemetry.stream_maxlen,
-                             self.cfg.training.max_queue)
+        self.actor = make_actor(self.cfg, self.env, self.index, self.rng)
+        self.outbox = Outbox(
+            self.link,
+            MAX_OUTBOX_MESSAGES,
+            self.cfg.telemetry.stream_maxlen,
+            self.cfg.training.max_queue,
+        )
         self.steps = 0
         self.episodes = 0
         self.control = Control(
             self.link,
             self.client_id,
-            expected,
-            lambda state: NumpyQPolicy(state, self.cfg.dqn.normalize_obs),
+            self.actor.expected,
+            self.actor.make_policy,
             heartbeat_interval=self.cfg.client.heartbeat_interval,
             heartbeat_timeout=self.cfg.client.heartbeat_timeout,
             poll_interval=self.cfg.client.weights_poll_interval,
@@ -112,6 +112,7 @@ class Sampler:
             "steps": self.steps,
             "episodes": self.episodes,
             "dropped": self.outbox.dropped + self.outbox.trimmed,
+            "discarded": self.actor.discarded,
             "time": time.time(),
         }
 
@@ -119,43 +120,33 @@ class Sampler:
         """Sample until stopped (Ctrl-C, the server's shutdown command, or `stop`)."""
         cfg = self.cfg
         n_envs = cfg.env.num_envs
-        accs = [NStepAccumulator(cfg.dqn.n_step, cfg.dqn.gamma) for _ in range(n_envs)]
-        batch: list[NStepTransition] = []
-        batch_model = self.control.model_id
-        batch_started = time.monotonic()
+        actor = self.actor
         ep_ret = np.zeros(n_envs)
         ep_len = np.zeros(n_envs, dtype=np.int64)
-        _, policy, meta = self.control.latest
-        model_id = self.control.model_id
+        model_id, policy, meta = self.control.latest
+        actor.set_model(model_id, policy, meta)
         self.control.start()
         log.info(
-            "client %s (index %d) sampling %s with model %d",
+            "client %s (index %d) sampling %s with model %d (%s)",
             self.client_id,
             self.index,
             cfg.env.id,
             model_id,
+            cfg.algo,
         )
         obs = self._reset(seed=cfg.seed + 7919 * self.index)
         env_failures = 0
         while not self.stop.is_set():
             if not self.control.may_sample.is_set():
-                self.control.may_sample.wait(0.1)  # the learner is behind: let it catch up
+                self.control.may_sample.wait(0.1)  # the training node asked for a pause
                 continue
             latest = self.control.latest
             if latest is not None and latest[0] != model_id:
-                model_id, policy, meta = latest
-                if batch:  # one model id per message, so the server can judge staleness
-                    self._flush(batch, batch_model)
-                    batch = []
-            eps = epsilon(
-                cfg.dqn,
-                int(meta.get("env_steps", 0)) + self.steps,
-                self.index,
-                int(meta.get("num_clients", 1)),
-            )
-            actions = policy.act(obs, eps, self.rng)
+                model_id = latest[0]
+                self._send(actor.set_model(*latest))
+            actions = actor.act(obs, self.steps)
             try:
-                next_obs, rewards, terms, truncs, infos = self.env.step(actions + self.action_start)
+                next_obs, rewards, terms, truncs, infos = self.env.step(actions)
             except Exception as e:  # a game crash must not end the run
                 env_failures += 1
                 log.error(
@@ -168,60 +159,36 @@ class Sampler:
                 if env_failures > ENV_RETRY_LIMIT:
                     raise
                 self.stop.wait(min(30.0, 2.0**env_failures))
-                obs = self._recreate_env(accs, ep_ret, ep_len)
+                obs = self._recreate_env(ep_ret, ep_len)
                 continue
             env_failures = 0
             self.steps += n_envs
-            if not batch:
-                batch_started = time.monotonic()
-                batch_model = model_id
             ep_ret += rewards
             ep_len += 1
+            for i in np.flatnonzero(np.logical_or(terms, truncs)):
+                self._episode(ep_ret[i], ep_len[i], model_id, _info_scalars(infos, i))
+                ep_ret[i], ep_len[i] = 0.0, 0
             final_obs = infos.get("final_obs")
-            for i in range(n_envs):
-                done = bool(terms[i] or truncs[i])
-                nxt = final_obs[i] if done else next_obs[i]
-                batch.extend(
-                    accs[i].push(
-                        obs[i], actions[i], float(rewards[i]), nxt, bool(terms[i]), bool(truncs[i])
-                    )
-                )
-                if done:
-                    self._episode(ep_ret[i], ep_len[i], model_id, _info_scalars(infos, i))
-                    ep_ret[i], ep_len[i] = 0.0, 0
+            self._send(actor.observe(obs, rewards, terms, truncs, next_obs, final_obs))
             obs = next_obs
-            if len(batch) >= cfg.client.batch_size or (
-                batch and time.monotonic() - batch_started > cfg.client.flush_interval
-            ):
-                self._flush(batch, batch_model)
-                batch = []
-        if batch:
-            self._flush(batch, batch_model)
+        self._send(actor.finish())
 
     def _reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.env.reset(seed=seed)
         return obs
 
-    def _recreate_env(self, accs: list, ep_ret: np.ndarray, ep_len: np.ndarray) -> np.ndarray:
+    def _recreate_env(self, ep_ret: np.ndarray, ep_len: np.ndarray) -> np.ndarray:
         with contextlib.suppress(Exception):  # the crashed env may not close cleanly
             self.env.close()
         self.env = make_vector_env(self.cfg.env)
-        for acc in accs:
-            acc.reset()
+        self.actor.reset()
         ep_ret[:] = 0.0
         ep_len[:] = 0
         return self._reset()
 
-    def _flush(self, batch: list[NStepTransition], model_id: int) -> None:
-        fields = {
-            "obs": np.stack([t.obs for t in batch]),
-            "action": np.asarray([t.action for t in batch], dtype=np.int64),
-            "reward": np.asarray([t.reward for t in batch], dtype=np.float32),
-            "next_obs": np.stack([t.next_obs for t in batch]),
-            "terminated": np.asarray([t.terminated for t in batch], dtype=np.uint8),
-            "steps": np.asarray([t.steps for t in batch], dtype=np.uint8),
-        }
-        self.outbox.put_samples(encode_experience(self.client_id, model_id, fields))
+    def _send(self, messages: list[Message]) -> None:
+        for model_id, fields in messages:
+            self.outbox.put_samples(encode_experience(self.client_id, model_id, fields))
 
     def _episode(self, ret: float, length: int, model_id: int, info: dict[str, float]) -> None:
         self.episodes += 1

@@ -1,0 +1,105 @@
+"""The PPO client's policy: an ActorCritic state dict evaluated in numpy.
+
+Computes what `soulsai.nets.ActorCritic` computes (tested): normalize, flatten, an optional
+shared torso, then actor and critic MLPs. Sampling uses the client's own numpy generator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from soulsai.nets import NORM_CLIP, NORM_EPS
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _arr(t: Any) -> np.ndarray:
+    """A live torch module's tensors are copied (training would change them under us);
+    freshly decoded numpy arrays belong to nobody else and are used as they are."""
+    return t.detach().cpu().numpy().copy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _layers(state: dict[str, Any], prefix: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(W^T, b) of every Linear in the nn.Sequential named `prefix`, in order; W^T is a view."""
+    idx = sorted({int(k.split(".")[1]) for k in state if k.startswith(prefix + ".")})
+    return [
+        (
+            _arr(state[f"{prefix}.{i}.weight"]).astype(np.float32, copy=False).T,
+            _arr(state[f"{prefix}.{i}.bias"]).astype(np.float32, copy=False),
+        )
+        for i in idx
+    ]
+
+
+class NumpyActorCritic:
+    """Acts for PPO: actions, their log-probabilities and the values of the observations."""
+
+    def __init__(
+        self, state: dict[str, Any], discrete: bool, normalize_obs: bool, activation: str
+    ) -> None:
+        self.discrete = discrete
+        self.normalize = normalize_obs
+        self.activation = activation
+        self.mean = _arr(state["obs_norm.mean"]).astype(np.float32).ravel()
+        self.std = np.sqrt(_arr(state["obs_norm.var"]).astype(np.float32).ravel() + NORM_EPS)
+        self.torso = _layers(state, "torso")
+        self.actor = _layers(state, "actor")
+        self.critic = _layers(state, "critic")
+        self.log_std = None if discrete else _arr(state["log_std"]).astype(np.float32)
+
+    def _act_fn(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x) if self.activation == "tanh" else np.maximum(x, 0.0)
+
+    def _mlp(self, x: np.ndarray, layers: list, last_linear: bool) -> np.ndarray:
+        for i, (w, b) in enumerate(layers):
+            x = x @ w + b
+            if not (last_linear and i == len(layers) - 1):
+                x = self._act_fn(x)
+        return x
+
+    def forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits or Gaussian mean, values) for a batch of observations."""
+        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+        if self.normalize:
+            x = np.clip((x - self.mean) / self.std, -NORM_CLIP, NORM_CLIP)
+        h = self._mlp(x, self.torso, last_linear=False)
+        return self._mlp(h, self.actor, True), self._mlp(h, self.critic, True)[:, 0]
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        return self.forward(obs)[1]
+
+    def act(
+        self, obs: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sampled actions (int64 indices, or raw float32 Gaussian samples), log-probs, values."""
+        out, values = self.forward(obs)
+        if self.discrete:
+            logp_all = _log_softmax(out)
+            u = rng.random((len(out), 1))
+            cdf = np.cumsum(np.exp(logp_all), axis=1)
+            actions = np.minimum((u > cdf).sum(axis=1), out.shape[1] - 1).astype(np.int64)
+            logprob = logp_all[np.arange(len(out)), actions]
+        else:
+            assert self.log_std is not None
+            std = np.exp(self.log_std)
+            noise = rng.standard_normal(out.shape).astype(np.float32)
+            actions = (out + std * noise).astype(np.float32)
+            logprob = (-0.5 * noise**2 - self.log_std - LOG_SQRT_2PI).sum(axis=1)
+        return actions, logprob.astype(np.float32), values.astype(np.float32)
+
+    def log_prob(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Log-probabilities of given actions (for tests and diagnostics)."""
+        out, _ = self.forward(obs)
+        if self.discrete:
+            return _log_softmax(out)[np.arange(len(out)), actions.astype(np.int64)]
+        assert self.log_std is not None
+        noise = (actions - out) / np.exp(self.log_std)
+        return (-0.5 * noise**2 - self.log_std - LOG_SQRT_2PI).sum(axis=1)

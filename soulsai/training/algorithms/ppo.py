@@ -1,0 +1,205 @@
+"""PPO learner (Schulman et al. 2017) with the well-known implementation details.
+
+Clipped surrogate objective, value loss with optional clipping, entropy bonus, per-minibatch
+advantage normalization, several epochs of shuffled minibatches, global gradient-norm clipping,
+optional linear learning-rate annealing, Adam eps 1e-5, orthogonal init (in `ActorCritic`).
+
+Design choices:
+- The observation normalizer is frozen while an iteration trains and updated afterwards with
+  the iteration's observations, so the log-probabilities recomputed here use exactly the
+  normalization the clients sampled with (the first epoch's ratio is 1).
+- Reward scaling (optional) happens on the node: rewards travel raw, and each client sends the
+  discounted return of its episode so far; the node keeps their running variance and divides
+  rewards by its square root. Clients never need the statistic.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from soulsai.config.schema import PPOConfig
+from soulsai.nets import ActorCritic, ObsNormalizer
+from soulsai.training.rollout import RolloutBatch
+
+ADAM_EPS = 1e-5
+REWARD_EPS = 1e-8
+
+
+def clipped_surrogate(
+    newlogprob: torch.Tensor, oldlogprob: torch.Tensor, advantages: torch.Tensor, clip_coef: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pg_loss, approx_kl, clipfrac): the negated clipped objective L^CLIP, averaged."""
+    logratio = newlogprob - oldlogprob
+    ratio = logratio.exp()
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - logratio).mean()  # the k3 estimator (Schulman's blog)
+        clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    return pg_loss, approx_kl, clipfrac
+
+
+def value_loss(
+    newvalue: torch.Tensor,
+    oldvalue: torch.Tensor,
+    returns: torch.Tensor,
+    clip_coef: float,
+    clip_vloss: bool,
+) -> torch.Tensor:
+    """0.5 * squared error to the returns; clipped around the sampled value if `clip_vloss`."""
+    v_loss_unclipped = (newvalue - returns) ** 2
+    if not clip_vloss:
+        return 0.5 * v_loss_unclipped.mean()
+    v_clipped = oldvalue + torch.clamp(newvalue - oldvalue, -clip_coef, clip_coef)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+
+
+def build_actor_critic(
+    cfg: PPOConfig, obs_space: gym.Space, action_space: gym.Space
+) -> ActorCritic:
+    """The network for `cfg` and the env's spaces (clients build the same to check weights)."""
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    action_dim = int(action_space.n) if discrete else math.prod(action_space.shape)
+    return ActorCritic(
+        tuple(obs_space.shape),
+        action_dim,
+        discrete,
+        cfg.hidden,
+        shared=cfg.shared_network,
+        activation=cfg.activation,
+        normalize_obs=cfg.normalize_obs,
+        init_log_std=cfg.init_log_std,
+    )
+
+
+class PPOLearner:
+    """The actor-critic, its optimizer, the return statistics and the counters."""
+
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        seed: int,
+        device: str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(seed)
+            net = build_actor_critic(cfg, obs_space, action_space)
+        self.net = net.to(self.device)
+        self.action_shape = (
+            () if isinstance(action_space, gym.spaces.Discrete) else tuple(action_space.shape)
+        )
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=ADAM_EPS)
+        self.return_stats = ObsNormalizer((), enabled=cfg.scale_rewards)
+        self.updates = 0
+        self.iterations = 0
+
+    def reward_scale(self, disc_returns: np.ndarray) -> float:
+        """Merge the discounted returns into their statistics; 1 / their running std (or 1)."""
+        if not self.cfg.scale_rewards:
+            return 1.0
+        self.return_stats.update(disc_returns.astype(np.float64))
+        return float(1.0 / np.sqrt(self.return_stats.var.item() + REWARD_EPS))
+
+    def update(self, batch: RolloutBatch, lr_frac: float = 1.0) -> dict[str, float]:
+        """One PPO iteration: `update_epochs` passes of shuffled minibatches over `batch`."""
+        cfg = self.cfg
+        lr = cfg.lr * lr_frac
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values = (
+            t.to(self.device) for t in batch
+        )
+        b_actions = b_actions.reshape(-1, *self.action_shape)
+        batch_size = len(b_obs)
+        minibatch_size = max(1, math.ceil(batch_size / cfg.num_minibatches))
+        clipfracs, approx_kls = [], []
+        pg_loss = v_loss = entropy_loss = torch.zeros(())
+        for _epoch in range(cfg.update_epochs):
+            b_inds = torch.randperm(batch_size, device=self.device)
+            for start in range(0, batch_size, minibatch_size):
+                mb_inds = b_inds[start : start + minibatch_size]
+                _, newlogprob, entropy, newvalue = self.net.get_action_and_value(
+                    b_obs[mb_inds], b_actions[mb_inds]
+                )
+                mb_advantages = b_advantages[mb_inds]
+                if cfg.norm_adv and len(mb_inds) > 1:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (
+                        mb_advantages.std() + 1e-8
+                    )
+                pg_loss, approx_kl, clipfrac = clipped_surrogate(
+                    newlogprob, b_logprobs[mb_inds], mb_advantages, cfg.clip_coef
+                )
+                v_loss = value_loss(
+                    newvalue, b_values[mb_inds], b_returns[mb_inds], cfg.clip_coef, cfg.clip_vloss
+                )
+                entropy_loss = entropy.mean()
+                loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.updates += 1
+                clipfracs.append(clipfrac.item())
+                approx_kls.append(approx_kl.item())
+            if cfg.target_kl is not None and approx_kls[-1] > cfg.target_kl:
+                break
+        self.iterations += 1
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
+        return {
+            "loss": (pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_loss).item(),
+            "policy_loss": pg_loss.item(),
+            "value_loss": v_loss.item(),
+            "entropy": entropy_loss.item(),
+            "approx_kl": approx_kls[-1],
+            "clipfrac": float(np.mean(clipfracs)),
+            "explained_variance": explained_var,
+            "lr": lr,
+        }
+
+    def update_normalizer(self, obs: np.ndarray) -> None:
+        """Merge an iteration's observations into the running statistics (no-op if disabled)."""
+        if self.cfg.normalize_obs:
+            self.net.obs_norm.update(obs)
+
+    def policy_state(self) -> dict[str, torch.Tensor]:
+        """Detached, contiguous CPU copies of the net's state_dict (for broadcasting)."""
+        return {
+            name: t.detach().to("cpu", copy=True).contiguous()
+            for name, t in self.net.state_dict().items()
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot for checkpoints: net, optimizer, return statistics and counters."""
+        return copy.deepcopy(
+            {
+                "net": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "return_stats": self.return_stats.state_dict(),
+                "updates": self.updates,
+                "iterations": self.iterations,
+            }
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.return_stats.load_state_dict(state["return_stats"])
+        self.updates = int(state["updates"])
+        self.iterations = int(state["iterations"])
