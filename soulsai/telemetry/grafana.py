@@ -163,11 +163,12 @@ class GrafanaSource:
             y = values[name]
         else:
             with self.stats.lock:
-                t, y = self.stats.view("t"), self.stats.view(name)
+                tv, yv = self.stats.view("t"), self.stats.view(name)
                 mask = None if clients is None else self.stats.client_mask(clients)
                 raw = self.stats.view(name[: -len(AVG)]) if name.endswith(AVG) else None
-            if t is None or y is None:
+            if tv is None or yv is None:
                 return np.zeros(0), np.zeros(0)
+            t, y = tv, yv
             if mask is not None:
                 t = t[mask]
                 y = y[mask] if raw is None else moving_average(raw[mask], self.stats.window)
@@ -290,7 +291,8 @@ def make_router(source: GrafanaSource) -> APIRouter:
             if not isinstance(target, dict) or target.get("hide") is True:
                 continue
             payload = _payload(target)
-            how = payload.get("aggregate") if payload.get("aggregate") in AGGREGATES else "mean"
+            how = str(payload.get("aggregate") or "mean")
+            how = how if how in AGGREGATES else "mean"
             known = [*source.names(), ANNOTATIONS]
             for name in expand_target(str(target.get("target") or ""), known):
                 if name.split(".")[0] == ANNOTATIONS:
@@ -309,7 +311,8 @@ def make_router(source: GrafanaSource) -> APIRouter:
     @router.post("/annotations")
     def annotations(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, Any]]:
         lo, hi = time_range(body)
-        ann = body.get("annotation") if isinstance(body.get("annotation"), dict) else {}
+        ann = body.get("annotation")
+        ann = ann if isinstance(ann, dict) else {}
         return [
             {
                 "annotation": ann,

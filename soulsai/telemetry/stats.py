@@ -139,11 +139,11 @@ class EpisodeStats:
             value = self.rolling(self.cfg.best_key)
             if value is not None:
                 self.best.best = max(self.best.best, value)
-            marked = rec.get("saved_best")
-            if _is_num(marked):
+            marked = _num(rec.get("saved_best"))
+            if not math.isnan(marked):
                 episode = int(rec.get("episode") or self.n)
-                self.best.saved, self.best.saved_episode = float(marked), episode
-                self.events.append(_best_event(t, float(marked), episode, self.cfg.best_key))
+                self.best.saved, self.best.saved_episode = marked, episode
+                self.events.append(_best_event(t, marked, episode, self.cfg.best_key))
 
     def best_due(self, rec: dict[str, Any]) -> float | None:
         """Called after a batch with its last record: the moving average to send with a
