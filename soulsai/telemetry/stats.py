@@ -21,6 +21,7 @@ from soulsai.config.schema import TelemetryConfig
 
 AVG = "_avg"  # suffix of a moving-average series: return -> return_avg
 BASE_SERIES = ("episode", "env_steps", "wall_time", "time")  # always present
+MAX_INFO_SERIES = 64  # distinct info.<key> series kept at most
 OPS: dict[str, Callable[[float, float], bool]] = {
     "gt": operator.gt,
     "ge": operator.ge,
@@ -119,6 +120,7 @@ class EpisodeStats:
         self.best = BestTracker(cfg.best_interval)
         self.events: list[Event] = []
         self._announced: set[str] = set()
+        self._info_keys: set[str] = set()
         self.solved = False
         self.best_return: float | None = None  # best moving-average return (summary.json)
         self._t_last = -math.inf
@@ -187,9 +189,17 @@ class EpisodeStats:
         return row
 
     def metric_keys(self, rec: dict[str, Any]) -> list[str]:
+        """Configured metrics, plus env info keys (the first MAX_INFO_SERIES seen: a client
+        sending new key names in every record must not grow memory without bound)."""
         keys = list(self.cfg.metrics)
         if self.cfg.info_metrics:
-            keys += [k for k in rec if k.startswith("info.") and k not in keys]
+            for k in rec:
+                if not k.startswith("info.") or k in keys:
+                    continue
+                if k not in self._info_keys and len(self._info_keys) < MAX_INFO_SERIES:
+                    self._info_keys.add(k)
+                if k in self._info_keys:
+                    keys.append(k)
         return keys
 
     def _with_average(self, row: dict[str, float], key: str, value: float) -> None:

@@ -11,6 +11,7 @@ from soulsai.config import default_config_dir, load_config
 from soulsai.errors import ConfigError
 from soulsai.telemetry.node import load_records
 from soulsai.telemetry.stats import (
+    MAX_INFO_SERIES,
     BestTracker,
     EpisodeStats,
     SystemSeries,
@@ -101,6 +102,13 @@ def test_stats_moving_averages_info_keys_wins_and_time_axis() -> None:
     assert stats.view("t")[0] == stream_seconds("1001000-0") == 1001.0
     stats.add(record(9, 9.0, stream_id="5-0"))  # a replacement Redis with a clock far behind
     assert stats.view("t")[-1] == stats.view("t")[-2]
+
+
+def test_info_series_are_bounded() -> None:
+    stats = EpisodeStats(tcfg())
+    for i in range(1, 41):  # a client inventing new info keys in every record
+        stats.add(record(i, 1.0, **{f"info.k{i}_{j}": 1.0 for j in range(4)}))
+    assert sum(n.startswith("info.") for n in stats.series_names()) == 2 * MAX_INFO_SERIES
 
 
 def test_info_metrics_off_keeps_only_configured_keys() -> None:
