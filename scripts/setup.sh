@@ -28,7 +28,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
   && command -v apt-get >/dev/null 2>&1; then
   echo "setup: installing chromium (Debian package, for the live page test)"
   { apt-get update -qq \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium fonts-liberation
   } >/dev/null 2>&1 || echo "setup: could not install chromium; the live page test will be skipped"
 fi
 
