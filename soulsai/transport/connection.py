@@ -185,7 +185,7 @@ def warn_if_short(password: str, where: str) -> None:
         _warned.add(where)
         log.warning(
             "the Redis password in %s has %d characters; use at least %d "
-            "(e.g. `soulsai acl --generate` or `openssl rand -base64 32`)",
+            "(e.g. from `openssl rand -base64 32`)",
             where,
             len(password),
             MIN_PASSWORD_LENGTH,
@@ -211,7 +211,7 @@ def check_exposure(target: RedisTarget, allow_insecure: bool) -> None:
     if target.password or url_password or allow_insecure or is_loopback(target.hostname):
         return
     raise ConfigError(
-        f"Redis at {target.describe()} is not on this machine and no password is configured: "
+        f"Redis at {target.describe()} is not on loopback and no password is configured: "
         f"put 'requirepass <password>' in config/{SECRET_NAME} (or set "
         "redis_allow_insecure: true to connect anyway)"
     )

@@ -122,6 +122,9 @@ def test_monitoring_stack_uses_the_repo_folders() -> None:
     assert any(v.startswith(f"{ROOT / 'monitoring/grafana'}") for v in grafana["volumes"])
     for svc in (prom, grafana):
         assert all(p.startswith("127.0.0.1:") for p in svc["ports"]), "loopback only"
+        for volume in svc["volumes"]:
+            source = volume.split(":")[0]
+            assert not source.startswith("/") or Path(source).exists(), f"{source} is missing"
 
 
 @needs_compose
