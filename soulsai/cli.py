@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from soulsai.config import Config, default_config_dir, load_config
-from soulsai.errors import ConfigError, ConnectionFailed, SoulsaiError
+from soulsai.errors import ConnectionFailed, SoulsaiError
 
 log = logging.getLogger("soulsai")
 
@@ -117,7 +117,9 @@ def _load(
     overrides += list(sets)
     cfg = load_config(cdir, overrides)
     if cfg.algo == "ppo":
-        raise ConfigError("algo 'ppo' is not available yet (see the PPO issue); use --algo dqn")
+        from soulsai.training.ppo_node import check_ppo_config
+
+        check_ppo_config(cfg)
     return cfg, cdir, overrides
 
 
@@ -294,6 +296,7 @@ def node(
     target = RedisTarget.from_config(cfg, cdir)
     if role == "training":
         from soulsai.training.node import DQNTrainingNode
+        from soulsai.training.ppo_node import PPOTrainingNode
 
         if run_dir is None:  # else `soulsai train` or `server` made it and wrote the config
             run_dir = (
@@ -303,7 +306,8 @@ def node(
             )
             runfolder.atomic_write_json(run_dir / runfolder.CONFIG_FILE, cfg.model_dump())
         resume_from = point.checkpoint if point is not None else None
-        DQNTrainingNode(cfg, target, run_dir, stop, resume=resume_from).run()
+        node_cls = PPOTrainingNode if cfg.algo == "ppo" else DQNTrainingNode
+        node_cls(cfg, target, run_dir, stop, resume=resume_from).run()
     else:
         from soulsai.telemetry.node import TelemetryNode
 

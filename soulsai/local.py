@@ -252,15 +252,23 @@ class LocalStack:
             task = bar.add_task(f"{cfg.algo} {cfg.env.id}", total=total, info="starting")
             last_steps, last_t = 0, time.monotonic()
             sps = 0.0
+            reported: set[str] = set()
             while True:
-                dead = [c for c in self.children if c.proc.poll() is not None]
-                if dead:
-                    for c in dead:
-                        self.console.print(
-                            f"[red]{c.name} exited with code {c.proc.returncode}; "
-                            f"last lines of {c.log_path}:[/]\n{c.tail()}"
-                        )
+                dead = [
+                    c for c in self.children if c.proc.poll() is not None and c.name not in reported
+                ]
+                for c in dead:
+                    reported.add(c.name)
+                    self.console.print(
+                        f"[red]{c.name} exited with code {c.proc.returncode}; "
+                        f"last lines of {c.log_path}:[/]\n{c.tail()}"
+                    )
+                # A node is essential; clients may come and go while at least one lives.
+                live = [c for c in self.children if not c.critical and c.proc.poll() is None]
+                if any(c.critical for c in dead) or (dead and self.clients and not live):
                     return "error"
+                if dead:
+                    self.console.print(f"[yellow]training goes on with {len(live)} client(s)[/]")
                 try:
                     trn, tel = link.stats("trainer"), link.stats("telemetry")
                 except TRANSIENT:

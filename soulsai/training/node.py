@@ -21,22 +21,25 @@ import torch
 
 from soulsai.client.envs import env_spaces
 from soulsai.config import Config
-from soulsai.errors import ProtocolError
 from soulsai.metrics import NodeMetrics
 from soulsai.training.algorithms.dqn import DQNLearner
 from soulsai.training.checkpoint import rng_state, set_rng_state
+from soulsai.training.common import (
+    STATS_INTERVAL,
+    announce_run,
+    exchange_stats,
+    run_command,
+    telemetry_episodes,
+)
 from soulsai.training.intake import Intake
 from soulsai.training.replay import ReplayBuffer
-from soulsai.training.saves import Saves, answer_json, describe
+from soulsai.training.saves import Saves, describe
 from soulsai.transport import RedisTarget, TrainerLink, open_link
-from soulsai.transport.codec import Experience, decode_command, encode_command, encode_weights
+from soulsai.transport.codec import Experience, encode_command, encode_weights
 from soulsai.transport.links import TRANSIENT
 from soulsai.transport.messages import dqn_experience_spec
 
 log = logging.getLogger(__name__)
-
-TRAINER_COMMANDS = frozenset({"save_best", "quicksave", "shutdown"})
-STATS_INTERVAL = 0.5
 
 METRICS = {
     "env_steps": "env steps received (accepted or stale)",
@@ -133,15 +136,7 @@ class DQNTrainingNode:
     def run(self) -> None:
         cfg = self.cfg
         self.metrics.serve(cfg.training.metrics_port, "training.metrics_port")
-        self.link.publish_config(
-            cfg.model_dump_json(),
-            {
-                "run_dir": str(self.run_dir.resolve()),
-                "algo": cfg.algo,
-                "env": cfg.env.id,
-                "started": str(time.time()),
-            },
-        )
+        announce_run(self.link, cfg, self.run_dir)
         self._publish()
         self.intake.start()
         log.info("training node up: %s on %s, run folder %s", cfg.algo, cfg.env.id, self.run_dir)
@@ -272,14 +267,9 @@ class DQNTrainingNode:
         s["samples_per_s"] = round((self.accepted - last["accepted"]) / dt, 1)
         s["updates_per_s"] = round((self.learner.updates - last["updates"]) / dt, 1)
         last.update(t=now, accepted=self.accepted, updates=self.learner.updates)
-        try:
-            self.clients = self.link.connected_clients()
-            s["queued"] = self.link.queued_samples()
-            self.link.set_stats(s)
-            for raw in self.link.pop_commands():
-                self._command(raw)
-        except TRANSIENT as e:
-            log.warning("cannot reach Redis for stats (%s)", type(e).__name__)
+        clients = exchange_stats(self.link, s, self._command)
+        if clients is not None:
+            self.clients = clients
         self.metrics.set_all(s, dict(self.intake.rejected))
         self._last_stats = s
 
@@ -303,22 +293,7 @@ class DQNTrainingNode:
     # ---------------------------------------------------------------- commands and saves
 
     def _command(self, raw: bytes) -> None:
-        try:
-            cmd = decode_command(raw, TRAINER_COMMANDS)
-        except ProtocolError as e:
-            self.intake.rejected[f"command_{e.reason}"] += 1
-            log.warning("rejected command: %s", e)
-            return
-        if cmd["cmd"] == "shutdown":
-            log.info("shutdown command received")
-            self.stop.set()
-        elif cmd["cmd"] in ("quicksave", "save_best"):
-            answer = self.saves.on_command(cmd)
-            if answer is not None:
-                try:
-                    self.link.reply(cmd["reply"], answer_json(answer))
-                except TRANSIENT as e:
-                    log.warning("cannot answer %s (%s)", cmd["cmd"], type(e).__name__)
+        run_command(raw, self.link, self.saves, self.stop, self.intake.rejected)
 
     def checkpoint_state(self, with_buffer: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """The node's state as checkpoint parts, and its counters (see training.saves)."""
@@ -344,11 +319,7 @@ class DQNTrainingNode:
         return state, counters
 
     def _episodes(self) -> int:
-        try:
-            seen = int(self.link.stats("telemetry").get("episodes") or 0)
-        except (TRANSIENT, ValueError):
-            seen = 0
-        return max(seen, self.episodes_at_start)
+        return telemetry_episodes(self.link, self.episodes_at_start)
 
     def restore_state(self, state: dict[str, Any], summary: dict[str, Any]) -> None:
         """Continue from a checkpoint: learner, replay buffer (when saved), RNGs, counters."""

@@ -1,0 +1,109 @@
+"""What every training node does besides learning, whatever the algorithm.
+
+Announce the run (effective config and run folder), publish counters to Redis and /metrics,
+and carry out the commands queued for the training node (shutdown, quicksave, save_best).
+Checkpoint writing itself lives in `soulsai.training.saves`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from soulsai.config import Config
+from soulsai.errors import ProtocolError
+from soulsai.training.saves import Saves, answer_json
+from soulsai.transport import TrainerLink
+from soulsai.transport.codec import decode_command
+from soulsai.transport.links import TRANSIENT
+
+log = logging.getLogger(__name__)
+
+TRAINER_COMMANDS = frozenset({"save_best", "quicksave", "shutdown"})
+STATS_INTERVAL = 0.5  # seconds between stats rounds (also how often commands are read)
+
+
+def announce_run(link: TrainerLink, cfg: Config, run_dir: Path) -> None:
+    """Publish the effective config (clients read it) and where the run folder is."""
+    link.publish_config(
+        cfg.model_dump_json(),
+        {
+            "run_dir": str(run_dir.resolve()),
+            "algo": cfg.algo,
+            "env": cfg.env.id,
+            "started": str(time.time()),
+        },
+    )
+
+
+class Rates:
+    """Per-second rates of growing counters between two calls of `update`."""
+
+    def __init__(self, **counters: float) -> None:
+        self.t = time.monotonic()
+        self.last = dict(counters)
+
+    def update(self, now: float, **counters: float) -> dict[str, float]:
+        dt = max(now - self.t, 1e-9)
+        out = {f"{k}_per_s": round((v - self.last.get(k, 0)) / dt, 1) for k, v in counters.items()}
+        self.t, self.last = now, dict(counters)
+        return out
+
+
+def exchange_stats(
+    link: TrainerLink, stats: dict[str, Any], on_command: Callable[[bytes], None]
+) -> int | None:
+    """One stats round: add `queued`, publish `stats`, run the queued trainer commands.
+
+    Returns the number of connected clients (live heartbeats), or None while Redis is away.
+    """
+    try:
+        clients = link.connected_clients()
+        stats["queued"] = link.queued_samples()
+        link.set_stats(stats)
+        for raw in link.pop_commands():
+            on_command(raw)
+    except TRANSIENT as e:
+        log.warning("cannot reach Redis for stats (%s)", type(e).__name__)
+        return None
+    return clients
+
+
+def run_command(
+    raw: bytes,
+    link: TrainerLink,
+    saves: Saves,
+    stop: threading.Event,
+    rejected: Counter[str],
+) -> None:
+    """Decode and carry out one trainer command; a bad one is counted as command_<reason>."""
+    try:
+        cmd = decode_command(raw, TRAINER_COMMANDS)
+    except ProtocolError as e:
+        rejected[f"command_{e.reason}"] += 1
+        log.warning("rejected command: %s", e)
+        return
+    if cmd["cmd"] == "shutdown":
+        log.info("shutdown command received")
+        stop.set()
+        return
+    answer = saves.on_command(cmd)  # quicksave or save_best
+    if answer is not None:
+        try:
+            link.reply(cmd["reply"], answer_json(answer))
+        except TRANSIENT as e:
+            log.warning("cannot answer %s (%s)", cmd["cmd"], type(e).__name__)
+
+
+def telemetry_episodes(link: TrainerLink, floor: int = 0) -> int:
+    """Episodes the telemetry node has counted (for checkpoints), at least `floor`."""
+    try:
+        seen = int(link.stats("telemetry").get("episodes") or 0)
+    except (*TRANSIENT, ValueError):
+        seen = 0
+    return max(seen, floor)
