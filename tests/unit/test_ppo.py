@@ -354,3 +354,25 @@ def test_ppo_actor_box_actions_clipped_for_the_env_raw_for_training(cfg) -> None
     no = np.zeros(1, bool)
     ((_, f),) = actor.observe(_obs(0), np.ones(1), no, no, _obs(1), None)
     np.testing.assert_array_equal(f["action"], [[3.0]])
+
+
+@pytest.mark.parametrize("kind", ["discrete", "box"])
+def test_evaluate_builder_acts_deterministically(cfg, kind) -> None:
+    from soulsai.errors import CheckpointError
+    from soulsai.training.policies import build_policy
+
+    obs_space, act_space = _spaces(kind)
+    learner = PPOLearner(cfg.ppo, obs_space, act_space, seed=0)
+    with torch.no_grad():
+        learner.net.actor[-1].weight.normal_(0.0, 3.0)  # means well outside the Box
+    act = build_policy(cfg, {"learner": learner.state_dict()}, obs_space, act_space)
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    with torch.no_grad():
+        out, _ = learner.net(torch.as_tensor(obs))
+    if kind == "discrete":
+        np.testing.assert_array_equal(act(obs), out.argmax(1).numpy())
+    else:
+        np.testing.assert_allclose(act(obs), np.clip(out.numpy(), -2, 2), rtol=1e-5, atol=1e-5)
+    other = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"hidden": [8]})})
+    with pytest.raises(CheckpointError, match="ppo.hidden"):
+        build_policy(other, {"policy": learner.policy_state()}, obs_space, act_space)

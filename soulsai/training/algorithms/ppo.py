@@ -24,8 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from soulsai.config import Config
 from soulsai.config.schema import PPOConfig
+from soulsai.errors import CheckpointError
 from soulsai.nets import ActorCritic, ObsNormalizer
+from soulsai.training.policies import EvalPolicy, register_policy
 from soulsai.training.rollout import RolloutBatch
 
 ADAM_EPS = 1e-5
@@ -203,3 +206,33 @@ class PPOLearner:
         self.return_stats.load_state_dict(state["return_stats"])
         self.updates = int(state["updates"])
         self.iterations = int(state["iterations"])
+
+
+@register_policy("ppo")
+def ppo_deterministic(
+    cfg: Config, state: dict[str, Any], obs_space: gym.Space, act_space: gym.Space
+) -> EvalPolicy:
+    """The checkpoint's policy without sampling: the most likely action (Categorical) or the
+    Gaussian mean clipped to the action space (Box)."""
+    from soulsai.client.ppo_policy import NumpyActorCritic
+
+    tensors = state.get("policy") or state["learner"]["net"]
+    net = build_actor_critic(cfg.ppo, obs_space, act_space)
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if got != want:
+        raise CheckpointError(
+            "the checkpoint's actor-critic does not match its config (ppo.hidden, "
+            f"ppo.shared_network, env spaces): {sorted(set(got.items()) ^ set(want.items()))[:4]}"
+        )
+    discrete = isinstance(act_space, gym.spaces.Discrete)
+    policy = NumpyActorCritic(tensors, discrete, cfg.ppo.normalize_obs, cfg.ppo.activation)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        out, _ = policy.forward(obs)
+        if discrete:
+            return out.argmax(axis=1).astype(np.int64) + int(act_space.start)
+        mean = out.reshape(len(obs), *act_space.shape)
+        return np.clip(mean, act_space.low, act_space.high).astype(act_space.dtype)
+
+    return act
