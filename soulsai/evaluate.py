@@ -111,7 +111,7 @@ class GifWriter:
         self.seen = 0
         self.stride = 1
 
-    def add(self, frame: np.ndarray | None) -> None:
+    def add(self, frame: Any) -> None:
         from PIL import Image
 
         if frame is None:

@@ -180,6 +180,15 @@ class TelemetryLink(_Link):
         raw = _str(self.r.hget(self.keys.trainer_stats, "env_steps"))
         return int(raw) if raw and raw.isdigit() else 0
 
+    def trainer_progress(self) -> tuple[int, float | None]:
+        """The training node's env step total and the unix time it reported it at."""
+        steps, when = (_str(v) for v in self.r.hmget(self.keys.trainer_stats, "env_steps", "time"))
+        try:
+            t = float(when) if when else None
+        except ValueError:
+            t = None
+        return (int(steps) if steps and steps.isdigit() else 0), t
+
     def send_trainer_command(self, command: bytes) -> None:
         self.r.lpush(self.keys.trainer_commands, command)
 
@@ -208,14 +217,15 @@ class TelemetryLink(_Link):
             got = self.r.blpop([self.keys.reply(token)], timeout=max(1, min(2, int(left))))
             if got:
                 self.r.delete(self.keys.reply(token))
-                return got[1]
+                raw = got[1]
+                return raw if isinstance(raw, bytes) else str(raw).encode()
             if not self.trainer_alive():
                 return None
         return None
 
     def withdraw_trainer_command(self, command: bytes) -> bool:
         """Take back a command the training node has not read yet; False if it has."""
-        return bool(self.r.lrem(self.keys.trainer_commands, 1, command))
+        return bool(self.r.lrem(self.keys.trainer_commands, 1, command))  # type: ignore[arg-type]
 
 
 def wait_for(fn, timeout: float, interval: float = 0.2) -> Any:
