@@ -135,14 +135,18 @@ def resume_option(f: Any) -> Any:
     )(f)
 
 
-def _resume(cfg: Config, cdir: Path, overrides: list[str], arg: str) -> tuple[Config, Any]:
-    """The config to continue with and where (a ResumePoint); the checkpoint is verified."""
+def _resume(
+    cfg: Config, cdir: Path, overrides: list[str], arg: str, verify: bool = True
+) -> tuple[Config, Any]:
+    """The config to continue with and where (a ResumePoint); with `verify`, a damaged
+    checkpoint is refused here, before anything starts or connects."""
     from soulsai.training import resume
     from soulsai.training.checkpoint import read_summary, verify_checkpoint
 
     point = resume.find(arg, cfg.save_dir)
     cfg, changed = resume.resume_config(cfg, cdir, overrides, point)
-    verify_checkpoint(point.checkpoint)
+    if verify:
+        verify_checkpoint(point.checkpoint)
     summary = read_summary(point.checkpoint) or {}
     log.info(
         "resuming %s from %s: env_steps=%s model_id=%s updates=%s episodes=%s",
@@ -291,7 +295,7 @@ def node(
     _setup_logging()
     point = None
     if resume is not None:
-        cfg, point = _resume(cfg, cdir, overrides, resume)
+        cfg, point = _resume(cfg, cdir, overrides, resume, verify=role == "training")
     stop = _stop_on_signals()
     target = RedisTarget.from_config(cfg, cdir)
     if role == "training":
