@@ -22,7 +22,7 @@ import torch
 from soulsai.client.envs import env_spaces
 from soulsai.config import Config
 from soulsai.metrics import NodeMetrics
-from soulsai.training.algorithms.dqn import DQNLearner
+from soulsai.training.algorithms.dqn import DQNLearner, epsilon
 from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.common import (
     STATS_INTERVAL,
@@ -314,9 +314,17 @@ class DQNTrainingNode:
                 "accepted": self.accepted,
                 "episodes": episodes,
                 "buffer_size": len(self.buffer),
+                # exploration is a function of these counters; shown for the reader
+                "exploration": self._exploration(),
             }
         state["node"] = dict(counters)
         return state, counters
+
+    def _exploration(self) -> dict[str, Any]:
+        d = self.cfg.dqn
+        if d.exploration == "schedule":
+            return {"mode": "schedule", "epsilon": round(epsilon(d, self.env_steps, 0, 1), 6)}
+        return {"mode": "ladder", "epsilon_max": d.ladder_eps, "clients": self.clients}
 
     def _episodes(self) -> int:
         return telemetry_episodes(self.link, self.episodes_at_start)
