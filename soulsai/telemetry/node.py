@@ -92,7 +92,7 @@ class TelemetryNode:
         self.cursor = StreamCursor(self.link, cursor)
         self.t0 = self._start_time(records[0]) if records else None
         self.env_steps = int(records[-1].get("env_steps") or 0) if records else 0
-        self.record_steps = self.env_steps  # env_steps of the last record
+        self.record_steps: int | None = self.env_steps if records else None  # of the last one
         self.unwritten: list[dict[str, Any]] = []
         self.pending_commands: list[bytes] = []
         self.rejected: dict[str, int] = {}
@@ -174,7 +174,7 @@ class TelemetryNode:
         entries = self.cursor.read(READ_BATCH, block_ms)
         if not entries:
             return 0
-        steps_now = max(self.env_steps, self.link.trainer_env_steps())
+        steps_now = self.env_steps = max(self.env_steps, self.link.trainer_env_steps())
         started = self._run_started() if self.t0 is None else None
         fresh: list[tuple[dict[str, Any], str]] = []
         for entry_id, fields in entries:
@@ -190,11 +190,8 @@ class TelemetryNode:
         if fresh and self.t0 is None:
             first = stream_seconds(fresh[0][1]) or time.time()
             self.t0 = started if started is not None and started <= first else first
-        for (rec, entry_id), steps in zip(fresh, self._spread(fresh, steps_now), strict=True):
-            self._add(rec, entry_id, steps)
-        self.env_steps = steps_now
-        if fresh:
-            self.record_steps = steps_now
+        for rec, entry_id in fresh:
+            self._add(rec, entry_id, self._steps_after(rec, steps_now))
         self.cursor.cursor = entries[-1][0]
         self._check_best()
         self._send_commands()
@@ -203,18 +200,16 @@ class TelemetryNode:
             self.flush()
         return len(entries)
 
-    def _spread(self, fresh: list[tuple[dict[str, Any], str]], steps_now: int) -> list[int]:
-        """env_steps of each new record: the training node's total when the batch was read,
-        spread back over the batch in proportion to episode lengths, so a batch does not
-        stack up at one x value (the last record gets the total itself)."""
-        before = min(self.record_steps, steps_now)
-        lengths = [max(1, int(rec.get("length", 1))) for rec, _ in fresh]
-        total = sum(lengths)
-        out, acc = [], 0
-        for n in lengths:
-            acc += n
-            out.append(before + (steps_now - before) * acc // total)
-        return out
+    def _steps_after(self, rec: dict[str, Any], steps_now: int) -> int:
+        """env_steps of a record: the env steps of every episode finished so far, i.e. the sum
+        of their lengths (as SB3's monitor plots count timesteps). Exact and monotone, unlike
+        the training node's total, which advances in bursts as its intake drains Redis. The
+        first record of an empty run folder starts from the training node's total then."""
+        length = max(0, int(rec.get("length", 0)))
+        if self.record_steps is None:
+            self.record_steps = max(0, steps_now - length)
+        self.record_steps += length
+        return self.record_steps
 
     def _add(self, rec: dict[str, Any], entry_id: str, env_steps: int) -> None:
         received = stream_seconds(entry_id) or time.time()

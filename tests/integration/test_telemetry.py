@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -99,8 +100,12 @@ def test_node_writes_files_serves_http_and_sends_save_best(
         rclient.xadd(keys.episodes, {"m": episode("c1", i, float(i), boss_hp=1 - i / 40)})
     rclient.xadd(keys.episodes, {"m": b"\x00garbage"})
     wait_until(lambda: len(lines(run_dir)) == 40, 20, f"40 records\n{read_log(node)}")
-    rec = lines(run_dir)[-1]
-    assert rec["episode"] == 40 and rec["return"] == 40.0 and rec["env_steps"] == 1234
+    recs = lines(run_dir)
+    assert recs[0]["env_steps"] == 1234  # the first one starts from the training node's total
+    steps = [r["env_steps"] for r in recs]  # then each adds its length
+    assert list(np.diff(steps)) == [r["length"] for r in recs[1:]]
+    rec = recs[-1]
+    assert rec["episode"] == 40 and rec["return"] == 40.0
     assert rec["client_id"] == "c1" and rec["client_episode"] == 40
     assert {"length", "model_id", "time", "wall_time", "stream_id", "info.boss_hp"} <= set(rec)
     png = run_dir / "telemetry.png"
