@@ -180,15 +180,6 @@ class TelemetryLink(_Link):
         raw = _str(self.r.hget(self.keys.trainer_stats, "env_steps"))
         return int(raw) if raw and raw.isdigit() else 0
 
-    def trainer_progress(self) -> tuple[int, float | None]:
-        """The training node's env step total and the unix time it reported it at."""
-        steps, when = (_str(v) for v in self.r.hmget(self.keys.trainer_stats, "env_steps", "time"))
-        try:
-            t = float(when) if when else None
-        except ValueError:
-            t = None
-        return (int(steps) if steps and steps.isdigit() else 0), t
-
     def send_trainer_command(self, command: bytes) -> None:
         self.r.lpush(self.keys.trainer_commands, command)
 
