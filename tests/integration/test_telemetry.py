@@ -145,25 +145,34 @@ def test_kill_9_and_restart_mid_stream_loses_and_duplicates_nothing(
     run_dir.mkdir()
     extra = ("telemetry.update_interval=7",)  # records read but not yet written when killed
     node = start_node(procs, redis_server, config_dir, prefix, run_dir, 0, *extra)
-    total, clients = 600, ("a", "b", "c")
-    sent = threading.Event()
+    clients = ("a", "b", "c")
+    kills_done = threading.Event()
+    pushed: list[int] = []
 
-    def push() -> None:  # three clients, each numbering its episodes, for about 6 s
-        for i in range(total // len(clients)):
+    def push() -> None:  # three clients, each numbering its episodes, until the kills are over
+        i, rounds_after = 0, 30
+        while rounds_after > 0:
+            i += 1
             for c in clients:
-                rclient.xadd(keys.episodes, {"m": episode(c, i + 1, float(i))})
-            time.sleep(0.03)
-        sent.set()
+                rclient.xadd(keys.episodes, {"m": episode(c, i, float(i))})
+            rounds_after -= kills_done.is_set()
+            time.sleep(0.02)
+        pushed.append(i * len(clients))
 
     pusher = threading.Thread(target=push)
     pusher.start()
-    for _ in range(2):  # kill -9 twice while records keep coming
-        wait_until(lambda n=len(lines(run_dir)): len(lines(run_dir)) > n + 30, 30, "progress")
-        node.send_signal(signal.SIGKILL)
-        node.wait(10)
-        assert not sent.is_set(), "the stream ended before the kill: nothing tested"
-        node = start_node(procs, redis_server, config_dir, prefix, run_dir, 0, *extra)
-    pusher.join()
+    try:
+        for _ in range(2):  # kill -9 twice while records keep coming
+            n = len(lines(run_dir))
+            wait_until(lambda n=n: len(lines(run_dir)) > n + 30, 60, "progress")
+            node.send_signal(signal.SIGKILL)
+            node.wait(10)
+            node = start_node(procs, redis_server, config_dir, prefix, run_dir, 0, *extra)
+    finally:
+        kills_done.set()
+        pusher.join()
+    (total,) = pushed
+    assert total >= 90 * len(clients)  # kills happened with records still coming
     wait_until(lambda: len(lines(run_dir)) >= total, 30, f"all records\n{read_log(node)}")
     wait_until(lambda: "telemetry node up" in read_log(node), 10, "the last node's start")
     node.terminate()
