@@ -27,7 +27,7 @@ from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.codec import encode_command
 from soulsai.transport.connection import PASSWORD_ENV, SECRET_NAME, connect, reachable
 from soulsai.transport.embedded import EmbeddedRedis, die_with_parent
-from soulsai.transport.links import TRANSIENT
+from soulsai.transport.links import TRANSIENT, as_int
 
 if TYPE_CHECKING:
     from soulsai.training.resume import ResumePoint
@@ -134,8 +134,8 @@ class LocalStack:
         runfolder.write_summary(
             run_dir,
             solved=solved or bool(prior.get("solved")),
-            env_steps=max(int(trn.get("env_steps") or 0), int(prior.get("env_steps") or 0)),
-            episodes=max(int(tel.get("episodes") or 0), int(prior.get("episodes") or 0)),
+            env_steps=max(as_int(trn.get("env_steps")), as_int(prior.get("env_steps"))),
+            episodes=max(as_int(tel.get("episodes")), as_int(prior.get("episodes"))),
             wall_seconds=float(prior.get("wall_seconds") or 0.0) + time.time() - t0,
             best_rolling_return=max(
                 (b for b in bests if isinstance(b, (int, float))), default=None
@@ -274,7 +274,7 @@ class LocalStack:
                 except TRANSIENT:
                     time.sleep(0.25)
                     continue
-                steps = int(trn.get("env_steps") or 0)
+                steps = as_int(trn.get("env_steps"))
                 now = time.monotonic()
                 if now - last_t >= 1.0:
                     sps = (steps - last_steps) / (now - last_t)

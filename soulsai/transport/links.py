@@ -22,7 +22,7 @@ TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
 def _str(value: Any) -> str | None:
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class _Link:
@@ -43,9 +43,10 @@ class _Link:
         for key in self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000):
             raw = self.r.get(key)
             try:
-                out[_str(key)[prefix:]] = json.loads(raw) if raw else {}
-            except ValueError:
-                out[_str(key)[prefix:]] = {}
+                info = json.loads(raw) if raw and len(raw) < 4096 else {}
+            except (ValueError, RecursionError):
+                info = {}
+            out[_str(key)[prefix:]] = info if isinstance(info, dict) else {}
         return out
 
     def trainer_alive(self) -> bool:
@@ -217,6 +218,14 @@ class TelemetryLink(_Link):
     def withdraw_trainer_command(self, command: bytes) -> bool:
         """Take back a command the training node has not read yet; False if it has."""
         return bool(self.r.lrem(self.keys.trainer_commands, 1, command))  # type: ignore[arg-type]
+
+
+def as_int(value: Any, default: int = 0) -> int:
+    """An integer from a stats field anyone with the password could have overwritten."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return default
 
 
 def wait_for(fn, timeout: float, interval: float = 0.2) -> Any:

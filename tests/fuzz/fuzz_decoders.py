@@ -1,0 +1,48 @@
+"""Coverage-guided fuzzing of every decoder with atheris (libFuzzer).
+
+    python tests/fuzz/fuzz_decoders.py -runs=100000          # or -max_total_time=60
+Any exception other than ProtocolError is a crash that libFuzzer reports with its input.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    import gymnasium as gym
+    import numpy as np
+
+    from soulsai.errors import ProtocolError
+    from soulsai.transport.codec import (
+        decode_command,
+        decode_episode,
+        decode_experience,
+        decode_weights,
+        weights_metadata,
+    )
+    from soulsai.transport.messages import dqn_experience_spec
+
+SPEC = dqn_experience_spec(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+                           gym.spaces.Discrete(2), 3, 4096, 1 << 20)
+DECODERS = (
+    lambda raw: decode_experience(raw, SPEC),
+    lambda raw: decode_episode(raw, 65536),
+    lambda raw: decode_command(raw, {"save_best", "quicksave", "shutdown"}),
+    lambda raw: weights_metadata(raw, 1 << 20),
+    lambda raw: decode_weights(raw, {"w": (4, 3)}, 1 << 20),
+)
+
+
+def one_input(data: bytes) -> None:
+    for decode in DECODERS:
+        try:
+            decode(data)
+        except ProtocolError:
+            pass
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()

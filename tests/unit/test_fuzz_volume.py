@@ -1,0 +1,147 @@
+"""Volume fuzzing of every decoder: 100k+ generated inputs, nothing but ProtocolError escapes.
+
+Hypothesis (test_codec.py) explores structure; this drives sheer volume cheaply: random bytes,
+random msgpack documents, and byte-level mutations of valid envelopes of every kind.
+"""
+
+from __future__ import annotations
+
+import random
+
+import gymnasium as gym
+import msgpack
+import numpy as np
+import torch
+
+from soulsai.errors import ProtocolError
+from soulsai.transport.codec import (
+    EpisodeRecord,
+    decode_command,
+    decode_episode,
+    decode_experience,
+    decode_weights,
+    encode_command,
+    encode_episode,
+    encode_experience,
+    encode_weights,
+    weights_metadata,
+)
+from soulsai.transport.messages import dqn_experience_spec
+
+SPEC = dqn_experience_spec(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+                           gym.spaces.Discrete(2), 3, 4096, 1 << 20)
+WEIGHT_SHAPES = {"w": (4, 3), "b": (3,)}
+
+
+def _valid_envelopes(rng: random.Random) -> list[bytes]:
+    n = 5
+    nrng = np.random.default_rng(0)
+    exp = encode_experience("c", 3, {
+        "obs": nrng.normal(size=(n, 4)).astype(np.float32),
+        "action": nrng.integers(0, 2, n).astype(np.int64),
+        "reward": np.ones(n, np.float32),
+        "next_obs": nrng.normal(size=(n, 4)).astype(np.float32),
+        "terminated": np.zeros(n, np.uint8),
+        "steps": np.full(n, 3, np.uint8),
+    })
+    ep = encode_episode(EpisodeRecord("c", 3, 12.5, 40, {"boss_hp": 0.5}, 1.7e9))
+    weights = encode_weights({"w": torch.ones(4, 3), "b": torch.zeros(3)}, 7, {"env_steps": 9})
+    return [exp, ep, weights, encode_command("save_best", value=1.0)]
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        op = rng.random()
+        pos = rng.randrange(len(b) + 1)
+        if op < 0.4 and b:
+            b[min(pos, len(b) - 1)] = rng.randrange(256)
+        elif op < 0.7:
+            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif b:
+            del b[pos : pos + rng.randint(1, 16)]
+    return bytes(b)
+
+
+def _random_doc(rng: random.Random, depth: int = 0) -> object:
+    kinds = ["int", "float", "str", "bytes", "none", "bool"]
+    kinds += ["list", "map"] if depth < 3 else []
+    kind = rng.choice(kinds)
+    if kind == "int":
+        return rng.choice([0, 1, -1, 2**63 - 1, -(2**63), rng.randint(-1000, 1000)])
+    if kind == "float":
+        return rng.choice([0.0, float("nan"), float("inf"), -1e308, rng.random()])
+    if kind == "str":
+        return rng.choice(["v", "t", "exp", "ep", "f", "n", "client", "model_id", "obs", "<f4"])
+    if kind == "bytes":
+        return bytes(rng.randrange(256) for _ in range(rng.randint(0, 24)))
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "list":
+        return [_random_doc(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {rng.choice(["v", "t", "f", "n", "client", "model_id", "obs", "return", "info"]):
+            _random_doc(rng, depth + 1) for _ in range(rng.randint(0, 6))}
+
+
+def _decode_all(raw: bytes) -> int:
+    """Feed one input to every decoder; count the ones that accepted it."""
+    ok = 0
+    for fn in (
+        lambda: decode_experience(raw, SPEC),
+        lambda: decode_episode(raw, 65536),
+        lambda: decode_command(raw, {"save_best", "quicksave", "shutdown"}),
+        lambda: weights_metadata(raw, 1 << 20),
+        lambda: decode_weights(raw, WEIGHT_SHAPES, 1 << 20),
+    ):
+        try:
+            fn()
+            ok += 1
+        except ProtocolError:
+            pass
+    return ok
+
+
+def test_one_hundred_thousand_hostile_inputs_only_raise_protocol_error() -> None:
+    rng = random.Random(1234)
+    valid = _valid_envelopes(rng)
+    inputs = 0
+    for i in range(100_000):
+        r = i % 4
+        if r == 0:
+            raw = bytes(rng.randrange(256) for _ in range(rng.randint(0, 64)))
+        elif r == 1:
+            raw = msgpack.packb(_random_doc(rng), use_bin_type=True)
+        else:
+            raw = _mutate(rng.choice(valid), rng)
+        _decode_all(raw)
+        inputs += 1
+    assert inputs == 100_000
+
+
+def test_valid_inputs_still_decode() -> None:
+    """The fuzz corpus's seeds are accepted, so the loop above exercises real parsing paths."""
+    exp, ep, weights, cmd = _valid_envelopes(random.Random(0))
+    assert decode_experience(exp, SPEC).n == 5
+    assert decode_episode(ep).length == 40
+    assert decode_weights(weights, WEIGHT_SHAPES, 1 << 20)[1]["model_id"] == 7
+    assert decode_command(cmd, {"save_best"})["cmd"] == "save_best"
+
+
+def test_coverage_guided_fuzzing_with_atheris() -> None:
+    """100k libFuzzer runs over every decoder (tests/fuzz/fuzz_decoders.py); a crash fails."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    if importlib.util.find_spec("atheris") is None:
+        pytest.skip("atheris is not installed (pip install -e .[test] installs it)")
+    script = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_decoders.py"
+    out = subprocess.run([sys.executable, str(script), "-runs=100000", "-seed=1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Done 100000 runs" in out.stderr
