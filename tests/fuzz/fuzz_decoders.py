@@ -6,6 +6,7 @@ Any exception other than ProtocolError is a crash that libFuzzer reports with it
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import atheris
@@ -37,10 +38,8 @@ DECODERS = (
 
 def one_input(data: bytes) -> None:
     for decode in DECODERS:
-        try:
+        with contextlib.suppress(ProtocolError):
             decode(data)
-        except ProtocolError:
-            pass
 
 
 if __name__ == "__main__":
