@@ -26,7 +26,7 @@ from bench.common import machine_line  # noqa: E402
 from soulsai.client.control import Control  # noqa: E402
 from soulsai.client.policy import NumpyQPolicy  # noqa: E402
 from soulsai.nets import QNetwork  # noqa: E402
-from soulsai.transport import ClientLink, Keys, RedisTarget, TrainerLink  # noqa: E402
+from soulsai.transport import ClientLink, Keys, TrainerLink  # noqa: E402
 from soulsai.transport.codec import encode_weights  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 
@@ -44,9 +44,18 @@ def client_proc(port: int, password: str, prefix: str, hidden: list[int], n: int
     net = QNetwork(OBS, ACTIONS, hidden, True)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     stop = threading.Event()
-    control = Control(link, "bench", expected, lambda s: NumpyQPolicy(s, True),
-                      heartbeat_interval=1.0, heartbeat_timeout=5.0, poll_interval=1.0,
-                      max_bytes=1 << 30, status=lambda: {}, stop=stop)
+    control = Control(
+        link,
+        "bench",
+        expected,
+        lambda s: NumpyQPolicy(s, True),
+        heartbeat_interval=1.0,
+        heartbeat_timeout=5.0,
+        poll_interval=1.0,
+        max_bytes=1 << 30,
+        status=lambda: {},
+        stop=stop,
+    )
     seen = -1
     control.start()
     r.set(f"{prefix}:ready", 1)
@@ -72,8 +81,9 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int) -
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     link.publish_weights(encode_weights(state, 0, {}), 0)
     ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=client_proc,
-                       args=(server.port, server.password, prefix, hidden, repeats + 1))
+    proc = ctx.Process(
+        target=client_proc, args=(server.port, server.password, prefix, hidden, repeats + 1)
+    )
     proc.start()
     while not r.get(f"{prefix}:ready"):
         time.sleep(0.05)
@@ -99,8 +109,13 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int) -
         if int(mid) in sent:
             lat.append((float(t) - sent[int(mid)]) * 1000)
     lat_arr = np.asarray(lat)
-    return {"params": params, "mb": size / 2**20, "n": len(lat),
-            "p50": float(np.percentile(lat_arr, 50)), "p99": float(np.percentile(lat_arr, 99))}
+    return {
+        "params": params,
+        "mb": size / 2**20,
+        "n": len(lat),
+        "p50": float(np.percentile(lat_arr, 50)),
+        "p99": float(np.percentile(lat_arr, 99)),
+    }
 
 
 def main() -> None:
@@ -112,8 +127,11 @@ def main() -> None:
     with EmbeddedRedis() as server:
         for name, hidden in SIZES.items():
             res = measure(server, name, hidden, args.repeats)
-            print(f"{name:>6} {res['params']:>11,} {res['mb']:>7.1f} {res['n']:>4} "
-                  f"{res['p50']:>8.2f} {res['p99']:>8.2f}", flush=True)
+            print(
+                f"{name:>6} {res['params']:>11,} {res['mb']:>7.1f} {res['n']:>4} "
+                f"{res['p50']:>8.2f} {res['p99']:>8.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -38,19 +38,32 @@ def _envelopes(obs_dim: int, n_actions: int, model_id: int, k: int = 8) -> list[
     rng = np.random.default_rng(model_id)
     out = []
     for _ in range(k):
-        out.append(encode_experience("load", model_id, {
-            "obs": rng.normal(size=(BATCH, obs_dim)).astype(np.float32),
-            "action": rng.integers(0, n_actions, BATCH).astype(np.int64),
-            "reward": rng.normal(size=BATCH).astype(np.float32),
-            "next_obs": rng.normal(size=(BATCH, obs_dim)).astype(np.float32),
-            "terminated": (rng.random(BATCH) < 0.01).astype(np.uint8),
-            "steps": np.full(BATCH, 3, np.uint8),
-        }))
+        out.append(
+            encode_experience(
+                "load",
+                model_id,
+                {
+                    "obs": rng.normal(size=(BATCH, obs_dim)).astype(np.float32),
+                    "action": rng.integers(0, n_actions, BATCH).astype(np.int64),
+                    "reward": rng.normal(size=BATCH).astype(np.float32),
+                    "next_obs": rng.normal(size=(BATCH, obs_dim)).astype(np.float32),
+                    "terminated": (rng.random(BATCH) < 0.01).astype(np.uint8),
+                    "steps": np.full(BATCH, 3, np.uint8),
+                },
+            )
+        )
     return out
 
 
-def generator(port: int, password: str, prefix: str, obs_dim: int, n_actions: int,
-              until: float, honor_throttle: bool) -> None:
+def generator(
+    port: int,
+    password: str,
+    prefix: str,
+    obs_dim: int,
+    n_actions: int,
+    until: float,
+    honor_throttle: bool,
+) -> None:
     """One load client: pipelines 16 envelopes per round trip with the newest model id."""
     r = redis.Redis(host="127.0.0.1", port=port, password=password)
     keys = Keys(prefix)
@@ -72,15 +85,19 @@ def generator(port: int, password: str, prefix: str, obs_dim: int, n_actions: in
         pipe.execute()
 
 
-def run_node_case(server: EmbeddedRedis, env_id: str, clients: int, seconds: float,
-                  learning: bool, tmp: Path) -> dict:
+def run_node_case(
+    server: EmbeddedRedis, env_id: str, clients: int, seconds: float, learning: bool, tmp: Path
+) -> dict:
     obs_dim, n_actions = SHAPES[env_id]
     prefix = f"bench{clients}{int(learning)}{time.time_ns() % 10**6}"
     extra = [f"env.id={env_id}", "training.intake_batch=512"]
     if not learning:
         extra.append("dqn.learning_starts=1000000000")
-    node = soulsai_proc(["node", "training", *node_sets(server.port, prefix, tmp, *extra)],
-                        server.password, tmp / f"node-{prefix}.log")
+    node = soulsai_proc(
+        ["node", "training", *node_sets(server.port, prefix, tmp, *extra)],
+        server.password,
+        tmp / f"node-{prefix}.log",
+    )
     r = redis.Redis(host="127.0.0.1", port=server.port, password=server.password)
     keys = Keys(prefix)
     deadline = time.time() + 60
@@ -91,8 +108,13 @@ def run_node_case(server: EmbeddedRedis, env_id: str, clients: int, seconds: flo
     warm = 2.0
     until = time.time() + warm + seconds + 0.5
     ctx = mp.get_context("spawn")
-    gens = [ctx.Process(target=generator, args=(server.port, server.password, prefix, obs_dim,
-                                                n_actions, until, learning)) for _ in range(clients)]
+    gens = [
+        ctx.Process(
+            target=generator,
+            args=(server.port, server.password, prefix, obs_dim, n_actions, until, learning),
+        )
+        for _ in range(clients)
+    ]
     for g in gens:
         g.start()
     time.sleep(warm)
@@ -113,9 +135,13 @@ def run_node_case(server: EmbeddedRedis, env_id: str, clients: int, seconds: flo
     stop(node)
     r.delete(keys.samples)
     accepted = (a1 - a0) / (t1 - t0)
-    return {"accepted_per_s": accepted, "updates_per_s": (u1 - u0) / (t1 - t0),
-            "replay_ratio": (u1 - u0) * 128 / max(1, a1 - a0),
-            "redis_mb": mem / 2**20, "rejected": stats.get(b"rejected", b"0").decode()}
+    return {
+        "accepted_per_s": accepted,
+        "updates_per_s": (u1 - u0) / (t1 - t0),
+        "replay_ratio": (u1 - u0) * 128 / max(1, a1 - a0),
+        "redis_mb": mem / 2**20,
+        "rejected": stats.get(b"rejected", b"0").decode(),
+    }
 
 
 def ceiling(server: EmbeddedRedis, env_id: str, seconds: float) -> float:
@@ -164,8 +190,9 @@ def original(server: EmbeddedRedis, env_id: str, seconds: float) -> float:
     key = f"orig{time.time_ns()}"
     until = time.time() + seconds + 1.0
     ctx = mp.get_context("spawn")
-    prod = ctx.Process(target=_torch_producer, args=(server.port, server.password, key, obs_dim,
-                                                     until))
+    prod = ctx.Process(
+        target=_torch_producer, args=(server.port, server.password, key, obs_dim, until)
+    )
     prod.start()
     time.sleep(1.0)
     got, t0 = 0, time.time()
@@ -188,9 +215,14 @@ def _torch_producer(port: int, password: str, key: str, obs_dim: int, until: flo
         if r.llen(key) > 20000:
             time.sleep(0.001)
             continue
-        sample = {"obs": torch.randn(obs_dim), "action": torch.tensor(1),
-                  "reward": torch.tensor(0.5), "next_obs": torch.randn(obs_dim),
-                  "done": torch.tensor(False), "model_id": torch.tensor(3)}
+        sample = {
+            "obs": torch.randn(obs_dim),
+            "action": torch.tensor(1),
+            "reward": torch.tensor(0.5),
+            "next_obs": torch.randn(obs_dim),
+            "done": torch.tensor(False),
+            "model_id": torch.tensor(3),
+        }
         buf = io.BytesIO()
         torch.save(sample, buf)
         r.lpush(key, buf.getvalue())
@@ -207,17 +239,24 @@ def main() -> None:
         for env_id in args.env:
             ceil = ceiling(server, env_id, args.seconds)
             orig = original(server, env_id, args.seconds)
-            print(f"\n{env_id}: raw numpy ceiling {ceil:,.0f} transitions/s | original wire "
-                  f"path {orig:,.0f} transitions/s")
-            print(f"{'clients':>7} {'learning':>8} {'accepted/s':>12} {'x ceiling':>9} "
-                  f"{'x original':>10} {'updates/s':>9} {'ratio':>6} {'redis MB':>8}")
+            print(
+                f"\n{env_id}: raw numpy ceiling {ceil:,.0f} transitions/s | original wire "
+                f"path {orig:,.0f} transitions/s"
+            )
+            print(
+                f"{'clients':>7} {'learning':>8} {'accepted/s':>12} {'x ceiling':>9} "
+                f"{'x original':>10} {'updates/s':>9} {'ratio':>6} {'redis MB':>8}"
+            )
             for n in args.clients:
                 for learning in (False, True):
                     res = run_node_case(server, env_id, n, args.seconds, learning, Path(tmp))
                     acc = res["accepted_per_s"]
-                    print(f"{n:>7} {'on' if learning else 'paused':>8} {acc:>12,.0f} "
-                          f"{acc / ceil:>9.2f} {acc / orig:>10.0f} {res['updates_per_s']:>9.0f} "
-                          f"{res['replay_ratio']:>6.1f} {res['redis_mb']:>8.1f}", flush=True)
+                    print(
+                        f"{n:>7} {'on' if learning else 'paused':>8} {acc:>12,.0f} "
+                        f"{acc / ceil:>9.2f} {acc / orig:>10.0f} {res['updates_per_s']:>9.0f} "
+                        f"{res['replay_ratio']:>6.1f} {res['redis_mb']:>8.1f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

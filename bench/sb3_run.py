@@ -34,19 +34,57 @@ def linear(start: float):
 # RL-Zoo (rl-baselines3-zoo) hyperparameters for these envs (LunarLander's are the v2 entries).
 ZOO = {
     ("dqn", "CartPole-v1"): dict(
-        n_envs=1, learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
-        gamma=0.99, target_update_interval=10, train_freq=256, gradient_steps=128,
-        exploration_fraction=0.16, exploration_final_eps=0.04, net=[256, 256], budget=50_000),
+        n_envs=1,
+        learning_rate=2.3e-3,
+        batch_size=64,
+        buffer_size=100_000,
+        learning_starts=1000,
+        gamma=0.99,
+        target_update_interval=10,
+        train_freq=256,
+        gradient_steps=128,
+        exploration_fraction=0.16,
+        exploration_final_eps=0.04,
+        net=[256, 256],
+        budget=50_000,
+    ),
     ("ppo", "CartPole-v1"): dict(
-        n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
-        ent_coef=0.0, learning_rate=linear(1e-3), clip_range=linear(0.2), budget=100_000),
+        n_envs=8,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=linear(1e-3),
+        clip_range=linear(0.2),
+        budget=100_000,
+    ),
     ("dqn", "LunarLander-v3"): dict(
-        n_envs=1, learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0,
-        gamma=0.99, target_update_interval=250, train_freq=4, gradient_steps=-1,
-        exploration_fraction=0.12, exploration_final_eps=0.1, net=[256, 256], budget=100_000),
+        n_envs=1,
+        learning_rate=6.3e-4,
+        batch_size=128,
+        buffer_size=50_000,
+        learning_starts=0,
+        gamma=0.99,
+        target_update_interval=250,
+        train_freq=4,
+        gradient_steps=-1,
+        exploration_fraction=0.12,
+        exploration_final_eps=0.1,
+        net=[256, 256],
+        budget=100_000,
+    ),
     ("ppo", "LunarLander-v3"): dict(
-        n_envs=16, n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4,
-        ent_coef=0.01, budget=1_000_000),
+        n_envs=16,
+        n_steps=1024,
+        batch_size=64,
+        gae_lambda=0.98,
+        gamma=0.999,
+        n_epochs=4,
+        ent_coef=0.01,
+        budget=1_000_000,
+    ),
 }
 
 
@@ -91,9 +129,12 @@ def main() -> None:
     n_envs = args.n_envs or hp.pop("n_envs")
     hp.pop("n_envs", None)
     wrapper = (lambda e: StepDelay(e, args.delay)) if args.delay > 0 else None
-    vec_cls = SubprocVecEnv if (args.algo == "ppo" and n_envs > 1 and args.delay > 0) else DummyVecEnv
-    env = make_vec_env(args.env, n_envs=n_envs, seed=args.seed, wrapper_class=wrapper,
-                       vec_env_cls=vec_cls)
+    vec_cls = (
+        SubprocVecEnv if (args.algo == "ppo" and n_envs > 1 and args.delay > 0) else DummyVecEnv
+    )
+    env = make_vec_env(
+        args.env, n_envs=n_envs, seed=args.seed, wrapper_class=wrapper, vec_env_cls=vec_cls
+    )
     if args.algo == "dqn":
         net = hp.pop("net")
         model = DQN("MlpPolicy", env, seed=args.seed, policy_kwargs={"net_arch": net}, **hp)
@@ -102,12 +143,22 @@ def main() -> None:
     rule = StopRule(args.target, args.max_steps, T0 + args.max_seconds)
     model.learn(total_timesteps=args.max_steps, callback=rule)
     env.close()
-    print(json.dumps({
-        "peer": "sb3", "algo": args.algo, "env": args.env, "seed": args.seed,
-        "solved": rule.solved_at is not None, "env_steps": rule.num_timesteps,
-        "best_rolling_return": rule.best, "wall_seconds": round(time.time() - T0, 2),
-        "vec_env": vec_cls.__name__, "n_envs": n_envs,
-    }))
+    print(
+        json.dumps(
+            {
+                "peer": "sb3",
+                "algo": args.algo,
+                "env": args.env,
+                "seed": args.seed,
+                "solved": rule.solved_at is not None,
+                "env_steps": rule.num_timesteps,
+                "best_rolling_return": rule.best,
+                "wall_seconds": round(time.time() - T0, 2),
+                "vec_env": vec_cls.__name__,
+                "n_envs": n_envs,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

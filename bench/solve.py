@@ -10,6 +10,7 @@ ours/SB3. Bench-only dependency: `pip install -e .[bench]`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -25,30 +26,71 @@ TARGETS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
 CASES = ["dqn:CartPole-v1", "ppo:CartPole-v1", "dqn:LunarLander-v3", "ppo:LunarLander-v3"]
 
 
-def run_ours(algo: str, env: str, seed: int, max_steps: int, max_seconds: float,
-             extra: list[str]) -> dict:
+def run_ours(
+    algo: str, env: str, seed: int, max_steps: int, max_seconds: float, extra: list[str]
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        cmd = [sys.executable, "-m", "soulsai", "train", "--algo", algo, "--env", env,
-               "--seed", str(seed), "--clients", "2", "--target-return", str(TARGETS[env]),
-               "--max-steps", str(max_steps), "--save-dir", tmp, "--no-progress",
-               "--redis", "embedded", "--set", "training.metrics_port=0",
-               "--set", "telemetry.http_port=0", *extra]
-        try:
+        cmd = [
+            sys.executable,
+            "-m",
+            "soulsai",
+            "train",
+            "--algo",
+            algo,
+            "--env",
+            env,
+            "--seed",
+            str(seed),
+            "--clients",
+            "2",
+            "--target-return",
+            str(TARGETS[env]),
+            "--max-steps",
+            str(max_steps),
+            "--save-dir",
+            tmp,
+            "--no-progress",
+            "--redis",
+            "embedded",
+            "--set",
+            "training.metrics_port=0",
+            "--set",
+            "telemetry.http_port=0",
+            *extra,
+        ]
+        # On a timeout the summary still says what was reached; the children die with the parent.
+        with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(cmd, capture_output=True, timeout=max_seconds, cwd=tmp, check=False)
-        except subprocess.TimeoutExpired:
-            pass  # the summary below still says what was reached; timeout kills the children
         wall = time.time() - t0
         runs = list(Path(tmp).glob("*/summary.json"))
         s = json.loads(runs[0].read_text()) if runs else {}
-    return {"peer": "soulsai", "solved": bool(s.get("solved")), "env_steps": s.get("env_steps"),
-            "best_rolling_return": s.get("best_rolling_return"), "wall_seconds": round(wall, 2)}
+    return {
+        "peer": "soulsai",
+        "solved": bool(s.get("solved")),
+        "env_steps": s.get("env_steps"),
+        "best_rolling_return": s.get("best_rolling_return"),
+        "wall_seconds": round(wall, 2),
+    }
 
 
 def run_sb3(algo: str, env: str, seed: int, max_steps: int, max_seconds: float) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "sb3_run.py"), "--algo", algo, "--env", env,
-           "--target", str(TARGETS[env]), "--seed", str(seed), "--max-steps", str(max_steps),
-           "--max-seconds", str(max_seconds)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "sb3_run.py"),
+        "--algo",
+        algo,
+        "--env",
+        env,
+        "--target",
+        str(TARGETS[env]),
+        "--seed",
+        str(seed),
+        "--max-steps",
+        str(max_steps),
+        "--max-seconds",
+        str(max_seconds),
+    ]
     t0 = time.time()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 120)
     wall = time.time() - t0
@@ -72,8 +114,9 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=1_000_000)
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--ours-only", action="store_true")
-    ap.add_argument("--set", dest="sets", action="append", default=[],
-                    help="extra --set for soulsai train")
+    ap.add_argument(
+        "--set", dest="sets", action="append", default=[], help="extra --set for soulsai train"
+    )
     args = ap.parse_args()
     print(machine_line(), flush=True)
     extra = [x for s in args.sets for x in ("--set", s)]
@@ -93,8 +136,10 @@ def main() -> None:
             if not rs:
                 continue
             solved = sum(r.get("solved", False) for r in rs)
-            line.append(f"{name} solved {solved}/{len(rs)}, median wall {_median(rs, 'wall_seconds')}"
-                        f" s, median steps {_median(rs, 'env_steps')}")
+            line.append(
+                f"{name} solved {solved}/{len(rs)}, median wall {_median(rs, 'wall_seconds')}"
+                f" s, median steps {_median(rs, 'env_steps')}"
+            )
         a, b = _median(rows["soulsai"], "wall_seconds"), _median(rows["sb3"], "wall_seconds")
         if a and b:
             line.append(f"ratio ours/sb3 wall {a / b:.2f}")
