@@ -56,16 +56,22 @@ class Rates:
 
 
 def exchange_stats(
-    link: TrainerLink, stats: dict[str, Any], on_command: Callable[[bytes], None]
+    link: TrainerLink,
+    stats: dict[str, Any],
+    on_command: Callable[[bytes], None],
+    republish: Callable[[], None],
 ) -> int | None:
-    """One stats round: add `queued`, publish `stats`, run the queued trainer commands.
+    """One stats round: add `queued`, publish `stats`, run the queued trainer commands, and
+    publish config and weights again (`republish`) if Redis lost them, e.g. after a restart.
 
     Returns the number of connected clients (live heartbeats), or None while Redis is away.
     """
     try:
         clients = link.connected_clients()
         stats["queued"] = link.queued_samples()
-        link.set_stats(stats)
+        if not link.set_stats(stats):
+            log.warning("config or weights missing in Redis (restarted?): publishing them again")
+            republish()
         for raw in link.pop_commands():
             on_command(raw)
     except TRANSIENT as e:

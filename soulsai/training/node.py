@@ -261,13 +261,17 @@ class DQNTrainingNode:
             "time": time.time(),
         }
 
+    def _republish(self) -> None:
+        announce_run(self.link, self.cfg, self.run_dir)
+        self._publish()
+
     def _tick(self, now: float, last: dict) -> None:
         dt = max(now - last["t"], 1e-9)
         s = self.stats()
         s["samples_per_s"] = round((self.accepted - last["accepted"]) / dt, 1)
         s["updates_per_s"] = round((self.learner.updates - last["updates"]) / dt, 1)
         last.update(t=now, accepted=self.accepted, updates=self.learner.updates)
-        clients = exchange_stats(self.link, s, self._command)
+        clients = exchange_stats(self.link, s, self._command, self._republish)
         if clients is not None:
             self.clients = clients
         self.metrics.set_all(s, dict(self.intake.rejected))

@@ -319,10 +319,14 @@ class PPOTrainingNode:
             "time": time.time(),
         }
 
+    def _republish(self) -> None:
+        announce_run(self.link, self.cfg, self.run_dir)
+        self._publish()
+
     def _tick(self, now: float, rates: Rates) -> None:
         s = self.stats()
         s.update(rates.update(now, samples=self.accepted))
-        clients = exchange_stats(self.link, s, self._command)
+        clients = exchange_stats(self.link, s, self._command, self._republish)
         if clients is not None:
             self.clients = clients
         self.metrics.set_all(

@@ -128,12 +128,17 @@ class TrainerLink(_Link):
         pipe.hset(self.keys.run, mapping=run_info)
         pipe.execute()
 
-    def set_stats(self, stats: dict[str, Any], alive_ttl: float = 10.0) -> None:
-        """Publish the counters and renew the liveness key (`trainer_alive`)."""
+    def set_stats(self, stats: dict[str, Any], alive_ttl: float = 10.0) -> bool:
+        """Publish the counters and renew the liveness key (`trainer_alive`).
+
+        Returns False when the published config or weights are gone (Redis restarted without
+        persistence, or someone deleted them): the node must publish them again.
+        """
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(self.keys.trainer_stats, mapping={k: str(v) for k, v in stats.items()})
         pipe.set(self.keys.trainer_alive, 1, px=int(alive_ttl * 1000))
-        pipe.execute()
+        pipe.exists(self.keys.config, self.keys.weights)
+        return int(pipe.execute()[-1]) == 2
 
     def clear_alive(self) -> None:
         """A clean stop: the training node is gone now, not only after the expiry."""
