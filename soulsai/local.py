@@ -54,12 +54,20 @@ def pick_port(port: int) -> int:
         return int(s.getsockname()[1])
 
 
+CLIENT_GIVE_UP = 5  # a client that dies this many times in a row within FAST_DEATH is not restarted
+FAST_DEATH = 20.0  # seconds
+
+
 @dataclass
 class Child:
     name: str
     proc: subprocess.Popen
     log_path: Path
     critical: bool = True
+    args: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    fast_deaths: int = 0  # consecutive deaths soon after a start
+    restart_at: float | None = None
 
     def tail(self, n: int = 15) -> str:
         try:
@@ -80,6 +88,7 @@ class LocalStack:
     resume: ResumePoint | None = None  # continue this run folder from this checkpoint
     console: Console = field(default_factory=lambda: Console(stderr=True))
     children: list[Child] = field(default_factory=list)
+    restarts: int = 0  # client restarts after crashes
 
     def run(self) -> int:
         t0 = time.time()
@@ -218,6 +227,10 @@ class LocalStack:
             )
 
     def _spawn(self, name: str, args: list[str], target: RedisTarget, run_dir: Path) -> None:
+        self._target, self._run_dir = target, run_dir
+        self.children.append(self._start(name, args, target, run_dir))
+
+    def _start(self, name: str, args: list[str], target: RedisTarget, run_dir: Path) -> Child:
         log_path = run_dir / runfolder.LOG_DIR / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if target.password:
@@ -232,7 +245,26 @@ class LocalStack:
                 start_new_session=True,
                 preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
-        self.children.append(Child(name, proc, log_path, critical=not name.startswith("client")))
+        return Child(name, proc, log_path, critical=not name.startswith("client"), args=args)
+
+    def _restart_clients(self, dead: list[Child]) -> None:
+        """Crash-prone game clients come back by themselves, with a growing pause."""
+        now = time.monotonic()
+        for c in dead:
+            if c.critical or c.restart_at is not None:
+                continue
+            c.fast_deaths = c.fast_deaths + 1 if now - c.started < FAST_DEATH else 0
+            if c.fast_deaths >= CLIENT_GIVE_UP:
+                self.console.print(f"[red]{c.name} keeps failing at start; not restarting it[/]")
+                continue
+            c.restart_at = now + min(60.0, 2.0**c.fast_deaths)
+        for i, c in enumerate(self.children):
+            if c.restart_at is not None and now >= c.restart_at:
+                fresh = self._start(c.name, c.args, self._target, self._run_dir)
+                fresh.fast_deaths = c.fast_deaths
+                self.children[i] = fresh
+                self.restarts += 1
+                self.console.print(f"[yellow]restarted {c.name}[/]")
 
     # ---------------------------------------------------------------- run and stop
 
@@ -252,23 +284,28 @@ class LocalStack:
             task = bar.add_task(f"{cfg.algo} {cfg.env.id}", total=total, info="starting")
             last_steps, last_t = 0, time.monotonic()
             sps = 0.0
-            reported: set[str] = set()
+            reported: set[int] = set()
             while True:
                 dead = [
-                    c for c in self.children if c.proc.poll() is not None and c.name not in reported
+                    c for c in self.children if c.proc.poll() is not None and id(c) not in reported
                 ]
                 for c in dead:
-                    reported.add(c.name)
+                    reported.add(id(c))
                     self.console.print(
                         f"[red]{c.name} exited with code {c.proc.returncode}; "
                         f"last lines of {c.log_path}:[/]\n{c.tail()}"
                     )
-                # A node is essential; clients may come and go while at least one lives.
-                live = [c for c in self.children if not c.critical and c.proc.poll() is None]
-                if any(c.critical for c in dead) or (dead and self.clients and not live):
+                if any(c.critical for c in dead):  # a node is essential
                     return "error"
-                if dead:
-                    self.console.print(f"[yellow]training goes on with {len(live)} client(s)[/]")
+                # Clients come and go: a dead one is restarted, training goes on meanwhile.
+                self._restart_clients(dead)
+                waiting = [
+                    c
+                    for c in self.children
+                    if not c.critical and (c.proc.poll() is None or c.restart_at is not None)
+                ]
+                if self.clients and not waiting:
+                    return "error"
                 try:
                     trn, tel = link.stats("trainer"), link.stats("telemetry")
                 except TRANSIENT:
