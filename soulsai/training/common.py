@@ -20,7 +20,7 @@ from soulsai.errors import ProtocolError
 from soulsai.training.saves import Saves, answer_json
 from soulsai.transport import TrainerLink
 from soulsai.transport.codec import decode_command
-from soulsai.transport.links import TRANSIENT
+from soulsai.transport.links import TRANSIENT, as_int
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,10 @@ def exchange_stats(
     Returns the number of connected clients (live heartbeats), or None while Redis is away.
     """
     try:
-        clients = link.connected_clients()
+        beats = link.client_heartbeats()
+        clients = len(beats)
+        # experience the clients had to drop (full outbox, or Redis's queue trimmed)
+        stats["client_dropped"] = sum(as_int(b.get("dropped")) for b in beats.values())
         stats["queued"] = link.queued_samples()
         if not link.set_stats(stats):
             log.warning("config or weights missing in Redis (restarted?): publishing them again")

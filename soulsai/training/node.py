@@ -49,6 +49,7 @@ METRICS = {
     "buffer": "transitions in the replay buffer",
     "clients": "connected sampling clients (live heartbeats)",
     "queued": "experience messages waiting in Redis",
+    "client_dropped": "experience messages the live clients dropped (full outbox or queue)",
     "samples_per_s": "accepted transitions per second (last interval)",
     "updates_per_s": "gradient updates per second (last interval)",
     "loss": "last TD loss",
@@ -281,7 +282,7 @@ class DQNTrainingNode:
         s = getattr(self, "_last_stats", None) or self.stats()
         log.info(
             "env_steps=%d accepted=%d updates=%d model=%d buffer=%d clients=%d "
-            "samples/s=%s updates/s=%s loss=%s rejected=%s",
+            "samples/s=%s updates/s=%s loss=%s rejected=%s client_dropped=%s",
             s["env_steps"],
             s["accepted"],
             s["updates"],
@@ -292,6 +293,7 @@ class DQNTrainingNode:
             s.get("updates_per_s"),
             s["loss"],
             dict(self.intake.rejected),
+            s.get("client_dropped", 0),
         )
 
     # ---------------------------------------------------------------- commands and saves

@@ -61,6 +61,7 @@ METRICS = {
     "collected": "transitions of the current model collected so far",
     "clients": "connected sampling clients (live heartbeats)",
     "queued": "experience messages waiting in Redis",
+    "client_dropped": "experience messages the live clients dropped (full outbox or queue)",
     "samples_per_s": "accepted transitions per second (last interval)",
     "iteration_seconds": "wall time of the last iteration (publish to publish)",
     "loss": "total loss of the last minibatch",

@@ -40,8 +40,8 @@ class _Link:
     def client_heartbeats(self) -> dict[str, dict]:
         out = {}
         prefix = len(self.keys.heartbeat(""))
-        for key in self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000):
-            raw = self.r.get(key)
+        names = list(self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000))
+        for key, raw in zip(names, self.r.mget(names) if names else [], strict=True):
             try:
                 info = json.loads(raw) if raw and len(raw) < 4096 else {}
             except (ValueError, RecursionError):
