@@ -63,9 +63,13 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(
-        self, *args: str, password: str | None = None, name: str = "proc"
+        self,
+        *args: str,
+        password: str | None = None,
+        name: str = "proc",
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         env.pop(PASSWORD_ENV, None)
         if password is not None:
             env[PASSWORD_ENV] = password

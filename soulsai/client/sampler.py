@@ -31,7 +31,6 @@ from soulsai.transport.links import wait_for
 log = logging.getLogger(__name__)
 
 MAX_OUTBOX_MESSAGES = 2000
-ENV_RETRY_LIMIT = 5
 
 
 def make_client_id() -> str:
@@ -149,17 +148,7 @@ class Sampler:
                 next_obs, rewards, terms, truncs, infos = self.env.step(actions)
             except Exception as e:  # a game crash must not end the run
                 env_failures += 1
-                log.error(
-                    "env step failed (%s: %s); recreating env (%d/%d)",
-                    type(e).__name__,
-                    e,
-                    env_failures,
-                    ENV_RETRY_LIMIT,
-                )
-                if env_failures > ENV_RETRY_LIMIT:
-                    raise
-                self.stop.wait(min(30.0, 2.0**env_failures))
-                obs = self._recreate_env(ep_ret, ep_len)
+                obs = self._recover_env(e, env_failures, ep_ret, ep_len)
                 continue
             env_failures = 0
             self.steps += n_envs
@@ -177,14 +166,35 @@ class Sampler:
         obs, _ = self.env.reset(seed=seed)
         return obs
 
-    def _recreate_env(self, ep_ret: np.ndarray, ep_len: np.ndarray) -> np.ndarray:
-        with contextlib.suppress(Exception):  # the crashed env may not close cleanly
-            self.env.close()
-        self.env = make_vector_env(self.cfg.env)
+    def _recover_env(
+        self, error: Exception, failures: int, ep_ret: np.ndarray, ep_len: np.ndarray
+    ) -> np.ndarray:
+        """Recreate a crashed env after a growing pause; give up after client.env_retries
+        failures in a row (the episode in progress is dropped, its partial n-steps too)."""
+        limit = self.cfg.client.env_retries
+        while True:
+            log.error(
+                "env failed (%s: %s); recreating it (%d/%d)",
+                type(error).__name__,
+                str(error)[:200],
+                failures,
+                limit,
+            )
+            if failures > limit:
+                raise error
+            self.stop.wait(min(self.cfg.client.env_retry_backoff * 2 ** (failures - 1), 60.0))
+            with contextlib.suppress(Exception):  # the crashed env may not close cleanly
+                self.env.close()
+            try:
+                self.env = make_vector_env(self.cfg.env)
+                obs = self._reset()
+                break
+            except Exception as e:  # the game may fail to come back at once
+                error, failures = e, failures + 1
         self.actor.reset()
         ep_ret[:] = 0.0
         ep_len[:] = 0
-        return self._reset()
+        return obs
 
     def _send(self, messages: list[Message]) -> None:
         for model_id, fields in messages:

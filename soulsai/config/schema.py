@@ -37,6 +37,8 @@ class ClientConfig(_Strict):
     heartbeat_timeout: float = Field(gt=0.0, le=600.0)
     weights_poll_interval: float = Field(gt=0.0, le=60.0)
     config_wait: float = Field(ge=0.0)
+    env_retries: int = Field(ge=0, le=1000)
+    env_retry_backoff: float = Field(ge=0.0, le=60.0)
 
     @model_validator(mode="after")
     def _timeout_covers_interval(self) -> ClientConfig:

@@ -229,3 +229,45 @@ def test_soulsai_train_learns_cartpole(tmp_path):
     # nothing left running: the embedded redis and all children are gone
     ps = subprocess.run(["pgrep", "-f", str(save)], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
+
+
+def test_client_survives_env_crashes(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    """A client whose env raises logs it, recreates the env and carries on sampling."""
+    from tests.conftest import ROOT
+
+    args = _node_args(
+        redis_server,
+        config_dir,
+        prefix,
+        tmp_path,
+        "--set",
+        "env.id=CrashyCartPole-v0",
+        "--set",
+        "env.imports=[tests.envs.crashy]",
+        "--set",
+        "client.env_retry_backoff=0.05",
+    )
+    env = {"PYTHONPATH": str(ROOT)}
+    trainer = procs.start(
+        "node", "training", *args, password=redis_server.password, name="trainer", extra_env=env
+    )
+    client = procs.start(
+        "client",
+        *args,
+        "--client-id",
+        "crashy",
+        password=redis_server.password,
+        name="client",
+        extra_env=env,
+    )
+    wait_until(
+        lambda: read_log(client).count("recreating it") >= 3,
+        60,
+        f"three env crashes\n{read_log(client)}\n{read_log(trainer)}",
+    )
+    episodes = rclient.xlen(keys.episodes)
+    wait_until(lambda: rclient.xlen(keys.episodes) > episodes + 5, 30, "episodes after crashes")
+    assert client.poll() is None and trainer.poll() is None
+    assert "the game crashed" in read_log(client)

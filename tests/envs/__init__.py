@@ -1,0 +1,1 @@
+"""Small Gymnasium envs for tests (importable through `env.imports`)."""
