@@ -25,8 +25,9 @@ with atheris.instrument_imports():
     )
     from soulsai.transport.messages import dqn_experience_spec
 
-SPEC = dqn_experience_spec(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
-                           gym.spaces.Discrete(2), 3, 4096, 1 << 20)
+SPEC = dqn_experience_spec(
+    gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 4096, 1 << 20
+)
 DECODERS = (
     lambda raw: decode_experience(raw, SPEC),
     lambda raw: decode_episode(raw, 65536),

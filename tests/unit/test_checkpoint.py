@@ -181,8 +181,9 @@ def test_dqn_learner_round_trip_gives_identical_outputs_and_next_update(
         assert restored.update(batch) == learner.update(batch)
     for a, b in zip(learner.online.parameters(), restored.online.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(learner.target.state_dict().values(), restored.target.state_dict().values(),
-                    strict=True):
+    for a, b in zip(
+        learner.target.state_dict().values(), restored.target.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b)
 
 
@@ -237,8 +238,9 @@ def _error(folder: Path) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("name", ["tensors.safetensors", "arrays.safetensors", "tree.json",
-                                  "state.json"])
+@pytest.mark.parametrize(
+    "name", ["tensors.safetensors", "arrays.safetensors", "tree.json", "state.json"]
+)
 @pytest.mark.parametrize("where", [0, 0.5, -1])
 def test_a_corrupted_byte_is_detected(saved: Path, name: str, where: float) -> None:
     path = saved / name
@@ -250,8 +252,9 @@ def test_a_corrupted_byte_is_detected(saved: Path, name: str, where: float) -> N
     assert name in msg and str(saved) in msg and "corrupt" in msg, msg
 
 
-@pytest.mark.parametrize("name", ["tensors.safetensors", "arrays.safetensors", "tree.json",
-                                  "state.json"])
+@pytest.mark.parametrize(
+    "name", ["tensors.safetensors", "arrays.safetensors", "tree.json", "state.json"]
+)
 def test_a_truncated_file_is_detected(saved: Path, name: str) -> None:
     path = saved / name
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
@@ -274,8 +277,16 @@ def test_a_deleted_manifest_is_detected(saved: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"{", b"[]", b'{"files": []}', b'{"files": {}}', b'{"files": {"tree.json": 5}}',
-     b'{"other": {}}', b"\xff\xfe"],
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"files": []}',
+        b'{"files": {}}',
+        b'{"files": {"tree.json": 5}}',
+        b'{"other": {}}',
+        b"\xff\xfe",
+    ],
 )
 def test_a_damaged_manifest_is_detected(saved: Path, content: bytes) -> None:
     (saved / "manifest.json").write_bytes(content)
@@ -350,8 +361,13 @@ def _tripwire(*args: Any, **kwargs: Any) -> None:
 
 
 def test_loading_never_unpickles(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for mod, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
-                      (torch, "load"), (np, "load")]:
+    for mod, name in [
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+        (torch, "load"),
+        (np, "load"),
+    ]:
         monkeypatch.setattr(mod, name, _tripwire)
     state, summary = load_checkpoint(saved)
     assert summary == SUMMARY

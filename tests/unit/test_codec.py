@@ -249,8 +249,10 @@ HOSTILE_EXPERIENCE: dict[str, tuple[Callable[[dict], None], str]] = {
     "shape_not_list": (_set(("f", "reward", 1), "5"), "bad_shape"),
     "buffer_short": (_trim_buffer("obs", 4), "bad_shape"),
     "buffer_one_byte_short": (_trim_buffer("action", 1), "bad_shape"),
-    "buffer_long": (lambda m: m["f"]["reward"].__setitem__(2, m["f"]["reward"][2] + b"\0" * 4),
-                    "bad_shape"),
+    "buffer_long": (
+        lambda m: m["f"]["reward"].__setitem__(2, m["f"]["reward"][2] + b"\0" * 4),
+        "bad_shape",
+    ),
     "buffer_str": (_set(("f", "steps", 2), "\x01" * 5), "bad_shape"),
     "nan_obs": (_poison("obs", 3, np.nan), "non_finite"),
     "inf_reward": (_poison("reward", 0, np.inf), "non_finite"),
@@ -488,9 +490,7 @@ def test_non_finite_weights_are_rejected(name: str, bad: float) -> None:
     state = {k: v.clone() for k, v in net.state_dict().items()}
     state[name].view(-1)[0] = bad
     raw = encode_weights(state, 1)
-    assert reason_of(lambda: decode_weights(raw, expected_shapes(net), MAX_BYTES)) == (
-        "non_finite"
-    )
+    assert reason_of(lambda: decode_weights(raw, expected_shapes(net), MAX_BYTES)) == ("non_finite")
 
 
 def _blob_with_metadata(metadata: dict[str, str]) -> bytes:
@@ -627,8 +627,7 @@ def test_decoders_never_unpickle(monkeypatch: pytest.MonkeyPatch) -> None:
     msg = valid_envelope()
     msg["f"]["obs"][2] = pickles[-1]  # a pickle where a raw buffer belongs
     in_envelope = pack(msg)
-    for mod, name in [(pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"),
-                      (torch, "load")]:
+    for mod, name in [(pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"), (torch, "load")]:
         monkeypatch.setattr(mod, name, _tripwire)
     TRIPPED.clear()
     for raw in [*pickles, torch_bytes, in_envelope]:
@@ -705,8 +704,9 @@ ANY = st.recursive(
     LEAVES,
     lambda children: st.one_of(
         st.lists(children, max_size=5),
-        st.dictionaries(st.one_of(st.text(max_size=8), st.binary(max_size=4)), children,
-                        max_size=5),
+        st.dictionaries(
+            st.one_of(st.text(max_size=8), st.binary(max_size=4)), children, max_size=5
+        ),
     ),
     max_leaves=15,
 )

@@ -28,22 +28,27 @@ from soulsai.transport.codec import (
 )
 from soulsai.transport.messages import dqn_experience_spec
 
-SPEC = dqn_experience_spec(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
-                           gym.spaces.Discrete(2), 3, 4096, 1 << 20)
+SPEC = dqn_experience_spec(
+    gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 4096, 1 << 20
+)
 WEIGHT_SHAPES = {"w": (4, 3), "b": (3,)}
 
 
 def _valid_envelopes(rng: random.Random) -> list[bytes]:
     n = 5
     nrng = np.random.default_rng(0)
-    exp = encode_experience("c", 3, {
-        "obs": nrng.normal(size=(n, 4)).astype(np.float32),
-        "action": nrng.integers(0, 2, n).astype(np.int64),
-        "reward": np.ones(n, np.float32),
-        "next_obs": nrng.normal(size=(n, 4)).astype(np.float32),
-        "terminated": np.zeros(n, np.uint8),
-        "steps": np.full(n, 3, np.uint8),
-    })
+    exp = encode_experience(
+        "c",
+        3,
+        {
+            "obs": nrng.normal(size=(n, 4)).astype(np.float32),
+            "action": nrng.integers(0, 2, n).astype(np.int64),
+            "reward": np.ones(n, np.float32),
+            "next_obs": nrng.normal(size=(n, 4)).astype(np.float32),
+            "terminated": np.zeros(n, np.uint8),
+            "steps": np.full(n, 3, np.uint8),
+        },
+    )
     ep = encode_episode(EpisodeRecord("c", 3, 12.5, 40, {"boss_hp": 0.5}, 1.7e9))
     weights = encode_weights({"w": torch.ones(4, 3), "b": torch.zeros(3)}, 7, {"env_steps": 9})
     return [exp, ep, weights, encode_command("save_best", value=1.0)]
@@ -81,8 +86,12 @@ def _random_doc(rng: random.Random, depth: int = 0) -> object:
         return rng.random() < 0.5
     if kind == "list":
         return [_random_doc(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    return {rng.choice(["v", "t", "f", "n", "client", "model_id", "obs", "return", "info"]):
-            _random_doc(rng, depth + 1) for _ in range(rng.randint(0, 6))}
+    return {
+        rng.choice(
+            ["v", "t", "f", "n", "client", "model_id", "obs", "return", "info"]
+        ): _random_doc(rng, depth + 1)
+        for _ in range(rng.randint(0, 6))
+    }
 
 
 def _decode_all(raw: bytes) -> int:
@@ -141,7 +150,11 @@ def test_coverage_guided_fuzzing_with_atheris() -> None:
     if importlib.util.find_spec("atheris") is None:
         pytest.skip("atheris is not installed (pip install -e .[test] installs it)")
     script = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_decoders.py"
-    out = subprocess.run([sys.executable, str(script), "-runs=100000", "-seed=1"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(script), "-runs=100000", "-seed=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Done 100000 runs" in out.stderr
