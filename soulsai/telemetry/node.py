@@ -93,6 +93,7 @@ class TelemetryNode:
         self.t0 = self._start_time(records[0]) if records else None
         self.env_steps = int(records[-1].get("env_steps") or 0) if records else 0
         self.record_steps: int | None = self.env_steps if records else None  # of the last one
+        self._synced = False
         self.unwritten: list[dict[str, Any]] = []
         self.pending_commands: list[bytes] = []
         self.rejected: dict[str, int] = {}
@@ -206,8 +207,13 @@ class TelemetryNode:
         the training node's total, which advances in bursts as its intake drains Redis. The
         first record of an empty run folder starts from the training node's total then."""
         length = max(0, int(rec.get("length", 0)))
-        if self.record_steps is None:
-            self.record_steps = max(0, steps_now - length)
+        if not self._synced:
+            # The first record after this node starts (a new run, or a resumed one whose
+            # last episodes died with the old Redis) catches up with the training node's
+            # total: those env steps happened, and the curve must not lag behind them.
+            self._synced = True
+            self.record_steps = max(self.record_steps or 0, steps_now - length)
+        assert self.record_steps is not None
         self.record_steps += length
         return self.record_steps
 
