@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from soulsai.errors import ProtocolError
-from soulsai.transport.codec import Experience, ExperienceSpec, decode_experience
+from soulsai.transport.codec import Experience, ExperienceSpec, decode_experiences
 from soulsai.transport.links import TRANSIENT, TrainerLink
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,12 @@ class Intake:
         max_delay: int,
         pop_count: int,
         stop: threading.Event,
+        accept_many: Callable[[list[Experience]], None] | None = None,
     ) -> None:
         self.link = link
         self.spec = spec
         self.accept = accept
+        self.accept_many = accept_many
         self.current_model = current_model
         self.max_delay = max_delay
         self.pop_count = pop_count
@@ -95,27 +97,37 @@ class Intake:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            for raw in raws:
-                self.handle(raw)
+            if raws:
+                self.handle_many(raws)
 
     def handle(self, raw: bytes) -> bool:
         """Decode, validate and accept one envelope; True when accepted."""
-        self.messages += 1
-        try:
-            exp = decode_experience(raw, self.spec)
-        except ProtocolError as e:
-            self._reject(e.reason, str(e))
-            return False
-        self.env_steps += exp.n
+        return self.handle_many([raw]) == 1
+
+    def handle_many(self, raws: list[bytes]) -> int:
+        """Decode and validate a batch of envelopes together, accept the good ones (through
+        `accept_many` in one call when the node has it); returns how many were accepted."""
+        self.messages += len(raws)
         newest = self.current_model()
-        if exp.model_id > newest:
-            self._reject("future_model", f"model id {exp.model_id} > newest {newest}")
-            return False
-        if newest - exp.model_id > self.max_delay:
-            self._reject("stale_model", f"model id {exp.model_id} lags newest {newest}", exp.n)
-            return False
-        self.accept(exp)
-        return True
+        good: list[Experience] = []
+        for exp in decode_experiences(raws, self.spec):
+            if isinstance(exp, ProtocolError):
+                self._reject(exp.reason, str(exp))
+                continue
+            self.env_steps += exp.n
+            if exp.model_id > newest:
+                self._reject("future_model", f"model id {exp.model_id} > newest {newest}")
+            elif newest - exp.model_id > self.max_delay:
+                self._reject("stale_model", f"model id {exp.model_id} lags newest {newest}", exp.n)
+            else:
+                good.append(exp)
+        if good:
+            if self.accept_many is not None:
+                self.accept_many(good)
+            else:
+                for exp in good:
+                    self.accept(exp)
+        return len(good)
 
     def _reject(self, reason: str, detail: str, count: int = 1) -> None:
         self.rejected[reason] += count

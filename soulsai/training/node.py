@@ -94,6 +94,7 @@ class DQNTrainingNode:
         self.model_id = 0
         self.env_steps_offset = 0
         self.debt_base = 0.0  # accepted transitions whose updates were forgiven
+        self._gamma_pow = (d.gamma ** np.arange(d.n_step + 1)).astype(np.float32)
         self.intake = Intake(
             self.link,
             self.spec,
@@ -102,6 +103,7 @@ class DQNTrainingNode:
             d.max_model_delay,
             cfg.training.intake_batch,
             stop,
+            accept_many=self._accept_many,
         )
         self.metrics = NodeMetrics("trainer", METRICS)
         self.last_info: dict[str, float] = {}
@@ -117,15 +119,22 @@ class DQNTrainingNode:
     # ---------------------------------------------------------------- intake side
 
     def _accept(self, exp: Experience) -> None:
-        f = exp.fields
-        discount = (self.cfg.dqn.gamma ** f["steps"].astype(np.float32)) * (1.0 - f["terminated"])
+        self._accept_many([exp])
+
+    def _accept_many(self, exps: list[Experience]) -> None:
+        """All good envelopes of one intake round into the buffer with one write per field."""
+        if len(exps) == 1:
+            f = exps[0].fields
+        else:
+            f = {k: np.concatenate([e.fields[k] for e in exps]) for k in exps[0].fields}
+        # bootstrap factor gamma**k, or 0 where the episode terminated
+        discount = self._gamma_pow[f["steps"]] * (1 - f["terminated"])
+        n = len(discount)
         with self.lock:
-            self.buffer.add_batch(
-                f["obs"], f["action"], f["reward"], f["next_obs"], discount.astype(np.float32)
-            )
+            self.buffer.add_batch(f["obs"], f["action"], f["reward"], f["next_obs"], discount)
             if self.cfg.dqn.normalize_obs:
                 self.new_obs.append(f["obs"])
-            self.accepted += exp.n
+            self.accepted += n
         self.data_ready.set()
 
     @property

@@ -825,3 +825,51 @@ def test_fuzz_mutated_experience(raw: bytes, ops: list[tuple[str, int, int]]) ->
 )
 def test_fuzz_mutated_envelopes_of_every_kind(raw: bytes, ops: list[tuple[str, int, int]]) -> None:
     _decode_all(mutate_bytes(raw, ops))
+
+
+def test_batched_decode_isolates_bad_envelopes_in_place() -> None:
+    """decode_experiences checks values over the whole batch, then finds culprits one by one."""
+    from soulsai.transport.codec import decode_experiences
+
+    spec = dqn_experience_spec(
+        gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 64, 1 << 20
+    )
+
+    def envelope(model_id: int, **override: np.ndarray) -> bytes:
+        fields = {
+            "obs": np.full((3, 4), model_id, np.float32),
+            "action": np.ones(3, np.int64),
+            "reward": np.ones(3, np.float32),
+            "next_obs": np.zeros((3, 4), np.float32),
+            "terminated": np.zeros(3, np.uint8),
+            "steps": np.full(3, 2, np.uint8),
+        }
+        fields.update(override)
+        return encode_experience("c", model_id, fields)
+
+    raws = [
+        envelope(1),
+        envelope(2, reward=np.array([0.0, np.nan, 1.0], np.float32)),
+        b"garbage",
+        envelope(4, action=np.array([0, 1, 2], np.int64)),
+        envelope(5),
+    ]
+    out = decode_experiences(raws, spec)
+    assert [type(x).__name__ for x in out] == [
+        "Experience",
+        "ProtocolError",
+        "ProtocolError",
+        "ProtocolError",
+        "Experience",
+    ]
+    assert [x.reason for x in out if isinstance(x, ProtocolError)] == [
+        "non_finite",
+        "not_msgpack",
+        "out_of_range",
+    ]
+    for raw, got in zip(raws, out, strict=True):
+        if not isinstance(got, ProtocolError):
+            single = decode_experience(raw, spec)
+            for name in spec.fields:
+                np.testing.assert_array_equal(got.fields[name], single.fields[name])
+    assert decode_experiences([], spec) == []
