@@ -15,6 +15,7 @@ k after its batch closed would be rejected anyway.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -187,6 +188,8 @@ class PPOTrainingNode:
             self._pause_clients(False)
             self.intake.join(2.0)
             self.saves.save("final")
+            with contextlib.suppress(TRANSIENT):
+                self.link.clear_alive()
             log.info(
                 "training node stopped at %d env steps (%d accepted), %d iterations, "
                 "%d updates; rejected %s",
