@@ -95,11 +95,12 @@ class DQNActor:
         return out
 
     def act(self, obs: np.ndarray, client_steps: int) -> np.ndarray:
+        num_clients = max(1, int(self.meta.get("num_clients", 1)))
         eps = epsilon(
             self.cfg.dqn,
             int(self.meta.get("env_steps", 0)) + client_steps,
-            self.index,
-            int(self.meta.get("num_clients", 1)),
+            self.index % num_clients,  # restarted clients get fresh indices: stay on the ladder
+            num_clients,
         )
         assert self.policy is not None
         self._actions = self.policy.act(obs, eps, self.rng)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from soulsai.config.schema import EnvConfig
 from soulsai.errors import ConfigError
@@ -58,13 +59,56 @@ def make_single_env(cfg: EnvConfig) -> gym.Env:
     return env
 
 
-def make_vector_env(cfg: EnvConfig) -> gym.vector.VectorEnv:
-    """`env.num_envs` copies stepped in this process; a finished copy resets in the same step
-    (its last observation is in info["final_obs"]), so n-step targets see the true final obs."""
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_single_env(cfg) for _ in range(cfg.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+class LocalVectorEnv:
+    """`num_envs` copies stepped one after another in this process, batched like a Gymnasium
+    vector env. A copy that ends an episode resets in the same step: the returned observation
+    is the new episode's first, the true final one is in infos["final_obs"][i] (and the last
+    info dict in infos["final_info"][i]), so n-step targets and GAE bootstrap correctly.
+
+    Gymnasium's SyncVectorEnv does the same with space checks, deep copies and info merging
+    on every step; for the one-game-per-machine case this is the client's hottest loop.
+    """
+
+    def __init__(self, cfg: EnvConfig) -> None:
+        self.envs = [make_single_env(cfg) for _ in range(cfg.num_envs)]
+        self.num_envs = cfg.num_envs
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self._obs_dtype = self.single_observation_space.dtype
+        self._obs_shape = (self.num_envs, *self.single_observation_space.shape)
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        obs = [
+            env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(self.envs)
+        ]
+        return np.stack(obs).astype(self._obs_dtype, copy=False), {}
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        n = self.num_envs
+        out = np.empty(self._obs_shape, dtype=self._obs_dtype)  # fresh: callers keep rows
+        rewards = np.empty(n, dtype=np.float64)
+        terms = np.empty(n, dtype=bool)
+        truncs = np.empty(n, dtype=bool)
+        infos: dict[str, Any] = {}
+        for i, env in enumerate(self.envs):
+            obs, rewards[i], terms[i], truncs[i], info = env.step(actions[i])
+            if terms[i] or truncs[i]:
+                infos.setdefault("final_obs", [None] * n)[i] = np.array(obs, self._obs_dtype)
+                infos.setdefault("final_info", [None] * n)[i] = info
+                obs, _ = env.reset()
+            out[i] = obs
+        return out, rewards, terms, truncs, infos
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def make_vector_env(cfg: EnvConfig) -> LocalVectorEnv:
+    """The client's env: `env.num_envs` copies of the configured env, batched."""
+    return LocalVectorEnv(cfg)
 
 
 def env_spaces(cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:

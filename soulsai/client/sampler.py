@@ -39,21 +39,18 @@ def make_client_id() -> str:
 
 
 def _info_scalars(infos: dict, i: int) -> dict[str, float]:
-    """Numeric scalars of env i in a vector env's final_info (soulsgym puts boss HP there)."""
-    final = infos.get("final_info")
+    """Numeric scalars of env i's last info dict (soulsgym puts e.g. boss HP there)."""
+    finals = infos.get("final_info")
+    final = finals[i] if isinstance(finals, list) else None
     if not isinstance(final, dict):
         return {}
     out = {}
-    for k, v in final.items():
-        if k.startswith("_") or not final.get(f"_{k}", np.ones(i + 1, bool))[i]:
-            continue
-        try:
-            x = v[i]
-        except (TypeError, IndexError, KeyError):
-            continue
+    for k, x in final.items():
         if isinstance(x, (bool, int, float, np.number, np.bool_)) and np.isfinite(float(x)):
             out[str(k)[:64]] = float(x)
-    return dict(list(out.items())[:16])
+            if len(out) == 16:
+                break
+    return out
 
 
 class Sampler:
