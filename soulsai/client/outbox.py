@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, link: ClientLink, max_messages: int, stream_maxlen: int,
-                 max_queue: int) -> None:
+    def __init__(
+        self, link: ClientLink, max_messages: int, stream_maxlen: int, max_queue: int
+    ) -> None:
         self.link = link
         self.max_queue = max_queue
         self.trimmed = 0  # queued messages in Redis dropped because the queue was full
@@ -65,8 +66,9 @@ class Outbox:
                 episodes = list(self._episodes)
                 dropped_before = self.dropped
             try:
-                self.trimmed += self.link.push(samples, episodes, self.stream_maxlen,
-                                               self.max_queue)
+                self.trimmed += self.link.push(
+                    samples, episodes, self.stream_maxlen, self.max_queue
+                )
             except TRANSIENT as e:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 20 == 0:
