@@ -1,0 +1,120 @@
+"""Slow environments, the reason soulsai exists: the same env with a fixed real-time delay per
+step (standing in for a game that runs in real time), N = 1, 2, 4, 8 sampling clients.
+Reports env steps/s (scaling against N x one client) and, with --solve, time to solve against
+Stable-Baselines3's best single-machine set-up on the same delayed env (DummyVecEnv for DQN,
+SubprocVecEnv with N envs for PPO). Bench-only dependency for --solve: `pip install -e .[bench]`.
+
+    python bench/scaling.py                       # steps/s, 5 ms per step, DQN CartPole
+    python bench/scaling.py --solve --clients 8   # plus time to solve, ours vs SB3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import contextlib
+
+from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # noqa: E402
+from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
+from soulsai.transport.keys import Keys  # noqa: E402
+
+
+def steps_per_second(algo: str, env_id: str, delay: float, clients: int, seconds: float) -> float:
+    """Env steps/s the training node receives from N clients on the delayed env."""
+    with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
+        prefix = f"sc{clients}{time.time_ns() % 10**6}"
+        sets = node_sets(server.port, prefix, Path(tmp), f"algo={algo}", f"env.id={env_id}",
+                         f"env.step_delay={delay}")
+        node = soulsai_proc(["node", "training", *sets], server.password, Path(tmp) / "n.log")
+        procs = [soulsai_proc(["client", *sets], server.password, Path(tmp) / f"c{i}.log")
+                 for i in range(clients)]
+        r = redis.Redis(host="127.0.0.1", port=server.port, password=server.password)
+        keys = Keys(prefix)
+
+        def snap() -> tuple[float, int]:
+            return time.time(), int(r.hget(keys.trainer_stats, "env_steps") or 0)
+
+        deadline = time.time() + 90
+        while snap()[1] == 0 and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(3.0)
+        t0, s0 = snap()
+        time.sleep(seconds)
+        t1, s1 = snap()
+        for p in procs:
+            stop(p)
+        stop(node)
+        return (s1 - s0) / (t1 - t0)
+
+
+def solve_ours(algo: str, env_id: str, delay: float, clients: int, target: float,
+               max_seconds: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        cmd = [sys.executable, "-m", "soulsai", "train", "--algo", algo, "--env", env_id,
+               "--clients", str(clients), "--target-return", str(target), "--max-steps", "0",
+               "--save-dir", tmp, "--no-progress", "--redis", "embedded",
+               "--set", f"env.step_delay={delay}", "--set", "training.metrics_port=0",
+               "--set", "telemetry.http_port=0"]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(cmd, capture_output=True, timeout=max_seconds, cwd=tmp)
+        wall = time.time() - t0
+        found = list(Path(tmp).glob("*/summary.json"))
+        s = json.loads(found[0].read_text()) if found else {}
+    return {"solved": bool(s.get("solved")), "env_steps": s.get("env_steps"),
+            "wall_seconds": round(wall, 1)}
+
+
+def solve_sb3(algo: str, env_id: str, delay: float, clients: int, target: float,
+              max_seconds: float) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "sb3_run.py"), "--algo", algo, "--env", env_id,
+           "--target", str(target), "--delay", str(delay), "--max-seconds", str(max_seconds)]
+    if algo == "ppo":
+        cmd += ["--n-envs", str(clients)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 120)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"solved": False, "error": out.stderr[-300:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--algo", default="dqn", choices=["dqn", "ppo"])
+    ap.add_argument("--env", default="CartPole-v1")
+    ap.add_argument("--delay", type=float, default=0.005, help="seconds slept per env step")
+    ap.add_argument("--clients", nargs="*", type=int, default=[1, 2, 4, 8])
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--solve", action="store_true", help="also time to solve, ours vs SB3")
+    ap.add_argument("--target", type=float, default=475.0)
+    ap.add_argument("--max-seconds", type=float, default=1800.0)
+    args = ap.parse_args()
+    print(machine_line())
+    print(f"{args.algo} {args.env}, {args.delay * 1000:.1f} ms per step")
+    one = None
+    for n in args.clients:
+        sps = steps_per_second(args.algo, args.env, args.delay, n, args.seconds)
+        one = one or sps / n
+        print(f"clients {n}: {sps:,.0f} env steps/s = {sps / (n * one):.2f} x N x one client's",
+              flush=True)
+    if args.solve:
+        n = max(args.clients)
+        ours = solve_ours(args.algo, args.env, args.delay, n, args.target, args.max_seconds)
+        print(f"soulsai, {n} clients: {json.dumps(ours)}", flush=True)
+        peer = solve_sb3(args.algo, args.env, args.delay, n, args.target, args.max_seconds)
+        print(f"sb3 ({peer.get('vec_env')}, {peer.get('n_envs')} envs): {json.dumps(peer)}")
+        if ours.get("solved") and peer.get("solved"):
+            print(f"time to solve ours/sb3: {ours['wall_seconds'] / peer['wall_seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
