@@ -24,6 +24,7 @@ from soulsai.client.nstep import NStepAccumulator, NStepTransition
 from soulsai.client.policy import NumpyQPolicy, expected_weight_shapes
 from soulsai.client.ppo_policy import NumpyActorCritic
 from soulsai.config import Config
+from soulsai.errors import ConfigError
 from soulsai.training.algorithms.dqn import epsilon
 
 Message = tuple[int, dict[str, np.ndarray]]  # (model id, per-transition fields)
@@ -54,10 +55,17 @@ class Actor(Protocol):
     def finish(self) -> list[Message]: ...
 
 
-def make_actor(cfg: Config, env: gym.vector.VectorEnv, index: int, rng: np.random.Generator):
+class VectorSpaces(Protocol):
+    single_observation_space: gym.Space
+    single_action_space: gym.Space
+
+
+def make_actor(cfg: Config, env: VectorSpaces, index: int, rng: np.random.Generator) -> Actor:
     """The actor for `cfg.algo`, for the spaces of `env` (one copy's spaces)."""
-    cls = {"dqn": DQNActor, "ppo": PPOActor}[cfg.algo]
-    return cls(cfg, env.single_observation_space, env.single_action_space, index, rng)
+    spaces = (env.single_observation_space, env.single_action_space)
+    if cfg.algo == "ppo":
+        return PPOActor(cfg, *spaces, index, rng)
+    return DQNActor(cfg, *spaces, index, rng)
 
 
 class DQNActor:
@@ -72,9 +80,11 @@ class DQNActor:
         self.cfg = cfg
         self.index = index
         self.rng = rng
-        n_actions = int(action_space.n)
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
         self.action_start = int(action_space.start)
-        self.expected = expected_weight_shapes(cfg, tuple(obs_space.shape), n_actions)
+        obs_shape = tuple(obs_space.shape or ())
+        self.expected = expected_weight_shapes(cfg, obs_shape, int(action_space.n))
         n_envs, d = cfg.env.num_envs, cfg.dqn
         self.accs = [NStepAccumulator(d.n_step, d.gamma) for _ in range(n_envs)]
         self.batch: list[NStepTransition] = []
@@ -161,7 +171,7 @@ class PPOActor:
         index: int,
         rng: np.random.Generator,
     ) -> None:
-        from soulsai.training.algorithms.ppo import build_actor_critic
+        from soulsai.training.algorithms.ppo import action_shape, build_actor_critic
 
         self.cfg = cfg
         self.rng = rng
@@ -170,9 +180,10 @@ class PPOActor:
         net = build_actor_critic(cfg.ppo, obs_space, action_space)
         self.expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         n, length = cfg.env.num_envs, cfg.ppo.fragment_length
-        act_shape, act_dtype = ((), np.int64) if self.discrete else (action_space.shape, np.float32)
+        act_shape = action_shape(action_space)
+        act_dtype = np.int64 if self.discrete else np.float32
         self.rows: dict[str, np.ndarray] = {
-            "obs": np.zeros((n, length, *obs_space.shape), dtype=obs_space.dtype),
+            "obs": np.zeros((n, length, *(obs_space.shape or ())), dtype=obs_space.dtype),
             "action": np.zeros((n, length, *act_shape), dtype=act_dtype),
             **{
                 name: np.zeros((n, length), dtype=np.float32)
@@ -205,10 +216,12 @@ class PPOActor:
             self.rows["next_value"][self.waiting, self.pos - 1] = value[self.waiting]
         self.waiting[:] = False
         self._step = (actions, logprob, value)
-        if self.discrete:
-            return actions + int(self.space.start)
-        actions = actions.reshape(len(obs), *self.space.shape)
-        return np.clip(actions, self.space.low, self.space.high).astype(self.space.dtype)
+        space = self.space
+        if isinstance(space, gym.spaces.Discrete):
+            return actions + int(space.start)
+        assert isinstance(space, gym.spaces.Box)  # build_actor_critic accepted nothing else
+        actions = actions.reshape(len(obs), *space.shape)
+        return np.clip(actions, space.low, space.high).astype(space.dtype)
 
     def observe(self, obs, rewards, terms, truncs, next_obs, final_obs) -> list[Message]:
         assert self._step is not None and self.policy is not None

@@ -119,6 +119,7 @@ class Sampler:
         actor = self.actor
         ep_ret = np.zeros(n_envs)
         ep_len = np.zeros(n_envs, dtype=np.int64)
+        assert self.control.latest is not None  # __init__ waited for the first weights
         model_id, policy, meta = self.control.latest
         actor.set_model(model_id, policy, meta)
         self.control.start()
@@ -152,7 +153,7 @@ class Sampler:
             ep_ret += rewards
             ep_len += 1
             for i in np.flatnonzero(np.logical_or(terms, truncs)):
-                self._episode(ep_ret[i], ep_len[i], model_id, _info_scalars(infos, i))
+                self._episode(ep_ret[i], ep_len[i], model_id, _info_scalars(infos, int(i)))
                 ep_ret[i], ep_len[i] = 0.0, 0
             final_obs = infos.get("final_obs")
             self._send(actor.observe(obs, rewards, terms, truncs, next_obs, final_obs))

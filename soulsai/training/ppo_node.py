@@ -188,7 +188,7 @@ class PPOTrainingNode:
             self._pause_clients(False)
             self.intake.join(2.0)
             self.saves.save("final")
-            with contextlib.suppress(TRANSIENT):
+            with contextlib.suppress(*TRANSIENT):
                 self.link.clear_alive()
             log.info(
                 "training node stopped at %d env steps (%d accepted), %d iterations, "

@@ -26,7 +26,7 @@ from torch import nn
 
 from soulsai.config import Config
 from soulsai.config.schema import PPOConfig
-from soulsai.errors import CheckpointError
+from soulsai.errors import CheckpointError, ConfigError
 from soulsai.nets import ActorCritic, ObsNormalizer
 from soulsai.training.policies import EvalPolicy, register_policy
 from soulsai.training.rollout import RolloutBatch
@@ -66,14 +66,27 @@ def value_loss(
     return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
 
 
+def action_shape(action_space: gym.Space) -> tuple[int, ...]:
+    """Shape of one action: () for Discrete, the Box's shape; other spaces are a ConfigError."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return ()
+    if isinstance(action_space, gym.spaces.Box):
+        return tuple(action_space.shape)
+    raise ConfigError(
+        f"env: PPO needs a Discrete or Box action space, got {type(action_space).__name__}"
+    )
+
+
 def build_actor_critic(
     cfg: PPOConfig, obs_space: gym.Space, action_space: gym.Space
 ) -> ActorCritic:
     """The network for `cfg` and the env's spaces (clients build the same to check weights)."""
-    discrete = isinstance(action_space, gym.spaces.Discrete)
-    action_dim = int(action_space.n) if discrete else math.prod(action_space.shape)
+    if isinstance(action_space, gym.spaces.Discrete):
+        discrete, action_dim = True, int(action_space.n)
+    else:
+        discrete, action_dim = False, math.prod(action_shape(action_space))
     return ActorCritic(
-        tuple(obs_space.shape),
+        tuple(obs_space.shape or ()),
         action_dim,
         discrete,
         cfg.hidden,
@@ -101,9 +114,7 @@ class PPOLearner:
             torch.manual_seed(seed)
             net = build_actor_critic(cfg, obs_space, action_space)
         self.net = net.to(self.device)
-        self.action_shape = (
-            () if isinstance(action_space, gym.spaces.Discrete) else tuple(action_space.shape)
-        )
+        self.action_shape = action_shape(action_space)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=ADAM_EPS)
         self.return_stats = ObsNormalizer((), enabled=cfg.scale_rewards)
         self.updates = 0
@@ -225,14 +236,17 @@ def ppo_deterministic(
             "the checkpoint's actor-critic does not match its config (ppo.hidden, "
             f"ppo.shared_network, env spaces): {sorted(set(got.items()) ^ set(want.items()))[:4]}"
         )
-    discrete = isinstance(act_space, gym.spaces.Discrete)
-    policy = NumpyActorCritic(tensors, discrete, cfg.ppo.normalize_obs, cfg.ppo.activation)
+    space = act_space
+    policy = NumpyActorCritic(
+        tensors, isinstance(space, gym.spaces.Discrete), cfg.ppo.normalize_obs, cfg.ppo.activation
+    )
 
     def act(obs: np.ndarray) -> np.ndarray:
         out, _ = policy.forward(obs)
-        if discrete:
-            return out.argmax(axis=1).astype(np.int64) + int(act_space.start)
-        mean = out.reshape(len(obs), *act_space.shape)
-        return np.clip(mean, act_space.low, act_space.high).astype(act_space.dtype)
+        if isinstance(space, gym.spaces.Discrete):
+            return out.argmax(axis=1).astype(np.int64) + int(space.start)
+        assert isinstance(space, gym.spaces.Box)  # build_actor_critic accepted nothing else
+        mean = out.reshape(len(obs), *space.shape)
+        return np.clip(mean, space.low, space.high).astype(space.dtype)
 
     return act
