@@ -78,6 +78,9 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+            # Its own session: a terminal's Ctrl-C reaches `soulsai train`, which still needs
+            # Redis to collect the final stats before it stops the server itself.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while True:
