@@ -183,3 +183,12 @@ class ActorCritic(nn.Module):
         if not self.discrete:  # independent dimensions: sum over the action vector
             logprob, entropy = logprob.sum(-1), entropy.sum(-1)
         return action, logprob, entropy, value
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies of a module's state_dict: safe to serialize and
+    broadcast while training goes on."""
+    return {
+        name: t.detach().to("cpu", copy=True).contiguous()
+        for name, t in module.state_dict().items()
+    }

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from soulsai.config.schema import DQNConfig
-from soulsai.nets import QNetwork
+from soulsai.nets import QNetwork, cpu_state
 from soulsai.training.replay import ReplayBatch
 
 ADAM_EPS = 1.5e-4
@@ -89,10 +89,7 @@ class DQNLearner:
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """Detached, contiguous CPU copies of the online net's state_dict (for broadcasting)."""
-        return {
-            name: t.detach().to("cpu", copy=True).contiguous()
-            for name, t in self.online.state_dict().items()
-        }
+        return cpu_state(self.online)
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot for checkpoints: both nets, the optimizer and the update counter."""

@@ -27,7 +27,7 @@ from torch import nn
 from soulsai.config import Config
 from soulsai.config.schema import PPOConfig
 from soulsai.errors import CheckpointError, ConfigError
-from soulsai.nets import ActorCritic, ObsNormalizer
+from soulsai.nets import ActorCritic, ObsNormalizer, cpu_state
 from soulsai.training.policies import EvalPolicy, register_policy
 from soulsai.training.rollout import RolloutBatch
 
@@ -194,10 +194,7 @@ class PPOLearner:
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """Detached, contiguous CPU copies of the net's state_dict (for broadcasting)."""
-        return {
-            name: t.detach().to("cpu", copy=True).contiguous()
-            for name, t in self.net.state_dict().items()
-        }
+        return cpu_state(self.net)
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot for checkpoints: net, optimizer, return statistics and counters."""
