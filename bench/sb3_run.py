@@ -28,7 +28,8 @@ from soulsai.client.envs import StepDelay  # noqa: E402
 
 
 def linear(start: float):
-    return lambda progress: progress * start
+    """RL-Zoo's lin_<start>; rescaled in main() to decay over the zoo's budget."""
+    return ("linear", start)
 
 
 # RL-Zoo (rl-baselines3-zoo) hyperparameters for these envs (LunarLander's are the v2 entries).
@@ -125,7 +126,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     hp = dict(ZOO[(args.algo, args.env)])
-    hp.pop("budget")
+    # Schedules run over the zoo's budget of steps, as in RL-Zoo, even though we may let the
+    # run go on past it to reach the target: SB3 scales them by total_timesteps.
+    stretch = args.max_steps / hp.pop("budget")
+    if "exploration_fraction" in hp:
+        hp["exploration_fraction"] = min(1.0, hp["exploration_fraction"] / stretch)
+    for key, value in list(hp.items()):
+        if isinstance(value, tuple) and value[0] == "linear":
+            start = value[1]
+            hp[key] = lambda p, s=start: s * max(0.0, 1.0 - (1.0 - p) * stretch)
     n_envs = args.n_envs or hp.pop("n_envs")
     hp.pop("n_envs", None)
     wrapper = (lambda e: StepDelay(e, args.delay)) if args.delay > 0 else None
