@@ -29,9 +29,11 @@ from bench.common import machine_line, node_sets, soulsai_proc, stop  # noqa: E4
 from soulsai.transport.codec import encode_experience  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
+from soulsai.transport.links import ClientLink  # noqa: E402
 
 SHAPES = {"CartPole-v1": (4, 2), "LunarLander-v3": (8, 4)}
 BATCH = 64  # transitions per envelope, the client default
+MAX_QUEUE = 10000  # training.max_queue default: clients trim Redis's queue to this
 
 
 def _envelopes(obs_dim: int, n_actions: int, model_id: int, k: int = 8) -> list[bytes]:
@@ -56,33 +58,35 @@ def _envelopes(obs_dim: int, n_actions: int, model_id: int, k: int = 8) -> list[
 
 
 def generator(
-    port: int,
-    password: str,
-    prefix: str,
-    obs_dim: int,
-    n_actions: int,
-    until: float,
-    honor_throttle: bool,
+    port: int, password: str, prefix: str, obs_dim: int, n_actions: int, honor_throttle: bool
 ) -> None:
-    """One load client: pipelines 16 envelopes per round trip with the newest model id."""
+    """One load client: pipelines 16 envelopes per round trip with the newest model id, until
+    the benchmark sets the stop key; announces itself once it is running."""
     r = redis.Redis(host="127.0.0.1", port=port, password=password)
     keys = Keys(prefix)
+    link = ClientLink(r, keys)
     model_id, envs, next_check, paused = -1, [], 0.0, False
-    while time.time() < until:
+    r.incr(f"{prefix}:bench_ready")
+    while True:
         now = time.time()
         if now >= next_check:
             next_check = now + 0.005
-            mid = int(r.get(keys.model_id) or 0)
+            pipe = r.pipeline(transaction=False)
+            pipe.get(keys.model_id)
+            pipe.exists(keys.throttle)
+            pipe.exists(f"{prefix}:bench_stop")
+            mid, throttled, stopped = pipe.execute()
+            if stopped:
+                return
+            mid = int(mid or 0)
             if mid != model_id:
                 model_id, envs = mid, _envelopes(obs_dim, n_actions, mid)
-            paused = honor_throttle and bool(r.exists(keys.throttle))
+            paused = honor_throttle and bool(throttled)
         if paused:
             time.sleep(0.005)
             continue
-        pipe = r.pipeline(transaction=False)
-        for i in range(16):
-            pipe.lpush(keys.samples, envs[i % len(envs)])
-        pipe.execute()
+        # exactly what a real client's sender does: one LPUSH of all queued + LTRIM to max_queue
+        link.push([envs[i % len(envs)] for i in range(16)], [], 1000, MAX_QUEUE)
 
 
 def run_node_case(
@@ -105,19 +109,21 @@ def run_node_case(
         if time.time() > deadline or node.poll() is not None:
             raise SystemExit(f"training node did not start: see {tmp}/node-{prefix}.log")
         time.sleep(0.1)
-    warm = 2.0
-    until = time.time() + warm + seconds + 0.5
     ctx = mp.get_context("spawn")
     gens = [
         ctx.Process(
             target=generator,
-            args=(server.port, server.password, prefix, obs_dim, n_actions, until, learning),
+            args=(server.port, server.password, prefix, obs_dim, n_actions, learning),
         )
         for _ in range(clients)
     ]
     for g in gens:
         g.start()
-    time.sleep(warm)
+    deadline = time.time() + 300
+    while int(r.get(f"{prefix}:bench_ready") or 0) < clients and time.time() < deadline:
+        time.sleep(0.2)  # 64 processes take a while to start on 2 cores
+    # learning on: let the learner pay for the start-up burst before measuring
+    time.sleep(10.0 if learning else 2.0)
 
     def snap() -> tuple[float, int, int]:
         s = r.hgetall(keys.trainer_stats)
@@ -129,6 +135,7 @@ def run_node_case(
         time.sleep(0.5)
         mem = max(mem, int(r.info("memory")["used_memory"]))
     t1, a1, u1 = snap()
+    r.set(f"{prefix}:bench_stop", 1)
     for g in gens:
         g.join()
     stats = r.hgetall(keys.trainer_stats)
