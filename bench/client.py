@@ -27,7 +27,6 @@ from soulsai.nets import QNetwork  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
 
-
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 CLIENT_CPU = set(CPUS[:1])
 OTHER_CPUS = set(CPUS[1:]) or CLIENT_CPU
