@@ -17,6 +17,7 @@ import click
 
 from soulsai.config import Config, default_config_dir, load_config
 from soulsai.errors import ConnectionFailed, SoulsaiError
+from soulsai.transport.links import TRANSIENT
 
 log = logging.getLogger("soulsai")
 
@@ -551,5 +552,9 @@ def main() -> None:
     except SoulsaiError as e:
         click.echo(f"soulsai: error: {e}", err=True)
         sys.exit(e.exit_code)
+    except TRANSIENT as e:  # Redis went away mid-command (e.g. the run it served ended)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        click.echo(f"soulsai: error: lost the connection to Redis: {reason}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

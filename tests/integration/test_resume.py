@@ -197,7 +197,7 @@ def test_train_killed_resumed_quicksaved_and_evaluated(tmp_path):
     episodes_before = len((run / "episodes.jsonl").read_text().splitlines())
     assert episodes_before > 10
 
-    target = killed["env_steps"] + 5000
+    target = killed["env_steps"] + 20000  # long enough to still run when quicksave asks
     second = soulsai(
         "train",
         *common,
