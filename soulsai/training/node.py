@@ -26,6 +26,7 @@ from soulsai.training.algorithms.dqn import DQNLearner, epsilon
 from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.common import (
     STATS_INTERVAL,
+    Rates,
     announce_run,
     exchange_stats,
     run_command,
@@ -94,6 +95,7 @@ class DQNTrainingNode:
         self.model_id = 0
         self.env_steps_offset = 0
         self.debt_base = 0.0  # accepted transitions whose updates were forgiven
+        self._updates_at_start = 0  # learner updates a resumed checkpoint brought along
         self._gamma_pow = (d.gamma ** np.arange(d.n_step + 1)).astype(np.float32)
         self.intake = Intake(
             self.link,
@@ -152,7 +154,7 @@ class DQNTrainingNode:
         log.info("training node up: %s on %s, run folder %s", cfg.algo, cfg.env.id, self.run_dir)
         d = cfg.dqn
         next_stats = next_log = 0.0
-        last = {"t": time.monotonic(), "accepted": self.accepted, "updates": self.learner.updates}
+        rates = Rates(samples=self.accepted, updates=self.learner.updates)
         published_at, published_updates = self.accepted, self.learner.updates
         try:
             while not self.stop.is_set():
@@ -179,7 +181,7 @@ class DQNTrainingNode:
                 now = time.monotonic()
                 if now >= next_stats:
                     next_stats = now + STATS_INTERVAL
-                    self._tick(now, last)
+                    self._tick(now, rates)
                 if now >= next_log:
                     next_log = now + cfg.training.log_interval
                     self._log_progress()
@@ -232,9 +234,8 @@ class DQNTrainingNode:
 
     @property
     def _paid(self) -> int:
+        """Updates done by this node since it started (or resumed)."""
         return self.learner.updates - self._updates_at_start
-
-    _updates_at_start = 0
 
     def _merge_normalizer(self) -> None:
         if not self.new_obs:
@@ -275,12 +276,9 @@ class DQNTrainingNode:
         announce_run(self.link, self.cfg, self.run_dir)
         self._publish()
 
-    def _tick(self, now: float, last: dict) -> None:
-        dt = max(now - last["t"], 1e-9)
+    def _tick(self, now: float, rates: Rates) -> None:
         s = self.stats()
-        s["samples_per_s"] = round((self.accepted - last["accepted"]) / dt, 1)
-        s["updates_per_s"] = round((self.learner.updates - last["updates"]) / dt, 1)
-        last.update(t=now, accepted=self.accepted, updates=self.learner.updates)
+        s.update(rates.update(now, samples=self.accepted, updates=self.learner.updates))
         clients = exchange_stats(self.link, s, self._command, self._republish)
         if clients is not None:
             self.clients = clients
