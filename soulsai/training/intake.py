@@ -13,8 +13,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
+
 from soulsai.errors import ProtocolError
-from soulsai.transport.codec import Experience, ExperienceSpec, decode_experiences
+from soulsai.transport.codec import (
+    Experience,
+    ExperienceSpec,
+    decode_experience_rows,
+    decode_experiences,
+)
 from soulsai.transport.links import TRANSIENT, TrainerLink
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,8 @@ class RateLimitedLog:
 class Intake:
     """Pops envelopes, validates them, and calls `accept(experience)` for the good ones.
 
+    With `accept_rows` the good transitions of a whole popped batch arrive in one call instead,
+    one array per field (`decode_experience_rows`): no Python object per envelope.
     `current_model` returns the newest model id; samples older than `max_delay` ids (or from a
     model id that does not exist yet) are rejected as stale / future.
     """
@@ -58,12 +67,12 @@ class Intake:
         max_delay: int,
         pop_count: int,
         stop: threading.Event,
-        accept_many: Callable[[list[Experience]], None] | None = None,
+        accept_rows: Callable[[dict[str, np.ndarray]], None] | None = None,
     ) -> None:
         self.link = link
         self.spec = spec
         self.accept = accept
-        self.accept_many = accept_many
+        self.accept_rows = accept_rows
         self.current_model = current_model
         self.max_delay = max_delay
         self.pop_count = pop_count
@@ -105,29 +114,47 @@ class Intake:
         return self.handle_many([raw]) == 1
 
     def handle_many(self, raws: list[bytes]) -> int:
-        """Decode and validate a batch of envelopes together, accept the good ones (through
-        `accept_many` in one call when the node has it); returns how many were accepted."""
+        """Decode and validate a batch of envelopes together, accept the good ones; returns
+        how many envelopes were accepted."""
         self.messages += len(raws)
         newest = self.current_model()
+        if self.accept_rows is not None:
+            return self._handle_rows(raws, newest)
         good: list[Experience] = []
         for exp in decode_experiences(raws, self.spec):
             if isinstance(exp, ProtocolError):
                 self._reject(exp.reason, str(exp))
-                continue
-            self.env_steps += exp.n
-            if exp.model_id > newest:
-                self._reject("future_model", f"model id {exp.model_id} > newest {newest}")
-            elif newest - exp.model_id > self.max_delay:
-                self._reject("stale_model", f"model id {exp.model_id} lags newest {newest}", exp.n)
-            else:
+            elif self._fresh(exp.model_id, newest, 1, exp.n):
                 good.append(exp)
-        if good:
-            if self.accept_many is not None:
-                self.accept_many(good)
-            else:
-                for exp in good:
-                    self.accept(exp)
+        for exp in good:
+            self.accept(exp)
         return len(good)
+
+    def _handle_rows(self, raws: list[bytes], newest: int) -> int:
+        assert self.accept_rows is not None
+        rows = decode_experience_rows(raws, self.spec)
+        for e in rows.errors:
+            self._reject(e.reason, str(e))
+        keep = [self._fresh(mid, newest, msgs, n) for mid, msgs, n in rows.segments]
+        fields = rows.fields
+        if not all(keep):
+            mask = np.repeat(keep, [n for _, _, n in rows.segments])
+            fields = {name: value[mask] for name, value in fields.items()}
+        if any(keep):
+            self.accept_rows(fields)
+        return sum(msgs for (_, msgs, _), ok in zip(rows.segments, keep, strict=True) if ok)
+
+    def _fresh(self, model_id: int, newest: int, messages: int, n: int) -> bool:
+        """Count `n` env steps; False (and counted as rejected) when the model id is too new or
+        too old."""
+        self.env_steps += n
+        if model_id > newest:
+            self._reject("future_model", f"model id {model_id} > newest {newest}", messages)
+        elif newest - model_id > self.max_delay:
+            self._reject("stale_model", f"model id {model_id} lags newest {newest}", n)
+        else:
+            return True
+        return False
 
     def _reject(self, reason: str, detail: str, count: int = 1) -> None:
         self.rejected[reason] += count

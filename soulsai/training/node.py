@@ -105,7 +105,7 @@ class DQNTrainingNode:
             d.max_model_delay,
             cfg.training.intake_batch,
             stop,
-            accept_many=self._accept_many,
+            accept_rows=self._accept_rows,
         )
         self.metrics = NodeMetrics("trainer", METRICS)
         self.last_info: dict[str, float] = {}
@@ -121,14 +121,10 @@ class DQNTrainingNode:
     # ---------------------------------------------------------------- intake side
 
     def _accept(self, exp: Experience) -> None:
-        self._accept_many([exp])
+        self._accept_rows(exp.fields)
 
-    def _accept_many(self, exps: list[Experience]) -> None:
-        """All good envelopes of one intake round into the buffer with one write per field."""
-        if len(exps) == 1:
-            f = exps[0].fields
-        else:
-            f = {k: np.concatenate([e.fields[k] for e in exps]) for k in exps[0].fields}
+    def _accept_rows(self, f: dict[str, np.ndarray]) -> None:
+        """The good transitions of one intake round into the buffer, one write per field."""
         # bootstrap factor gamma**k, or 0 where the episode terminated
         discount = self._gamma_pow[f["steps"]] * (1 - f["terminated"])
         n = len(discount)

@@ -245,6 +245,165 @@ def _check_values(name: str, arr: np.ndarray, fs: FieldSpec) -> None:
         raise ProtocolError("out_of_range", f"{name} above {fs.high}")
 
 
+# ---------------------------------------------------------------- experience rows (hot path)
+
+_MAX_SHAPE_MISSES = 8  # shapes per popped batch that matched only their own envelope
+
+
+@dataclass
+class ExperienceRows:
+    """The transitions of many envelopes, field by field: no Python object per envelope.
+
+    `segments` has one (model_id, envelopes, rows) triple per run of rows from envelopes of
+    one model id, in row order; `errors` the rejected envelopes' errors.
+    """
+
+    fields: dict[str, np.ndarray]
+    segments: list[tuple[int, int, int]]
+    errors: list[ProtocolError]
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One envelope's layout: where its payloads lie and the bytes around them."""
+
+    model_id: int
+    n: int
+    payloads: dict[str, tuple[int, int]]  # field -> (start, end) in the envelope
+    frame: np.ndarray  # byte positions outside the payloads
+    frame_bytes: np.ndarray  # the envelope's bytes there
+
+
+def decode_experience_rows(raws: list[Any], spec: ExperienceSpec) -> ExperienceRows:
+    """Validate many envelopes and return their transitions as one array per field.
+
+    Envelopes of equal length are joined and checked together with numpy. The first one goes
+    through the full structural decoder; every other one whose bytes outside the payloads equal
+    the first one's parses (msgpack being prefix-free) to the same structure: same client, model
+    id, n, dtypes and shapes, so only its values remain to check, in one pass per field.
+    Anything else is decoded one by one. Each envelope is accepted or rejected exactly as
+    `decode_experience` would; the rows come grouped by layout, not in input order.
+    """
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in spec.fields}
+    segments: list[tuple[int, int, int]] = []
+    errors: list[ProtocolError] = []
+    by_len: dict[int, list[bytes]] = {}
+    singles: list[Any] = []
+    for raw in raws:
+        if type(raw) is bytes:
+            by_len.setdefault(len(raw), []).append(raw)
+        else:
+            singles.append(raw)
+    misses = 0
+    for length, group in by_len.items():
+        if len(group) == 1 or misses >= _MAX_SHAPE_MISSES:
+            singles.extend(group)
+            continue
+        block = np.frombuffer(b"".join(group), np.uint8).reshape(len(group), length)
+        pending = np.arange(len(group))
+        while len(pending):
+            try:
+                shape = _shape_of(group[pending[0]], spec)
+            except ProtocolError as e:
+                errors.append(e)
+                pending = pending[1:]
+                continue
+            same = (block[:, shape.frame][pending] == shape.frame_bytes).all(axis=1)
+            if same.all():
+                rows, pending = (pending if len(pending) < len(group) else None), pending[:0]
+            else:
+                rows, pending = pending[same], pending[~same]
+                misses += len(rows) == 1
+            _rows_of_shape(block, rows, shape, spec, chunks, segments, errors)
+            if misses >= _MAX_SHAPE_MISSES:
+                singles.extend(group[i] for i in pending)
+                break
+    for raw in singles:
+        try:
+            exp = decode_experience(raw, spec)
+        except ProtocolError as e:
+            errors.append(e)
+            continue
+        for name in spec.fields:
+            chunks[name].append(exp.fields[name])
+        segments.append((exp.model_id, 1, exp.n))
+    fields = {
+        name: parts[0] if len(parts) == 1 else _concat(parts, spec.fields[name])
+        for name, parts in chunks.items()
+    }
+    return ExperienceRows(fields, segments, errors)
+
+
+def _concat(parts: list[np.ndarray], fs: FieldSpec) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty((0, *fs.shape), fs.dtype)
+
+
+def _rows_of_shape(
+    block: np.ndarray,
+    rows: np.ndarray | None,
+    shape: _Shape,
+    spec: ExperienceSpec,
+    chunks: dict[str, list[np.ndarray]],
+    segments: list[tuple[int, int, int]],
+    errors: list[ProtocolError],
+) -> None:
+    """Slice the fields out of the envelopes `rows` (None: all) of `block`, which share one
+    layout; check their values, keep the good ones."""
+    k, n = len(block) if rows is None else len(rows), shape.n
+    fields = {}
+    for name, fs in spec.fields.items():
+        start, end = shape.payloads[name]
+        # a fancy index (rows) copies into a fresh array already
+        data = np.ascontiguousarray(block[:, start:end]) if rows is None else block[rows, start:end]
+        fields[name] = data.view(fs.dtype).reshape(k * n, *fs.shape)
+    try:
+        for name, fs in spec.fields.items():
+            _check_values(name, fields[name], fs)
+    except ProtocolError:
+        good = np.ones(k, dtype=bool)
+        for j in range(k):
+            try:
+                for name, fs in spec.fields.items():
+                    _check_values(name, fields[name][j * n : (j + 1) * n], fs)
+            except ProtocolError as e:
+                errors.append(e)
+                good[j] = False
+        k = int(good.sum())
+        if k == 0:
+            return
+        keep = np.repeat(good, n)
+        fields = {name: value[keep] for name, value in fields.items()}
+    for name, value in fields.items():
+        chunks[name].append(value)
+    segments.append((shape.model_id, k, k * n))
+
+
+def _shape_of(raw: bytes, spec: ExperienceSpec) -> _Shape:
+    """Decode one envelope's structure (raising its ProtocolError) and locate its payloads."""
+    exp = _decode_structure(raw, spec)
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(raw), 1))
+    unpacker.feed(raw)
+    payloads: dict[str, tuple[int, int]] = {}
+    for _ in range(unpacker.read_map_header()):
+        if unpacker.unpack() != "f":
+            unpacker.skip()
+            continue
+        payloads = {}  # a repeated key: msgpack keeps the last value, and so do we
+        for _ in range(unpacker.read_map_header()):
+            name = unpacker.unpack()
+            unpacker.read_array_header()
+            unpacker.skip()  # dtype
+            unpacker.skip()  # shape
+            data = unpacker.unpack()
+            payloads[name] = (unpacker.tell() - len(data), unpacker.tell())
+    inside = np.zeros(len(raw), dtype=bool)
+    for start, end in payloads.values():
+        inside[start:end] = True
+    frame = np.flatnonzero(~inside)
+    frame_bytes = np.frombuffer(raw, np.uint8)[frame]
+    return _Shape(exp.model_id, exp.n, payloads, frame, frame_bytes)
+
+
 # ---------------------------------------------------------------- episodes
 
 

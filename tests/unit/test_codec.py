@@ -873,3 +873,94 @@ def test_batched_decode_isolates_bad_envelopes_in_place() -> None:
             for name in spec.fields:
                 np.testing.assert_array_equal(got.fields[name], single.fields[name])
     assert decode_experiences([], spec) == []
+
+
+# ---------------------------------------------------------------- rows decode (intake hot path)
+
+
+def _row_records(fields: dict[str, np.ndarray]) -> list[bytes]:
+    """Each transition as one bytes string over all fields, sorted: rows as a multiset."""
+    n = len(fields["obs"])
+    return sorted(b"".join(fields[k][i].tobytes() for k in SPEC.fields) for i in range(n))
+
+
+def _one_by_one(raws: list[Any]) -> tuple[list[bytes], list[str], list[tuple[int, int]]]:
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in SPEC.fields}
+    reasons, models = [], []
+    for raw in raws:
+        try:
+            exp = decode_experience(raw, SPEC)
+        except ProtocolError as e:
+            reasons.append(e.reason)
+            continue
+        models.append((exp.model_id, exp.n))
+        for k in SPEC.fields:
+            rows[k].append(exp.fields[k])
+    joined = {k: np.concatenate(v) if v else np.empty(0) for k, v in rows.items()}
+    return (_row_records(joined) if models else []), sorted(reasons), sorted(models)
+
+
+def _check_rows_like_one_by_one(raws: list[Any]) -> None:
+    from soulsai.transport.codec import decode_experience_rows
+
+    out = decode_experience_rows(raws, SPEC)
+    want_rows, want_reasons, want_models = _one_by_one(raws)
+    assert sorted(e.reason for e in out.errors) == want_reasons
+    per_model: dict[int, int] = {}
+    for model_id, _, n in out.segments:
+        per_model[model_id] = per_model.get(model_id, 0) + n
+    want_per_model: dict[int, int] = {}
+    for model_id, n in want_models:
+        want_per_model[model_id] = want_per_model.get(model_id, 0) + n
+    assert per_model == want_per_model
+    assert sum(msgs for _, msgs, _ in out.segments) == len(want_models)
+    for name, fs in SPEC.fields.items():
+        assert out.fields[name].dtype == fs.dtype
+        assert out.fields[name].shape == (sum(per_model.values()), *fs.shape)
+    assert (_row_records(out.fields) if want_models else []) == want_rows
+
+
+@settings(FUZZ, max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(VALID_EXPERIENCE + [encode_experience("client-1", 7, make_fields(6))]),
+            st.one_of(st.just([]), MUTATIONS),
+        ),
+        min_size=1,
+        max_size=24,
+    )
+)
+def test_fuzz_rows_decode_matches_one_by_one(batch: list[tuple[bytes, list]]) -> None:
+    """Envelopes of one layout are checked together; the outcome per envelope must be exactly
+    decode_experience's, whatever the mutations (in payloads, frames, lengths)."""
+    _check_rows_like_one_by_one([mutate_bytes(raw, ops) if ops else raw for raw, ops in batch])
+
+
+def test_rows_decode_many_layouts_and_odd_inputs() -> None:
+    """More layouts than the fast path tries per batch, non-bytes payloads, garbage."""
+    raws: list[Any] = [encode_experience(f"c{i:02d}", i, make_fields(4, seed=i)) for i in range(20)]
+    raws += raws[:5]
+    raws += [b"garbage", bytearray(raws[0]), memoryview(raws[1]), 3, "text", b""]
+    bad = valid_envelope(4)
+    bad["f"]["reward"][2] = np.full(4, np.nan, np.float32).tobytes()
+    raws += [pack(bad)] * 3
+    _check_rows_like_one_by_one(raws)
+
+
+def test_rows_decode_isolates_bad_values_within_one_layout() -> None:
+    from soulsai.transport.codec import decode_experience_rows
+
+    good = [encode_experience("c", 2, make_fields(3, seed=s)) for s in range(4)]
+    nan = make_fields(3, seed=9)
+    nan["obs"][1, 2] = np.inf
+    action = make_fields(3, seed=10)
+    action["action"][0] = 2
+    raws = [good[0], encode_experience("c", 2, nan), good[1], encode_experience("c", 2, action)]
+    raws += good[2:]
+    out = decode_experience_rows(raws, SPEC)
+    assert sorted(e.reason for e in out.errors) == ["non_finite", "out_of_range"]
+    assert out.segments == [(2, 4, 12)]
+    _check_rows_like_one_by_one(raws)
+    empty = decode_experience_rows([], SPEC)
+    assert empty.segments == [] and empty.fields["obs"].shape == (0, 4)
