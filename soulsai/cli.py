@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,17 +33,23 @@ def _setup_logging(rich: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    level = os.environ.get("SOULSAI_LOG_LEVEL", "INFO").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        level = "INFO"
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _stop_on_signals() -> threading.Event:
     """First SIGINT/SIGTERM asks for a graceful stop; a second one exits at once."""
     stop = threading.Event()
+    received: list[int] = []  # signals only: a shutdown command also sets `stop`, and the
+    # SIGTERM that `soulsai train` sends after it must still mean a graceful stop
 
     def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
+        if received:
             log.warning("second signal: exiting now")
             raise SystemExit(1)
+        received.append(signum)
         log.info("signal %d received: stopping (again to force)", signum)
         stop.set()
 
@@ -118,7 +125,7 @@ def _load(
     overrides += list(sets)
     cfg = load_config(cdir, overrides)
     if cfg.algo == "ppo":
-        from soulsai.training.ppo_node import check_ppo_config
+        from soulsai.config.schema import check_ppo_config
 
         check_ppo_config(cfg)
     return cfg, cdir, overrides

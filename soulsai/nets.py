@@ -8,6 +8,7 @@ never aliased with another entry.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,6 +184,17 @@ class ActorCritic(nn.Module):
         if not self.discrete:  # independent dimensions: sum over the action vector
             logprob, entropy = logprob.sum(-1), entropy.sum(-1)
         return action, logprob, entropy, value
+
+
+def adam(params: Any, lr: float, eps: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step where this torch build supports it (CPU too):
+    for the small networks of control tasks the per-tensor update loop costs more than the
+    math."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

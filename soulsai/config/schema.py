@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from soulsai.errors import ConfigError
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
@@ -191,3 +193,13 @@ class Config(_Strict):
         if url is not None and not url.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
         return url
+
+
+def check_ppo_config(cfg: Config) -> None:
+    """Cross-key checks the schema cannot express; a ConfigError names the keys."""
+    rows = cfg.ppo.fragment_length * cfg.env.num_envs
+    if rows > cfg.training.max_batch:
+        raise ConfigError(
+            f"config error: ppo.fragment_length * env.num_envs = {rows} exceeds "
+            f"training.max_batch = {cfg.training.max_batch} (one message carries all fragments)"
+        )

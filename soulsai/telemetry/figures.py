@@ -5,14 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from soulsai.run import atomic_write_bytes  # noqa: E402
-from soulsai.telemetry.stats import AVG, EpisodeStats, downsample  # noqa: E402
+from soulsai.run import atomic_write_bytes
+from soulsai.telemetry.stats import AVG, EpisodeStats, downsample
 
 MAX_POINTS = 4000  # per curve; more than a 9-inch figure at 90 dpi can show
 
@@ -36,6 +32,12 @@ def draw(
     title: str,
 ) -> None:
     """panels: (name, raw values, moving average) per panel, all aligned with `x`."""
+    # Imported on first use: matplotlib costs the node half a second at start, when the
+    # training node and the clients need the CPU more.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
     for ax, (name, raw, avg) in zip(axes[:, 0], panels, strict=True):
         if raw is not None:

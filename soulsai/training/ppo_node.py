@@ -29,7 +29,7 @@ import torch
 
 from soulsai.client.envs import env_spaces
 from soulsai.config import Config
-from soulsai.errors import ConfigError
+from soulsai.config.schema import check_ppo_config
 from soulsai.metrics import NodeMetrics
 from soulsai.training.algorithms.ppo import PPOLearner
 from soulsai.training.checkpoint import rng_state, set_rng_state
@@ -72,16 +72,6 @@ METRICS = {
     "explained_variance": "explained variance of the value function (last iteration)",
     "lr": "learning rate of the last iteration",
 }
-
-
-def check_ppo_config(cfg: Config) -> None:
-    """Cross-key checks the schema cannot express; a ConfigError names the keys."""
-    rows = cfg.ppo.fragment_length * cfg.env.num_envs
-    if rows > cfg.training.max_batch:
-        raise ConfigError(
-            f"config error: ppo.fragment_length * env.num_envs = {rows} exceeds "
-            f"training.max_batch = {cfg.training.max_batch} (one message carries all fragments)"
-        )
 
 
 class PPOTrainingNode:
@@ -234,6 +224,8 @@ class PPOTrainingNode:
     def _iterate(self) -> None:
         """Close model k's batch, train on it, publish model k+1."""
         self._pause_clients(True)
+        closed = time.monotonic()
+        collect_s = closed - self.iteration_started
         with self.lock:
             self.collecting = False
             parts = self.rollout.take()
@@ -255,6 +247,15 @@ class PPOTrainingNode:
             self.iteration_started = self.last_sample = now
         self._publish()
         self._pause_clients(False)
+        log.debug(
+            "iteration %d: collected %d transitions in %.3f s, trained in %.3f s, published in "
+            "%.3f s",
+            self.learner.iterations,
+            len(obs),
+            collect_s,
+            now - closed,
+            time.monotonic() - now,
+        )
         every = self.cfg.checkpoint.every
         if every and self.learner.updates // every > self._saved_updates // every:
             self._saved_updates = self.learner.updates

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from soulsai.config.schema import DQNConfig
-from soulsai.nets import QNetwork, cpu_state
+from soulsai.nets import QNetwork, adam, cpu_state
 from soulsai.training.replay import ReplayBatch
 
 ADAM_EPS = 1.5e-4
@@ -43,7 +43,7 @@ class DQNLearner:
         self.online = online.to(self.device)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, eps=ADAM_EPS)
+        self.optimizer = adam(self.online.parameters(), cfg.lr, ADAM_EPS)
         self.updates = 0
 
     def update(self, batch: ReplayBatch) -> dict[str, float]:

@@ -27,7 +27,7 @@ from torch import nn
 from soulsai.config import Config
 from soulsai.config.schema import PPOConfig
 from soulsai.errors import CheckpointError, ConfigError
-from soulsai.nets import ActorCritic, ObsNormalizer, cpu_state
+from soulsai.nets import ActorCritic, ObsNormalizer, adam, cpu_state
 from soulsai.training.policies import EvalPolicy, register_policy
 from soulsai.training.rollout import RolloutBatch
 
@@ -115,7 +115,7 @@ class PPOLearner:
             net = build_actor_critic(cfg, obs_space, action_space)
         self.net = net.to(self.device)
         self.action_shape = action_shape(action_space)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=ADAM_EPS)
+        self.optimizer = adam(self.net.parameters(), cfg.lr, ADAM_EPS)
         self.return_stats = ObsNormalizer((), enabled=cfg.scale_rewards)
         self.updates = 0
         self.iterations = 0
