@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-NORM_EPS = 1e-8
-NORM_CLIP = 10.0
+from soulsai.transport.messages import NORM_CLIP, NORM_EPS
 
 
 class ObsNormalizer(nn.Module):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from soulsai.nets import NORM_CLIP, NORM_EPS
+from soulsai.transport.messages import NORM_CLIP, NORM_EPS
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

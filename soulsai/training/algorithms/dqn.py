@@ -19,6 +19,7 @@ from torch import nn
 
 from soulsai.config.schema import DQNConfig
 from soulsai.nets import QNetwork, adam, cpu_state
+from soulsai.training.algorithms.schedules import epsilon  # noqa: F401 (part of this module's API)
 from soulsai.training.replay import ReplayBatch
 
 ADAM_EPS = 1.5e-4
@@ -108,19 +109,3 @@ class DQNLearner:
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
-
-
-def epsilon(cfg: DQNConfig, env_steps: int, client_index: int, num_clients: int) -> float:
-    """Exploration rate of one client.
-
-    "schedule": linear from eps_start to eps_end over eps_decay_steps global env steps.
-    "ladder": Ape-X, ladder_eps ** (1 + ladder_alpha * i / (N - 1)); ladder_eps when N == 1.
-    """
-    if cfg.exploration == "schedule":
-        frac = min(max(env_steps, 0) / cfg.eps_decay_steps, 1.0)
-        return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
-    if not 0 <= client_index < num_clients:
-        raise ValueError(f"client_index {client_index} not in [0, {num_clients})")
-    if num_clients == 1:
-        return cfg.ladder_eps
-    return cfg.ladder_eps ** (1 + cfg.ladder_alpha * client_index / (num_clients - 1))

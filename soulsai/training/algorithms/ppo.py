@@ -26,10 +26,11 @@ from torch import nn
 
 from soulsai.config import Config
 from soulsai.config.schema import PPOConfig
-from soulsai.errors import CheckpointError, ConfigError
+from soulsai.errors import CheckpointError
 from soulsai.nets import ActorCritic, ObsNormalizer, adam, cpu_state
 from soulsai.training.policies import EvalPolicy, register_policy
 from soulsai.training.rollout import RolloutBatch
+from soulsai.transport.messages import action_shape
 
 ADAM_EPS = 1e-5
 REWARD_EPS = 1e-8
@@ -64,17 +65,6 @@ def value_loss(
     v_clipped = oldvalue + torch.clamp(newvalue - oldvalue, -clip_coef, clip_coef)
     v_loss_clipped = (v_clipped - returns) ** 2
     return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-
-
-def action_shape(action_space: gym.Space) -> tuple[int, ...]:
-    """Shape of one action: () for Discrete, the Box's shape; other spaces are a ConfigError."""
-    if isinstance(action_space, gym.spaces.Discrete):
-        return ()
-    if isinstance(action_space, gym.spaces.Box):
-        return tuple(action_space.shape)
-    raise ConfigError(
-        f"env: PPO needs a Discrete or Box action space, got {type(action_space).__name__}"
-    )
 
 
 def build_actor_critic(

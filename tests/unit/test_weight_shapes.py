@@ -1,0 +1,62 @@
+"""The torch-free weight specs in transport.messages equal the networks' real state_dicts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from soulsai.config import Config, default_config_dir, load_config
+from soulsai.nets import ActorCritic, QNetwork
+from soulsai.training.algorithms.ppo import build_actor_critic
+from soulsai.transport.messages import dqn_weight_shapes, ppo_weight_shapes
+
+
+@pytest.fixture(scope="module")
+def default_cfg() -> Config:
+    return load_config(default_config_dir())
+
+
+def _shapes(net) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("obs_shape", [(4,), (8,), (3, 5)])
+@pytest.mark.parametrize("hidden", [[64, 64], [256], [32, 16, 8]])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_dqn_shapes_equal_qnetwork_state_dict(obs_shape, hidden, normalize, default_cfg) -> None:
+    cfg = default_cfg.dqn.model_copy(update={"hidden": hidden, "normalize_obs": normalize})
+    net = QNetwork(obs_shape, 3, hidden, normalize)
+    assert dqn_weight_shapes(cfg, obs_shape, 3) == _shapes(net)
+
+
+SPACES = [
+    (gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2)),
+    (gym.spaces.Box(-1, 1, (2, 3), np.float32), gym.spaces.Discrete(5)),
+    (gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Box(-2, 2, (1,), np.float32)),
+    (gym.spaces.Box(-1, 1, (8,), np.float32), gym.spaces.Box(-1, 1, (2, 2), np.float32)),
+]
+
+
+@pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("hidden", [[64, 64], [16], [32, 16, 8]])
+def test_ppo_shapes_equal_actor_critic_state_dict(
+    obs_space, act_space, shared, hidden, default_cfg
+):
+    cfg = default_cfg.ppo.model_copy(update={"hidden": hidden, "shared_network": shared})
+    net = build_actor_critic(cfg, obs_space, act_space)
+    assert isinstance(net, ActorCritic)
+    assert ppo_weight_shapes(cfg, obs_space, act_space) == _shapes(net)
+
+
+def test_weight_specs_import_no_torch() -> None:
+    code = (
+        "import sys; import soulsai.transport.messages, soulsai.training.algorithms.schedules; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
