@@ -42,6 +42,11 @@ from soulsai.transport.messages import dqn_experience_spec
 
 log = logging.getLogger(__name__)
 
+# Samples that arrive this long after the clients were paused come from clients that ignore
+# the pause (an honest one stops within a poll of the throttle key, 0.5 s, and what it queued
+# before drains in well under a second): their updates are forgiven, not owed.
+PAUSE_GRACE = 2.0
+
 METRICS = {
     "env_steps": "env steps received (accepted or stale)",
     "accepted": "transitions accepted into the replay buffer",
@@ -111,7 +116,10 @@ class DQNTrainingNode:
         self.last_info: dict[str, float] = {}
         self.clients = 0
         self.throttled = False
+        self._throttle_lock = threading.Lock()
         self._throttle_renew = 0.0
+        self._paused_at = 0.0
+        self.forgiven = 0.0  # accepted transitions whose updates were forgiven (see _owed_updates)
         self.throttle_count = 0
         self.episodes_at_start = 0  # the telemetry node's count may lag after a resume
         self.saves = Saves(cfg, run_dir, self)
@@ -133,7 +141,12 @@ class DQNTrainingNode:
             if self.cfg.dqn.normalize_obs:
                 self.new_obs.append(f["obs"])
             self.accepted += n
+            if self.throttled and time.monotonic() - self._paused_at > PAUSE_GRACE:
+                self.debt_base += n
+                self.forgiven += n
         self.data_ready.set()
+        if self.cfg.dqn.throttle and not self.throttled and self._learning():
+            self._throttle()  # at once: the learner thread looks only between gradient steps
 
     @property
     def env_steps(self) -> int:
@@ -156,7 +169,7 @@ class DQNTrainingNode:
             while not self.stop.is_set():
                 self._merge_normalizer()
                 owed = self._owed_updates()
-                self._throttle(owed)
+                self._throttle()
                 if owed > 0:
                     with self.lock:
                         batch = self.buffer.sample(d.batch_size)
@@ -196,37 +209,52 @@ class DQNTrainingNode:
                 self.learner.updates,
             )
 
+    def _learning(self) -> bool:
+        d = self.cfg.dqn
+        return len(self.buffer) >= max(d.learning_starts, d.batch_size)
+
+    def _debt(self) -> float:
+        """Gradient steps owed to the replay ratio for what was accepted (and not forgiven)."""
+        d = self.cfg.dqn
+        return (self.accepted - self.debt_base) * d.replay_ratio / d.batch_size - self._paid
+
     def _owed_updates(self) -> int:
         d = self.cfg.dqn
-        if len(self.buffer) < max(d.learning_starts, d.batch_size):
+        if not self._learning():
             self.debt_base = self.accepted
             return 0
-        owed = (self.accepted - self.debt_base) * d.replay_ratio / d.batch_size - self._paid
-        # Paused clients stop new samples, but what is already queued in Redis still arrives:
-        # owe it too, so the replay ratio holds. Forgive only a debt no throttle can explain
-        # (clients that ignore it), or any beyond max_update_debt when throttling is off.
-        limit = (20 if d.throttle else 1) * d.max_update_debt
-        if owed > limit:
-            self.debt_base += (owed - limit) * d.batch_size / d.replay_ratio
-            owed = limit
+        owed = self._debt()
+        # Paused clients stop new samples, but what they sent before they saw the pause still
+        # arrives: owe it too, so the replay ratio holds. Forgive only what no pause explains
+        # (_accept_rows: samples long after it), or any debt beyond max_update_debt when
+        # throttling is off.
+        if not d.throttle and owed > d.max_update_debt:
+            forgiven = (owed - d.max_update_debt) * d.batch_size / d.replay_ratio
+            self.debt_base += forgiven
+            self.forgiven += forgiven
+            owed = d.max_update_debt
         return int(owed)
 
-    def _throttle(self, owed: int) -> None:
+    def _throttle(self) -> None:
         """Pause the clients while the learner owes max_update_debt updates; resume at half."""
         d = self.cfg.dqn
         if not d.throttle:
             return
-        now = time.monotonic()
-        want = owed >= d.max_update_debt or (self.throttled and owed > d.max_update_debt // 2)
-        if want == self.throttled and not (want and now >= self._throttle_renew):
-            return
-        try:
-            self.link.set_throttle(want)
-        except TRANSIENT:
-            return
-        self.throttled = want
-        self._throttle_renew = now + 1.0
-        self.throttle_count += int(want)
+        with self._throttle_lock:  # the learner loop and the intake thread both call this
+            now = time.monotonic()
+            owed = int(self._debt()) if self._learning() else 0
+            want = owed >= d.max_update_debt or (self.throttled and owed > d.max_update_debt // 2)
+            if want == self.throttled and not (want and now >= self._throttle_renew):
+                return
+            try:
+                self.link.set_throttle(want)
+            except TRANSIENT:
+                return
+            if want and not self.throttled:
+                self._paused_at = now
+            self.throttled = want
+            self._throttle_renew = now + 1.0
+            self.throttle_count += int(want)
 
     @property
     def _paid(self) -> int:
@@ -262,6 +290,8 @@ class DQNTrainingNode:
             "clients": self.clients,
             "throttled": int(self.throttled),
             "pauses": self.throttle_count,
+            "forgiven": int(self.forgiven),
+            "debt": int(self._debt()),
             "rejected": sum(self.intake.rejected.values()),
             "rejected_by_reason": json.dumps(dict(self.intake.rejected)),
             "loss": round(self.last_info.get("loss", float("nan")), 6),

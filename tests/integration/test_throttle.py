@@ -1,0 +1,98 @@
+"""Replay-ratio control of the DQN node against a real Redis: the intake pauses the clients as
+soon as the learner owes max_update_debt updates, what honest clients send after the pause is
+owed in full, and only samples long after it (clients that ignore the pause) are forgiven."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from soulsai.config import load_config
+from soulsai.training import node as node_module
+from soulsai.training.node import DQNTrainingNode
+from soulsai.transport import RedisTarget
+from soulsai.transport.codec import encode_experience
+from soulsai.transport.keys import Keys
+
+pytestmark = pytest.mark.integration
+
+
+def envelope(model_id: int, n: int = 64) -> bytes:
+    rng = np.random.default_rng(n)
+    return encode_experience(
+        "tester",
+        model_id,
+        {
+            "obs": rng.normal(size=(n, 4)).astype(np.float32),
+            "action": rng.integers(0, 2, n).astype(np.int64),
+            "reward": np.ones(n, np.float32),
+            "next_obs": rng.normal(size=(n, 4)).astype(np.float32),
+            "terminated": np.zeros(n, np.uint8),
+            "steps": np.full(n, 3, np.uint8),
+        },
+    )
+
+
+def start(node: DQNTrainingNode) -> None:
+    """One message before learning starts: the learner loop owes nothing for it."""
+    assert node.intake.handle(envelope(0))
+    assert node._owed_updates() == 0
+
+
+@pytest.fixture
+def node(redis_server, prefix, config_dir, tmp_path):
+    cfg = load_config(
+        config_dir,
+        [
+            "redis_address=127.0.0.1",
+            f"redis_port={redis_server.port}",
+            f"key_prefix={prefix}",
+            "training.metrics_port=0",
+            "dqn.hidden=[16]",
+            "dqn.learning_starts=128",
+            "dqn.batch_size=64",
+            "dqn.replay_ratio=8",  # 1 update owed per 8 transitions
+            "dqn.max_update_debt=40",
+        ],
+    )
+    target = RedisTarget("127.0.0.1", redis_server.port, password=redis_server.password)
+    n = DQNTrainingNode(cfg, target, tmp_path / "run", threading.Event())
+    yield n
+    n.link.close()
+
+
+def test_intake_pauses_at_once_and_honest_late_samples_are_owed(node, rclient, prefix):
+    throttle = Keys(prefix).throttle
+    start(node)
+    assert not node.throttled and not rclient.exists(throttle)
+    node.intake.handle_many([envelope(0)] * 5)  # 320 transitions: 40 updates owed
+    assert node.throttled and rclient.exists(throttle)  # set by the intake, not the learner
+    node.intake.handle_many([envelope(0)] * 20)  # sent before the clients saw the pause
+    assert node._owed_updates() == 200 and node.forgiven == 0
+
+
+def test_samples_long_after_the_pause_are_forgiven(node, rclient, prefix, monkeypatch):
+    start(node)
+    node.intake.handle_many([envelope(0)] * 5)
+    assert node.throttled
+    monkeypatch.setattr(node_module, "PAUSE_GRACE", -1.0)  # the pause is old now
+    node.intake.handle_many([envelope(0)] * 3)
+    assert node.forgiven == 192 and node._owed_updates() == 40
+    assert node.accepted == 9 * 64  # forgiven samples are still in the buffer
+    assert len(node.buffer) == 9 * 64
+
+
+def test_clients_resume_at_half_the_debt(node, rclient, prefix):
+    throttle = Keys(prefix).throttle
+    start(node)
+    node.intake.handle_many([envelope(0)] * 5)
+    assert rclient.exists(throttle)
+    for _ in range(19):
+        node.learner.update(node.buffer.sample(64))
+    node._throttle()
+    assert node.throttled  # 21 owed > 40 // 2
+    node.learner.update(node.buffer.sample(64))
+    node._throttle()
+    assert not node.throttled and not rclient.exists(throttle)
