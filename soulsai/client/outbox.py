@@ -1,8 +1,11 @@
 """Experience and episodes on their way to Redis: a bounded queue and a sender thread.
 
-The env loop only appends; the sender ships everything queued in one pipeline per round
-trip. When Redis is away the sender keeps what it holds and retries with backoff; only when
-the queue is full is the oldest experience dropped (and counted). Episode records are kept.
+The env loop only appends; the sender wakes every `interval` seconds and ships everything
+queued in one pipeline per round trip. It is not woken per message: on a client with one core
+every wake-up takes the CPU (and the GIL) from the env loop, and a round trip costs far more
+than the messages in it. When Redis is away the sender keeps what it holds and retries with
+backoff; only when the queue is full is the oldest experience dropped (and counted). Episode
+records are kept.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ log = logging.getLogger(__name__)
 
 class Outbox:
     def __init__(
-        self, link: ClientLink, max_messages: int, stream_maxlen: int, max_queue: int
+        self,
+        link: ClientLink,
+        max_messages: int,
+        stream_maxlen: int,
+        max_queue: int,
+        interval: float = 0.05,
     ) -> None:
         self.link = link
         self.max_queue = max_queue
@@ -28,7 +36,9 @@ class Outbox:
         self.stream_maxlen = stream_maxlen
         self._samples: deque[bytes] = deque()
         self._episodes: deque[bytes] = deque()
-        self._cond = threading.Condition()
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._wake = threading.Event()  # set to stop waiting: closing
         self._closing = False
         self.sent_samples = 0
         self.sent_episodes = 0
@@ -38,30 +48,29 @@ class Outbox:
         self._thread.start()
 
     def put_samples(self, blob: bytes) -> None:
-        with self._cond:
+        with self._lock:
             self._samples.append(blob)
             while len(self._samples) > self.max_messages:
                 self._samples.popleft()
                 self.dropped += 1
-            self._cond.notify()
 
     def put_episode(self, blob: bytes) -> None:
-        with self._cond:
+        with self._lock:
             self._episodes.append(blob)
-            self._cond.notify()
 
     def pending(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._samples) + len(self._episodes)
 
     def _run(self) -> None:
         backoff = 0.05
         while True:
-            with self._cond:
-                while not self._samples and not self._episodes and not self._closing:
-                    self._cond.wait(0.5)
-                if self._closing and not self._samples and not self._episodes:
-                    return
+            self._wake.wait(self.interval)
+            with self._lock:
+                if not self._samples and not self._episodes:
+                    if self._closing:
+                        return
+                    continue
                 samples = list(self._samples)
                 episodes = list(self._episodes)
                 dropped_before = self.dropped
@@ -83,7 +92,7 @@ class Outbox:
                     return
                 continue
             backoff = 0.05
-            with self._cond:
+            with self._lock:
                 # Remove what was sent; drops may have taken some of it from the left meanwhile.
                 for _ in range(max(0, len(samples) - (self.dropped - dropped_before))):
                     self._samples.popleft()
@@ -96,9 +105,8 @@ class Outbox:
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (up to `timeout` seconds), then stop the sender."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._give_up = True
