@@ -1,11 +1,14 @@
 """The per-algorithm part of a sampling client: how to act, what to record, what to send.
 
-The env loop (sampler.py) is the same for every algorithm; it asks its actor for actions,
-reports each vector-env step back, and ships whatever messages the actor returns. An actor
-holds the policy of exactly one model id at a time and never mixes model ids in a message.
+The env loop (sampler.py) is the same for every algorithm: the env writes each vector-env
+step into the actor's `rows` (envs.StepRows), the actor is told with `observe()`, and the loop
+ships whatever messages it returns. An actor holds the policy of exactly one model id at a
+time and never mixes model ids in a message.
 
-- DQNActor: epsilon-greedy, n-step folding per env copy, batches of `client.batch_size`
-  (flushed early after `client.flush_interval` seconds or when the model changes).
+- DQNActor: epsilon-greedy; rows pile up until FOLD_AT_LEAST (or `client.batch_size`)
+  transitions are due, then n-step folding runs over all of them at once and they leave in
+  messages of about `client.batch_size` (flushed early after `client.flush_interval` seconds
+  or when the model changes).
 - PPOActor: samples from the policy, records log-probabilities and values, and sends whole
   rollout fragments of `ppo.fragment_length` steps per env copy. A fragment is on-policy for
   one model only, so a partial fragment is dropped (counted in `discarded`) when a newer model
@@ -20,7 +23,8 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
-from soulsai.client.nstep import NStepAccumulator, NStepTransition
+from soulsai.client.envs import StepRows
+from soulsai.client.nstep import fold_nstep
 from soulsai.client.policy import NumpyQPolicy, expected_weight_shapes
 from soulsai.client.ppo_policy import NumpyActorCritic
 from soulsai.config import Config
@@ -28,11 +32,13 @@ from soulsai.errors import ConfigError
 from soulsai.training.algorithms.dqn import epsilon
 
 Message = tuple[int, dict[str, np.ndarray]]  # (model id, per-transition fields)
+NO_MESSAGES: list[Message] = []  # what most steps return; never appended to
 
 
 class Actor(Protocol):
     expected: dict[str, tuple[int, ...]]  # weight names and shapes a valid model must have
     discarded: int  # env steps recorded but never sent (partial fragments of an old model)
+    rows: StepRows  # the env writes each step here; row `rows.t` is the step in progress
 
     def make_policy(self, state: dict[str, Any]) -> Any: ...
 
@@ -40,17 +46,14 @@ class Actor(Protocol):
 
     def act(self, obs: np.ndarray, client_steps: int) -> np.ndarray: ...
 
-    def observe(
-        self,
-        obs: np.ndarray,
-        rewards: np.ndarray,
-        terms: np.ndarray,
-        truncs: np.ndarray,
-        next_obs: np.ndarray,
-        final_obs: Any,
-    ) -> list[Message]: ...
+    def observe(self) -> list[Message]:
+        """Row `rows.t` is complete: take it in, return what is ready to send."""
+        ...
 
-    def reset(self) -> None: ...
+    def reset(self) -> list[Message]:
+        """Before the env restarts all episodes: send what is complete, drop the rest and
+        start `rows` empty (the env then writes the first observations to `rows.obs[0]`)."""
+        ...
 
     def finish(self) -> list[Message]: ...
 
@@ -69,6 +72,13 @@ def make_actor(cfg: Config, env: VectorSpaces, index: int, rng: np.random.Genera
 
 
 class DQNActor:
+    """Records actions into its rows; folds once FOLD_AT_LEAST transitions are due (a fold
+    costs about the same for 64 rows as for 256) and sends them in messages of about
+    `client.batch_size`. Epsilon follows the schedule in steps of EPSILON_EVERY env steps."""
+
+    EPSILON_EVERY = 64
+    FOLD_AT_LEAST = 256
+
     def __init__(
         self,
         cfg: Config,
@@ -85,74 +95,103 @@ class DQNActor:
         self.action_start = int(action_space.start)
         obs_shape = tuple(obs_space.shape or ())
         self.expected = expected_weight_shapes(cfg, obs_shape, int(action_space.n))
-        n_envs, d = cfg.env.num_envs, cfg.dqn
-        self.accs = [NStepAccumulator(d.n_step, d.gamma) for _ in range(n_envs)]
-        self.batch: list[NStepTransition] = []
-        self.batch_model = -1
-        self.batch_started = time.monotonic()
+        n_envs, self.n_step = cfg.env.num_envs, cfg.dqn.n_step
+        # A full block holds the n-1 rows still open from the last one plus enough new rows
+        # for FOLD_AT_LEAST transitions (or a batch, if larger).
+        new_rows = -(-max(cfg.client.batch_size, self.FOLD_AT_LEAST) // n_envs)
+        self.rows = StepRows(new_rows + self.n_step - 1, n_envs, obs_space, action_space)
+        self.start = np.zeros(n_envs, dtype=np.int64)  # per copy: first row not folded yet
+        self.deadline = time.monotonic() + cfg.client.flush_interval
         self.model_id = -1
         self.policy: NumpyQPolicy | None = None
         self.meta: dict[str, Any] = {}
         self.discarded = 0
-        self._actions = np.zeros(n_envs, dtype=np.int64)
+        self.epsilon = 1.0
+        self._epsilon_due = 0  # client steps at which epsilon is recomputed
 
     def make_policy(self, state: dict[str, Any]) -> NumpyQPolicy:
         return NumpyQPolicy(state, self.cfg.dqn.normalize_obs)
 
     def set_model(self, model_id: int, policy: Any, meta: dict[str, Any]) -> list[Message]:
-        out = self._flush() if self.batch else []  # one model id per message
+        out = self._flush()  # one model id per message
         self.model_id, self.policy, self.meta = model_id, policy, meta
+        self._epsilon_due = 0
         return out
 
     def act(self, obs: np.ndarray, client_steps: int) -> np.ndarray:
-        num_clients = max(1, int(self.meta.get("num_clients", 1)))
-        eps = epsilon(
-            self.cfg.dqn,
-            int(self.meta.get("env_steps", 0)) + client_steps,
-            self.index % num_clients,  # restarted clients get fresh indices: stay on the ladder
-            num_clients,
-        )
-        assert self.policy is not None
-        self._actions = self.policy.act(obs, eps, self.rng)
-        return self._actions + self.action_start
-
-    def observe(self, obs, rewards, terms, truncs, next_obs, final_obs) -> list[Message]:
-        if not self.batch:
-            self.batch_started = time.monotonic()
-            self.batch_model = self.model_id
-        for i in range(len(obs)):
-            done = bool(terms[i] or truncs[i])
-            nxt = final_obs[i] if done else next_obs[i]
-            self.batch.extend(
-                self.accs[i].push(
-                    obs[i], self._actions[i], rewards[i], nxt, bool(terms[i]), bool(truncs[i])
-                )
+        if client_steps >= self._epsilon_due:
+            num_clients = max(1, int(self.meta.get("num_clients", 1)))
+            self.epsilon = epsilon(
+                self.cfg.dqn,
+                int(self.meta.get("env_steps", 0)) + client_steps,
+                self.index % num_clients,  # restarted clients get fresh indices: stay on the ladder
+                num_clients,
             )
-        c = self.cfg.client
-        if len(self.batch) >= c.batch_size or (
-            self.batch and time.monotonic() - self.batch_started > c.flush_interval
-        ):
-            return self._flush()
-        return []
+            self._epsilon_due = client_steps + self.EPSILON_EVERY
+        actions = self.policy.act(obs, self.epsilon, self.rng)  # type: ignore[union-attr]
+        self.rows.action_rows[self.rows.t][...] = actions
+        return actions + self.action_start if self.action_start else actions
 
-    def reset(self) -> None:
-        for acc in self.accs:
-            acc.reset()
+    def observe(self) -> list[Message]:
+        rows = self.rows
+        rows.t += 1
+        if rows.t < rows.capacity and time.monotonic() < self.deadline:
+            return NO_MESSAGES
+        return self._flush()
+
+    def reset(self) -> list[Message]:
+        out = self._flush()
+        self.rows.t = 0
+        self.start[:] = 0
+        return out
 
     def finish(self) -> list[Message]:
-        return self._flush() if self.batch else []
+        return self._flush()
 
     def _flush(self) -> list[Message]:
-        batch, self.batch = self.batch, []
-        fields = {
-            "obs": np.stack([t.obs for t in batch]),
-            "action": np.asarray([t.action for t in batch], dtype=np.int64),
-            "reward": np.asarray([t.reward for t in batch], dtype=np.float32),
-            "next_obs": np.stack([t.next_obs for t in batch]),
-            "terminated": np.asarray([t.terminated for t in batch], dtype=np.uint8),
-            "steps": np.asarray([t.steps for t in batch], dtype=np.uint8),
-        }
-        return [(self.batch_model, fields)]
+        """Fold all rows; send the complete transitions, keep the last n-1 rows for the rest."""
+        self.deadline = time.monotonic() + self.cfg.client.flush_interval
+        rows, T = self.rows, self.rows.t
+        if T == 0:
+            return NO_MESSAGES
+        f = fold_nstep(
+            rows.reward[:T],
+            rows.terminated[:T],
+            rows.truncated[:T],
+            self.start,
+            self.n_step,
+            self.cfg.dqn.gamma,
+        )
+        out = NO_MESSAGES
+        if len(f.row):
+            t, i, k = f.row, f.copy, f.steps
+            last = t + k - 1  # the row of the transition's last step
+            next_obs = rows.obs[t + k, i]  # fancy indexing copies: safe from keep_last below
+            next_obs[f.ended] = rows.final_obs[last[f.ended], i[f.ended]]
+            fields = {
+                "obs": rows.obs[t, i],
+                "action": rows.action[t, i],
+                "reward": f.reward.astype(np.float32),
+                "next_obs": next_obs,
+                "terminated": (f.ended & rows.terminated[last, i]).astype(np.uint8),
+                "steps": k.astype(np.uint8),
+            }
+            out = self._messages(fields, len(t))
+        self.start = f.next_start - rows.keep_last(self.n_step - 1)
+        return out
+
+    def _messages(self, fields: dict[str, np.ndarray], n: int) -> list[Message]:
+        """Cut n transitions into messages of batch_size to 2 * batch_size - 1 (fewer if
+        that is all there is), never more than training.max_batch."""
+        c = self.cfg
+        parts = max(1, n // c.client.batch_size, -(-n // c.training.max_batch))
+        if parts == 1:
+            return [(self.model_id, fields)]
+        cuts = [n * j // parts for j in range(parts + 1)]
+        return [
+            (self.model_id, {k: v[a:b] for k, v in fields.items()})
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
 
 
 class PPOActor:
@@ -182,7 +221,7 @@ class PPOActor:
         n, length = cfg.env.num_envs, cfg.ppo.fragment_length
         act_shape = action_shape(action_space)
         act_dtype = np.int64 if self.discrete else np.float32
-        self.rows: dict[str, np.ndarray] = {
+        self.fragment: dict[str, np.ndarray] = {
             "obs": np.zeros((n, length, *(obs_space.shape or ())), dtype=obs_space.dtype),
             "action": np.zeros((n, length, *act_shape), dtype=act_dtype),
             **{
@@ -191,6 +230,7 @@ class PPOActor:
             },
             **{name: np.zeros((n, length), dtype=np.uint8) for name in ("terminated", "truncated")},
         }
+        self.rows = StepRows(1, n, obs_space, action_space)  # one step, taken in by observe()
         self.pos = 0
         self.waiting = np.zeros(n, dtype=bool)  # row pos-1 of these copies awaits V(s_{t+1})
         self.disc_return = np.zeros(n, dtype=np.float64)
@@ -213,7 +253,7 @@ class PPOActor:
         assert self.policy is not None
         actions, logprob, value = self.policy.act(obs, self.rng)
         if self.pos > 0 and self.waiting.any():
-            self.rows["next_value"][self.waiting, self.pos - 1] = value[self.waiting]
+            self.fragment["next_value"][self.waiting, self.pos - 1] = value[self.waiting]
         self.waiting[:] = False
         self._step = (actions, logprob, value)
         space = self.space
@@ -223,10 +263,32 @@ class PPOActor:
         actions = actions.reshape(len(obs), *space.shape)
         return np.clip(actions, space.low, space.high).astype(space.dtype)
 
-    def observe(self, obs, rewards, terms, truncs, next_obs, final_obs) -> list[Message]:
+    def observe(self) -> list[Message]:
+        rows = self.rows
+        out = self.record(
+            rows.obs[0],
+            rows.reward[0],
+            rows.terminated[0],
+            rows.truncated[0],
+            rows.obs[1],
+            rows.final_obs[0],
+        )
+        rows.obs[0] = rows.obs[1]
+        return out
+
+    def record(
+        self,
+        obs: np.ndarray,
+        rewards: np.ndarray,
+        terms: np.ndarray,
+        truncs: np.ndarray,
+        next_obs: np.ndarray,
+        final_obs: Any,
+    ) -> list[Message]:
+        """Take in one vector-env step (final_obs[i] matters only where copy i ended)."""
         assert self._step is not None and self.policy is not None
         actions, logprob, value = self._step
-        p, rows = self.pos, self.rows
+        p, rows = self.pos, self.fragment
         self.disc_return = self.disc_return * self.cfg.ppo.gamma + rewards
         rows["obs"][:, p] = obs
         rows["action"][:, p] = actions.reshape(rows["action"][:, p].shape)
@@ -255,8 +317,8 @@ class PPOActor:
 
     def _fragments(self) -> dict[str, np.ndarray]:
         """The full fragments as one message: copy by copy, each in time order."""
-        n, length = self.rows["reward"].shape
-        fields = {k: v.reshape(n * length, *v.shape[2:]).copy() for k, v in self.rows.items()}
+        n, length = self.fragment["reward"].shape
+        fields = {k: v.reshape(n * length, *v.shape[2:]).copy() for k, v in self.fragment.items()}
         last = np.zeros((n, length), dtype=np.uint8)
         last[:, -1] = 1
         fields["last"] = last.reshape(-1)
@@ -267,9 +329,10 @@ class PPOActor:
         self.pos = 0
         self.waiting[:] = False
 
-    def reset(self) -> None:
+    def reset(self) -> list[Message]:
         self._drop()
         self.disc_return[:] = 0.0
+        return []
 
     def finish(self) -> list[Message]:
         self._drop()  # a partial fragment; the node has likely moved on, and we are stopping

@@ -59,11 +59,64 @@ def make_single_env(cfg: EnvConfig) -> gym.Env:
     return env
 
 
+class StepRows:
+    """Time-major record of a vector env's steps, written in place (no object per step).
+
+    Row t holds what every copy did at step t: `obs[t]` is what it acted on, `action[t]`,
+    `reward[t]`, `terminated[t]`, `truncated[t]` what followed, and `obs[t + 1]` the next
+    observation. A copy that ended its episode at step t has the new episode's first
+    observation in `obs[t + 1]` and the true final one in `final_obs[t]`. `t` is the row
+    the next step goes to; `keep_last` moves the newest rows to the front when full.
+
+    The `*_rows` lists hold a view of every row, made once: per step, indexing a list and
+    writing into a 1-d view costs a fraction of indexing the 2-d array.
+    """
+
+    def __init__(
+        self, capacity: int, num_envs: int, obs_space: gym.Space, action_space: gym.Space
+    ) -> None:
+        obs_shape, obs_dtype = tuple(obs_space.shape or ()), obs_space.dtype
+        discrete = isinstance(action_space, gym.spaces.Discrete)
+        act_shape = () if discrete else tuple(action_space.shape or ())
+        self.capacity = capacity
+        self.obs = np.zeros((capacity + 1, num_envs, *obs_shape), dtype=obs_dtype)
+        self.final_obs = np.zeros((capacity, num_envs, *obs_shape), dtype=obs_dtype)
+        self.action = np.zeros(
+            (capacity, num_envs, *act_shape), dtype=np.int64 if discrete else np.float32
+        )
+        self.reward = np.zeros((capacity, num_envs), dtype=np.float64)
+        self.terminated = np.zeros((capacity, num_envs), dtype=bool)
+        self.truncated = np.zeros((capacity, num_envs), dtype=bool)
+        self.t = 0
+        self.obs_rows = list(self.obs)
+        self.final_obs_rows = list(self.final_obs)
+        self.action_rows = list(self.action)
+        self.reward_rows = list(self.reward)
+        self.terminated_rows = list(self.terminated)
+        self.truncated_rows = list(self.truncated)
+
+    def keep_last(self, rows: int) -> int:
+        """Keep only the newest `rows` full rows (and the observation after them) at the
+        front; return by how many rows everything moved."""
+        shift = max(0, self.t - rows)
+        if shift:
+            t = self.t
+            for a in (self.final_obs, self.action, self.reward, self.terminated, self.truncated):
+                a[: t - shift] = a[shift:t]
+            self.obs[: t - shift + 1] = self.obs[shift : t + 1]
+            self.t = t - shift
+        return shift
+
+
+Ended = list[tuple[int, float, int, dict]]  # (copy, episode return, episode length, last info)
+NONE_ENDED: Ended = []  # shared by every step in which no episode ended; never appended to
+
+
 class LocalVectorEnv:
-    """`num_envs` copies stepped one after another in this process, batched like a Gymnasium
-    vector env. A copy that ends an episode resets in the same step: the returned observation
-    is the new episode's first, the true final one is in infos["final_obs"][i] (and the last
-    info dict in infos["final_info"][i]), so n-step targets and GAE bootstrap correctly.
+    """`num_envs` copies stepped one after another in this process, writing straight into a
+    StepRows. A copy that ends an episode resets in the same step (the true final observation
+    goes to `final_obs[t]`), so n-step targets and GAE bootstrap correctly; the env keeps each
+    copy's episode return and length and reports ended episodes from `step`.
 
     Gymnasium's SyncVectorEnv does the same with space checks, deep copies and info merging
     on every step; for the one-game-per-machine case this is the client's hottest loop.
@@ -74,32 +127,43 @@ class LocalVectorEnv:
         self.num_envs = cfg.num_envs
         self.single_observation_space = self.envs[0].observation_space
         self.single_action_space = self.envs[0].action_space
-        self._obs_dtype = self.single_observation_space.dtype
-        self._obs_shape = (self.num_envs, *self.single_observation_space.shape)
+        self._returns = [0.0] * self.num_envs
+        self._lengths = [0] * self.num_envs
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
-        obs = [
-            env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(self.envs)
-        ]
-        return np.stack(obs).astype(self._obs_dtype, copy=False), {}
-
-    def step(
-        self, actions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        n = self.num_envs
-        out = np.empty(self._obs_shape, dtype=self._obs_dtype)  # fresh: callers keep rows
-        rewards = np.empty(n, dtype=np.float64)
-        terms = np.empty(n, dtype=bool)
-        truncs = np.empty(n, dtype=bool)
-        infos: dict[str, Any] = {}
+    def reset(self, rows: StepRows, seed: int | None = None) -> None:
+        """Start new episodes in every copy; their first observations go to `rows.obs[rows.t]`."""
         for i, env in enumerate(self.envs):
-            obs, rewards[i], terms[i], truncs[i], info = env.step(actions[i])
-            if terms[i] or truncs[i]:
-                infos.setdefault("final_obs", [None] * n)[i] = np.array(obs, self._obs_dtype)
-                infos.setdefault("final_info", [None] * n)[i] = info
+            rows.obs_rows[rows.t][i] = env.reset(seed=None if seed is None else seed + i)[0]
+        self._returns = [0.0] * self.num_envs
+        self._lengths = [0] * self.num_envs
+
+    def step(self, actions: np.ndarray, rows: StepRows) -> Ended:
+        """Step every copy with its action; write row `rows.t` and `rows.obs[rows.t + 1]`."""
+        t = rows.t
+        rewards, terms, truncs = (
+            rows.reward_rows[t],
+            rows.terminated_rows[t],
+            rows.truncated_rows[t],
+        )
+        next_obs = rows.obs_rows[t + 1]
+        ended = NONE_ENDED
+        returns, lengths = self._returns, self._lengths
+        for i, env in enumerate(self.envs):
+            obs, reward, term, trunc, info = env.step(actions[i])
+            rewards[i] = reward
+            terms[i] = term
+            truncs[i] = trunc
+            returns[i] += float(reward)
+            lengths[i] += 1
+            if term or trunc:
+                rows.final_obs_rows[t][i] = obs
+                if ended is NONE_ENDED:
+                    ended = []
+                ended.append((i, returns[i], lengths[i], info))
+                returns[i], lengths[i] = 0.0, 0
                 obs, _ = env.reset()
-            out[i] = obs
-        return out, rewards, terms, truncs, infos
+            next_obs[i] = obs
+        return ended
 
     def close(self) -> None:
         for env in self.envs:

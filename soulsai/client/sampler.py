@@ -20,7 +20,7 @@ import numpy as np
 
 from soulsai.client.actors import Message, make_actor
 from soulsai.client.control import Control
-from soulsai.client.envs import make_vector_env
+from soulsai.client.envs import LocalVectorEnv, make_vector_env
 from soulsai.client.outbox import Outbox
 from soulsai.config import Config, config_from_json
 from soulsai.errors import ConnectionFailed
@@ -38,10 +38,8 @@ def make_client_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _info_scalars(infos: dict, i: int) -> dict[str, float]:
-    """Numeric scalars of env i's last info dict (soulsgym puts e.g. boss HP there)."""
-    finals = infos.get("final_info")
-    final = finals[i] if isinstance(finals, list) else None
+def _info_scalars(final: Any) -> dict[str, float]:
+    """Numeric scalars of an episode's last info dict (soulsgym puts e.g. boss HP there)."""
     if not isinstance(final, dict):
         return {}
     out = {}
@@ -113,16 +111,20 @@ class Sampler:
         }
 
     def run(self) -> None:
-        """Sample until stopped (Ctrl-C, the server's shutdown command, or `stop`)."""
+        """Sample until stopped (Ctrl-C, the server's shutdown command, or `stop`).
+
+        Per step this loop does only what it must: act, step (the env writes into the actor's
+        rows), tell the actor; everything per episode or per message happens off that path.
+        """
         cfg = self.cfg
         n_envs = cfg.env.num_envs
-        actor = self.actor
-        ep_ret = np.zeros(n_envs)
-        ep_len = np.zeros(n_envs, dtype=np.int64)
-        assert self.control.latest is not None  # __init__ waited for the first weights
-        model_id, policy, meta = self.control.latest
-        actor.set_model(model_id, policy, meta)
-        self.control.start()
+        actor, env, stop, control = self.actor, self.env, self.stop, self.control
+        may_sample = control.may_sample
+        assert control.latest is not None  # __init__ waited for the first weights
+        latest = control.latest
+        model_id = latest[0]
+        actor.set_model(*latest)
+        control.start()
         log.info(
             "client %s (index %d) sampling %s with model %d (%s)",
             self.client_id,
@@ -131,45 +133,40 @@ class Sampler:
             model_id,
             cfg.algo,
         )
-        obs = self._reset(seed=cfg.seed + 7919 * self.index)
+        rows = actor.rows
+        obs_rows = rows.obs_rows
+        env.reset(rows, seed=cfg.seed + 7919 * self.index)
         env_failures = 0
-        while not self.stop.is_set():
-            if not self.control.may_sample.is_set():
-                self.control.may_sample.wait(0.1)  # the training node asked for a pause
+        while not stop.is_set():
+            if not may_sample.is_set():
+                may_sample.wait(0.1)  # the training node asked for a pause
                 continue
-            latest = self.control.latest
-            if latest is not None and latest[0] != model_id:
-                model_id = latest[0]
-                self._send(actor.set_model(*latest))
-            actions = actor.act(obs, self.steps)
+            if control.latest is not latest:
+                latest = control.latest
+                if latest is not None and latest[0] != model_id:
+                    model_id = latest[0]
+                    self._send(actor.set_model(*latest))
+            actions = actor.act(obs_rows[rows.t], self.steps)
             try:
-                next_obs, rewards, terms, truncs, infos = self.env.step(actions)
+                ended = env.step(actions, rows)
             except Exception as e:  # a game crash must not end the run
                 env_failures += 1
-                obs = self._recover_env(e, env_failures, ep_ret, ep_len)
+                env = self._recover_env(e, env_failures)
                 continue
             env_failures = 0
             self.steps += n_envs
-            ep_ret += rewards
-            ep_len += 1
-            for i in np.flatnonzero(np.logical_or(terms, truncs)):
-                self._episode(ep_ret[i], ep_len[i], model_id, _info_scalars(infos, int(i)))
-                ep_ret[i], ep_len[i] = 0.0, 0
-            final_obs = infos.get("final_obs")
-            self._send(actor.observe(obs, rewards, terms, truncs, next_obs, final_obs))
-            obs = next_obs
+            for _, ret, length, info in ended:
+                self._episode(ret, length, model_id, _info_scalars(info))
+            messages = actor.observe()
+            if messages:
+                self._send(messages)
         self._send(actor.finish())
 
-    def _reset(self, seed: int | None = None) -> np.ndarray:
-        obs, _ = self.env.reset(seed=seed)
-        return obs
-
-    def _recover_env(
-        self, error: Exception, failures: int, ep_ret: np.ndarray, ep_len: np.ndarray
-    ) -> np.ndarray:
+    def _recover_env(self, error: Exception, failures: int) -> LocalVectorEnv:
         """Recreate a crashed env after a growing pause; give up after client.env_retries
         failures in a row (the episode in progress is dropped, its partial n-steps too)."""
         limit = self.cfg.client.env_retries
+        self._send(self.actor.reset())
         while True:
             log.error(
                 "env failed (%s: %s); recreating it (%d/%d)",
@@ -185,14 +182,10 @@ class Sampler:
                 self.env.close()
             try:
                 self.env = make_vector_env(self.cfg.env)
-                obs = self._reset()
-                break
+                self.env.reset(self.actor.rows)
+                return self.env
             except Exception as e:  # the game may fail to come back at once
                 error, failures = e, failures + 1
-        self.actor.reset()
-        ep_ret[:] = 0.0
-        ep_len[:] = 0
-        return obs
 
     def _send(self, messages: list[Message]) -> None:
         for model_id, fields in messages:

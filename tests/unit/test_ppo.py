@@ -312,7 +312,7 @@ def test_ppo_actor_fragments_carry_exact_next_values(cfg) -> None:
     out = []
     for obs, nxt, term, trunc, final in steps:
         assert list(actor.act(obs, 0)) == [1, 1]
-        out += actor.observe(obs, np.array([1.0, 2.0]), term, trunc, nxt, final)
+        out += actor.record(obs, np.array([1.0, 2.0]), term, trunc, nxt, final)
     ((model_id, f),) = out
     assert model_id == 7
     # rows: copy 0 t=0..2, then copy 1 t=0..2
@@ -335,13 +335,13 @@ def test_ppo_actor_drops_partial_fragments_of_an_old_model(cfg) -> None:
     actor.set_model(1, FakePolicy(), {})
     no = np.zeros(2, bool)
     actor.act(_obs(0, 0), 0)
-    assert actor.observe(_obs(0, 0), np.ones(2), no, no, _obs(1, 1), None) == []
+    assert actor.record(_obs(0, 0), np.ones(2), no, no, _obs(1, 1), None) == []
     assert actor.set_model(2, FakePolicy(), {}) == []
     assert actor.discarded == 2
     out = []
     for t in range(3):
         actor.act(_obs(t, t), 0)
-        out += actor.observe(_obs(t, t), np.ones(2), no, no, _obs(t + 1, t + 1), None)
+        out += actor.record(_obs(t, t), np.ones(2), no, no, _obs(t + 1, t + 1), None)
     ((model_id, f),) = out
     assert model_id == 2 and len(f["reward"]) == 6
 
@@ -352,7 +352,7 @@ def test_ppo_actor_box_actions_clipped_for_the_env_raw_for_training(cfg) -> None
     env_actions = actor.act(_obs(0), 0)
     np.testing.assert_array_equal(env_actions, [[2.0]])
     no = np.zeros(1, bool)
-    ((_, f),) = actor.observe(_obs(0), np.ones(1), no, no, _obs(1), None)
+    ((_, f),) = actor.record(_obs(0), np.ones(1), no, no, _obs(1), None)
     np.testing.assert_array_equal(f["action"], [[3.0]])
 
 
