@@ -27,11 +27,12 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # noqa: E402
-from soulsai.client.policy import NumpyQPolicy, expected_weight_shapes  # noqa: E402
+from soulsai.client.policy import NumpyQPolicy  # noqa: E402
 from soulsai.config import load_config  # noqa: E402
 from soulsai.transport.codec import decode_weights  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
+from soulsai.transport.messages import dqn_weight_shapes  # noqa: E402
 
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 CLIENT_CPU = set(CPUS[:1])
@@ -123,7 +124,7 @@ def distributed(env_id: str, seconds: float, rounds: int) -> tuple[list[Arm], li
         while beat().get("steps", 0) == 0 and time.time() < deadline:
             time.sleep(0.2)
         env = gym.make(env_id)
-        shapes = expected_weight_shapes(cfg, env.observation_space.shape, int(env.action_space.n))
+        shapes = dqn_weight_shapes(cfg.dqn, env.observation_space.shape, int(env.action_space.n))
         state, _ = decode_weights(r.get(keys.weights), shapes, 1 << 30)
         ours, bare = [], []
         for _ in range(rounds):

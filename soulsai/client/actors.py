@@ -25,11 +25,12 @@ import numpy as np
 
 from soulsai.client.envs import StepRows
 from soulsai.client.nstep import fold_nstep
-from soulsai.client.policy import NumpyQPolicy, expected_weight_shapes
+from soulsai.client.policy import NumpyQPolicy
 from soulsai.client.ppo_policy import NumpyActorCritic
 from soulsai.config import Config
 from soulsai.errors import ConfigError
-from soulsai.training.algorithms.dqn import epsilon
+from soulsai.training.algorithms.schedules import epsilon
+from soulsai.transport.messages import action_shape, dqn_weight_shapes, ppo_weight_shapes
 
 Message = tuple[int, dict[str, np.ndarray]]  # (model id, per-transition fields)
 NO_MESSAGES: list[Message] = []  # what most steps return; never appended to
@@ -94,7 +95,7 @@ class DQNActor:
             raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
         self.action_start = int(action_space.start)
         obs_shape = tuple(obs_space.shape or ())
-        self.expected = expected_weight_shapes(cfg, obs_shape, int(action_space.n))
+        self.expected = dqn_weight_shapes(cfg.dqn, obs_shape, int(action_space.n))
         n_envs, self.n_step = cfg.env.num_envs, cfg.dqn.n_step
         # A full block holds the n-1 rows still open from the last one plus enough new rows
         # for FOLD_AT_LEAST transitions (or a batch, if larger).
@@ -210,14 +211,11 @@ class PPOActor:
         index: int,
         rng: np.random.Generator,
     ) -> None:
-        from soulsai.training.algorithms.ppo import action_shape, build_actor_critic
-
         self.cfg = cfg
         self.rng = rng
         self.space = action_space
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        net = build_actor_critic(cfg.ppo, obs_space, action_space)
-        self.expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        self.expected = ppo_weight_shapes(cfg.ppo, obs_space, action_space)
         n, length = cfg.env.num_envs, cfg.ppo.fragment_length
         act_shape = action_shape(action_space)
         act_dtype = np.int64 if self.discrete else np.float32

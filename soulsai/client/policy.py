@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from soulsai.config.schema import Config
-
 
 class NumpyQPolicy:
     """Epsilon-greedy over a QNetwork state dict (obs_norm.* and mlp.<i>.weight/bias)."""
@@ -59,13 +57,3 @@ class NumpyQPolicy:
             if explore.any():
                 actions[explore] = rng.integers(0, q.shape[1], int(explore.sum()))
         return actions if actions.dtype == np.int64 else actions.astype(np.int64)
-
-
-def expected_weight_shapes(
-    cfg: Config, obs_shape: tuple[int, ...], n_actions: int
-) -> dict[str, tuple[int, ...]]:
-    """Names and shapes a valid weights message must carry for this config."""
-    from soulsai.nets import QNetwork
-
-    net = QNetwork(obs_shape, n_actions, cfg.dqn.hidden, cfg.dqn.normalize_obs)
-    return {k: tuple(v.shape) for k, v in net.state_dict().items()}

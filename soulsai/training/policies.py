@@ -57,12 +57,13 @@ def dqn_greedy(
     cfg: Config, state: dict[str, Any], obs_space: gym.Space, act_space: gym.Space
 ) -> EvalPolicy:
     """Greedy actions of the checkpoint's online Q-network (the weights clients act with)."""
-    from soulsai.client.policy import NumpyQPolicy, expected_weight_shapes
+    from soulsai.client.policy import NumpyQPolicy
+    from soulsai.transport.messages import dqn_weight_shapes
 
     if not isinstance(act_space, gym.spaces.Discrete):
         raise CheckpointError(f"DQN acts in a discrete action space, not {act_space}")
     tensors = state.get("policy") or state["learner"]["online"]
-    want = expected_weight_shapes(cfg, tuple(obs_space.shape or ()), int(act_space.n))
+    want = dqn_weight_shapes(cfg.dqn, tuple(obs_space.shape or ()), int(act_space.n))
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != want:
         raise CheckpointError(

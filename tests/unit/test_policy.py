@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from soulsai.client.policy import NumpyQPolicy, expected_weight_shapes
+from soulsai.client.policy import NumpyQPolicy
 from soulsai.config import load_config
 from soulsai.nets import QNetwork
 from soulsai.transport.codec import decode_weights, encode_weights
+from soulsai.transport.messages import dqn_weight_shapes
 
 torch.set_num_threads(1)
 
@@ -202,12 +203,12 @@ def test_acting_is_reproducible_with_the_same_rng() -> None:
         (["dqn.hidden=[16, 8, 4]"], (2, 3), 5),
     ],
 )
-def test_expected_weight_shapes_match_qnetwork(
+def test_dqn_weight_shapes_match_qnetwork(
     tmp_path: Path, sets: list[str], obs_shape: tuple[int, ...], n_actions: int
 ) -> None:
     shutil.copy(ROOT / "config" / "config_d.yaml", tmp_path / "config_d.yaml")
     cfg = load_config(tmp_path, sets)
-    shapes = expected_weight_shapes(cfg, obs_shape, n_actions)
+    shapes = dqn_weight_shapes(cfg.dqn, obs_shape, n_actions)
     net = QNetwork(obs_shape, n_actions, cfg.dqn.hidden, cfg.dqn.normalize_obs)
     assert shapes == {k: tuple(v.shape) for k, v in net.state_dict().items()}
     assert list(shapes) == list(net.state_dict())
