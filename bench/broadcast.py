@@ -1,17 +1,22 @@
 """Broadcast latency: from the training node publishing weights to a client's policy using them.
 
-A publisher (the training node's code path: safetensors encode + SET/SET/PUBLISH in one
-transaction) and a client process (the real control thread: notification, GET, validation,
-a new policy object, swap) on a real Redis. The client stamps the moment its env loop sees
-the new policy; the latency is that minus the moment before encoding. Models of about 10k,
-1M and 10M parameters.
+A publisher (the training node's code path: `encode_weights` + `TrainerLink.publish_weights`)
+and a client process (the real control thread: notification, GET, validation, a new policy
+object, swap) on a real Redis. The client stamps the moment its env loop sees the new policy;
+the latency is that minus the moment before encoding. Models of about 10k, 1M and 10M
+parameters.
 
-    python bench/broadcast.py [--repeats 40]
+The client's stand-in env loop takes 0.2 ms per step and records every gap between two steps
+longer than 1 ms; `stall` is the longest gap while a new model was on its way (publish to
+swap), p50 and worst over the repeats: how long the env loop was held up by a broadcast.
+
+    python bench/broadcast.py [--repeats 40] [--sizes 10k,1M,10M] [--dtype float32|float16]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import sys
 import threading
@@ -32,6 +37,8 @@ from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 
 SIZES = {"10k": [96, 96], "1M": [1000, 1000], "10M": [2230, 2230, 2230]}
 OBS, ACTIONS = (8,), 4
+STEP = 0.0002  # seconds: one env step of a fast env
+GAP = 0.001  # seconds: loop gaps longer than this are recorded
 
 
 def client_proc(port: int, password: str, prefix: str, hidden: list[int], n: int) -> None:
@@ -60,17 +67,24 @@ def client_proc(port: int, password: str, prefix: str, hidden: list[int], n: int
     control.start()
     r.set(f"{prefix}:ready", 1)
     obs = np.zeros((1, *OBS), np.float32)
+    gaps: list[tuple[float, float]] = []  # (end of the gap, its length), both in seconds
+    last = time.time()
     while seen < n - 1:
         latest = control.latest
         if latest is not None and latest[0] != seen:
             seen, policy, _ = latest
             policy.act(obs, 0.0, np.random.default_rng())  # the env loop uses it
             r.rpush(f"{prefix}:seen", f"{seen} {time.time()}")
-        time.sleep(0.0002)  # one env step of a fast env
+        time.sleep(STEP)
+        now = time.time()
+        if now - last > GAP:
+            gaps.append((now, now - last))
+        last = now
+    r.set(f"{prefix}:gaps", json.dumps(gaps))
     stop.set()
 
 
-def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int) -> dict:
+def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, dtype: str) -> dict:
     import torch
 
     prefix = f"bc{name}{time.time_ns() % 10**6}"
@@ -90,12 +104,13 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int) -
     time.sleep(0.5)
     sent: dict[int, float] = {}
     size = 0
+    kw = {} if dtype == "float32" else {"wire_dtype": dtype}
     for mid in range(1, repeats + 1):
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(0.001)
         t0 = time.time()
-        blob = encode_weights(net.state_dict(), mid, {"env_steps": mid})
+        blob = encode_weights(net.state_dict(), mid, {"env_steps": mid}, **kw)
         link.publish_weights(blob, mid)
         sent[mid], size = t0, len(blob)
         deadline = time.time() + 30
@@ -103,11 +118,17 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int) -
             time.sleep(0.0005)
         time.sleep(0.02)
     proc.join(30)
-    lat = []
+    link.close()
+    lat, stalls = [], []
+    gaps = json.loads(r.get(f"{prefix}:gaps") or b"[]")
     for raw in r.lrange(f"{prefix}:seen", 0, -1):
         mid, t = raw.decode().split()
         if int(mid) in sent:
-            lat.append((float(t) - sent[int(mid)]) * 1000)
+            t0, t1 = sent[int(mid)], float(t)
+            lat.append((t1 - t0) * 1000)
+            # a gap overlapping the window [publish, swap] held the loop up during this one
+            inside = [g for end, g in gaps if end > t0 and end - g < t1]
+            stalls.append(max(inside, default=STEP) * 1000)
     lat_arr = np.asarray(lat)
     return {
         "params": params,
@@ -115,21 +136,35 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int) -
         "n": len(lat),
         "p50": float(np.percentile(lat_arr, 50)),
         "p99": float(np.percentile(lat_arr, 99)),
+        "stall50": float(np.percentile(stalls, 50)),
+        "stall_max": float(np.max(stalls)),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--sizes", default=",".join(SIZES), help="comma-separated, of " + str(SIZES))
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="wire dtype of the weight matrices (training.weights_dtype)",
+    )
     args = ap.parse_args()
     print(machine_line())
-    print(f"{'model':>6} {'params':>11} {'MB':>7} {'n':>4} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"dtype {args.dtype}; stall = longest env-loop gap while a model was on its way")
+    print(
+        f"{'model':>6} {'params':>11} {'MB':>7} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'stall p50':>10} {'stall max':>10}"
+    )
     with EmbeddedRedis() as server:
-        for name, hidden in SIZES.items():
-            res = measure(server, name, hidden, args.repeats)
+        for name in args.sizes.split(","):
+            res = measure(server, name, SIZES[name], args.repeats, args.dtype)
             print(
                 f"{name:>6} {res['params']:>11,} {res['mb']:>7.1f} {res['n']:>4} "
-                f"{res['p50']:>8.2f} {res['p99']:>8.2f}",
+                f"{res['p50']:>8.2f} {res['p99']:>8.2f} "
+                f"{res['stall50']:>10.2f} {res['stall_max']:>10.2f}",
                 flush=True,
             )
 

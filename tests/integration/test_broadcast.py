@@ -1,0 +1,85 @@
+"""Weights from a training node's link to a client's control thread, through a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from soulsai.client.control import Control
+from soulsai.client.policy import NumpyQPolicy
+from soulsai.nets import QNetwork
+from soulsai.transport import ClientLink, TrainerLink, open_link
+from soulsai.transport.codec import encode_weights
+from soulsai.transport.embedded import EmbeddedRedis
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(fn, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def links(redis_server: EmbeddedRedis, prefix: str):
+    trainer = open_link(TrainerLink, redis_server.target, prefix)
+    client = open_link(ClientLink, redis_server.target, prefix)
+    yield trainer, client
+    trainer.close()
+    client.close()
+
+
+@pytest.mark.parametrize("wire", ["float32", "float16"])
+def test_client_swaps_in_each_published_model_and_rejects_a_bad_one(links, wire: str) -> None:
+    trainer, client = links
+    torch.manual_seed(0)
+    net = QNetwork((4,), 3, [64, 64], normalize_obs=True)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    stop = threading.Event()
+    control = Control(
+        client,
+        "c0",
+        expected,
+        lambda s: NumpyQPolicy(s, True),
+        heartbeat_interval=1.0,
+        heartbeat_timeout=5.0,
+        poll_interval=1.0,
+        max_bytes=1 << 24,
+        status=dict,
+        stop=stop,
+    )
+    trainer.publish_weights(encode_weights(net.state_dict(), 0, wire_dtype=wire), 0)
+    assert control.load_current() and control.model_id == 0
+    control.start()
+    try:
+        obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+        for mid in (1, 2):
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.mul_(1.1)
+            blob = encode_weights(net.state_dict(), mid, {"env_steps": mid}, wire_dtype=wire)
+            trainer.publish_weights(blob, mid)
+            assert client.fetch_weights() == blob  # the value went up intact
+            assert wait_for(lambda m=mid: control.latest is not None and control.latest[0] == m)
+            _, policy, meta = control.latest
+            assert meta["env_steps"] == mid
+            with torch.no_grad():
+                want = net(torch.from_numpy(obs)).numpy()
+            tol = 1e-5 if wire == "float32" else 2e-2
+            np.testing.assert_allclose(policy.q_values(obs), want, rtol=tol, atol=tol)
+        bad = {k: v.clone() for k, v in net.state_dict().items()}
+        bad["mlp.3.weight"][0, 0] = float("nan")
+        trainer.publish_weights(encode_weights(bad, 3, wire_dtype=wire), 3)
+        assert wait_for(lambda: control.rejected_weights >= 1)
+        assert control.latest is not None and control.latest[0] == 2
+    finally:
+        stop.set()
+        control.join(2.0)
