@@ -58,6 +58,8 @@ class TrainingConfig(_Strict):
     log_interval: float = Field(gt=0.0)
     device: str
     threads: int = Field(ge=0, le=256)
+    # a default only so that configs saved or published before the key existed still load
+    weights_dtype: Literal["float32", "float16"] = "float32"
 
 
 class DQNConfig(_Strict):

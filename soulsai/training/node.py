@@ -274,7 +274,9 @@ class DQNTrainingNode:
             "num_clients": max(1, self.clients),
             "updates": self.learner.updates,
         }
-        blob = encode_weights(self.learner.policy_state(), self.model_id, meta)
+        blob = encode_weights(
+            self.learner.policy_state(), self.model_id, meta, self.cfg.training.weights_dtype
+        )
         try:
             self.link.publish_weights(blob, self.model_id)
         except TRANSIENT as e:

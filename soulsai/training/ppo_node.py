@@ -284,7 +284,9 @@ class PPOTrainingNode:
             "updates": self.learner.updates,
             "iterations": self.learner.iterations,
         }
-        blob = encode_weights(self.learner.policy_state(), self.model_id, meta)
+        blob = encode_weights(
+            self.learner.policy_state(), self.model_id, meta, self.cfg.training.weights_dtype
+        )
         try:
             self.link.publish_weights(blob, self.model_id)
         except TRANSIENT as e:
