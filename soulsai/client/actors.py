@@ -101,6 +101,8 @@ class DQNActor:
         # for FOLD_AT_LEAST transitions (or a batch, if larger).
         new_rows = -(-max(cfg.client.batch_size, self.FOLD_AT_LEAST) // n_envs)
         self.rows = StepRows(new_rows + self.n_step - 1, n_envs, obs_space, action_space)
+        self.action_rows = self.rows.action_rows
+        self._argmax_into_rows = self.rows.action.dtype == np.intp  # argmax writes intp only
         self.start = np.zeros(n_envs, dtype=np.int64)  # per copy: first row not folded yet
         self.deadline = time.monotonic() + cfg.client.flush_interval
         self.model_id = -1
@@ -129,8 +131,12 @@ class DQNActor:
                 num_clients,
             )
             self._epsilon_due = client_steps + self.EPSILON_EVERY
-        actions = self.policy.act(obs, self.epsilon, self.rng)  # type: ignore[union-attr]
-        self.rows.action_rows[self.rows.t][...] = actions
+        assert self.policy is not None
+        if self._argmax_into_rows:  # the policy writes the actions where they are recorded
+            actions = self.policy.act(obs, self.epsilon, self.rng, self.action_rows[self.rows.t])
+        else:
+            actions = self.policy.act(obs, self.epsilon, self.rng)
+            self.action_rows[self.rows.t][...] = actions
         return actions + self.action_start if self.action_start else actions
 
     def observe(self) -> list[Message]:

@@ -68,8 +68,9 @@ class StepRows:
     observation in `obs[t + 1]` and the true final one in `final_obs[t]`. `t` is the row
     the next step goes to; `keep_last` moves the newest rows to the front when full.
 
-    The `*_rows` lists hold a view of every row, made once: per step, indexing a list and
-    writing into a 1-d view costs a fraction of indexing the 2-d array.
+    The `*_rows` and `*_cells` lists hold a view of every row (and of every copy's observation
+    in it), made once: per step, indexing a list and writing into a view costs a fraction of
+    indexing the array.
     """
 
     def __init__(
@@ -89,7 +90,8 @@ class StepRows:
         self.truncated = np.zeros((capacity, num_envs), dtype=bool)
         self.t = 0
         self.obs_rows = list(self.obs)
-        self.final_obs_rows = list(self.final_obs)
+        self.obs_cells = [list(row) for row in self.obs]  # [t][i]: copy i's obs at step t
+        self.final_obs_cells = [list(row) for row in self.final_obs]
         self.action_rows = list(self.action)
         self.reward_rows = list(self.reward)
         self.terminated_rows = list(self.terminated)
@@ -133,7 +135,7 @@ class LocalVectorEnv:
     def reset(self, rows: StepRows, seed: int | None = None) -> None:
         """Start new episodes in every copy; their first observations go to `rows.obs[rows.t]`."""
         for i, env in enumerate(self.envs):
-            rows.obs_rows[rows.t][i] = env.reset(seed=None if seed is None else seed + i)[0]
+            rows.obs_cells[rows.t][i][...] = env.reset(seed=None if seed is None else seed + i)[0]
         self._returns = [0.0] * self.num_envs
         self._lengths = [0] * self.num_envs
 
@@ -145,7 +147,7 @@ class LocalVectorEnv:
             rows.terminated_rows[t],
             rows.truncated_rows[t],
         )
-        next_obs = rows.obs_rows[t + 1]
+        next_obs = rows.obs_cells[t + 1]
         ended = NONE_ENDED
         returns, lengths = self._returns, self._lengths
         for i, env in enumerate(self.envs):
@@ -156,13 +158,13 @@ class LocalVectorEnv:
             returns[i] += float(reward)
             lengths[i] += 1
             if term or trunc:
-                rows.final_obs_rows[t][i] = obs
+                rows.final_obs_cells[t][i][...] = obs
                 if ended is NONE_ENDED:
                     ended = []
                 ended.append((i, returns[i], lengths[i], info))
                 returns[i], lengths[i] = 0.0, 0
                 obs, _ = env.reset()
-            next_obs[i] = obs
+            next_obs[i][...] = obs
         return ended
 
     def close(self) -> None:

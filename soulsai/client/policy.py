@@ -48,10 +48,17 @@ class NumpyQPolicy:
                 np.maximum(x, 0.0, out=x)
         return x
 
-    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-        """Greedy actions, each replaced by a uniform one with probability `epsilon`."""
+    def act(
+        self,
+        obs: np.ndarray,
+        epsilon: float,
+        rng: np.random.Generator,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Greedy actions, each replaced by a uniform one with probability `epsilon`; written
+        into `out` (an intp array: where the caller records them) if given."""
         q = self.q_values(obs)
-        actions = q.argmax(axis=1)
+        actions = q.argmax(axis=1, out=out)
         if epsilon > 0:
             explore = rng.random(len(actions)) < epsilon
             if explore.any():

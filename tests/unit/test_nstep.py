@@ -192,8 +192,11 @@ def test_fold_block_by_hand() -> None:
 class _Policy:
     """Acts 7 on copy 0, 8 on copy 1, ...: actions are recognizable, randomness is not needed."""
 
-    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-        return 7 + np.arange(len(obs), dtype=np.int64)
+    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator, out=None):
+        actions = 7 + np.arange(len(obs))
+        if out is not None:
+            out[...] = actions
+        return actions
 
 
 def _dqn_actor(n_envs: int, n: int, gamma: float, batch: int) -> DQNActor:

@@ -192,6 +192,16 @@ def test_acting_is_reproducible_with_the_same_rng() -> None:
     np.testing.assert_array_equal(a, b)
 
 
+def test_actions_written_into_out_are_the_same() -> None:
+    policy = NumpyQPolicy(make_net().state_dict(), normalize_obs=True)
+    obs = observations(300)
+    out = np.full(len(obs), -1, dtype=np.intp)
+    a = policy.act(obs, 0.5, np.random.default_rng(7))
+    b = policy.act(obs, 0.5, np.random.default_rng(7), out=out)
+    assert b is out
+    np.testing.assert_array_equal(a, out)
+
+
 # ---------------------------------------------------------------- expected shapes
 
 

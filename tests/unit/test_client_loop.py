@@ -1,0 +1,74 @@
+"""The client's env loop pieces: the vector env writing StepRows, the episode envelope."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from soulsai.client.envs import NONE_ENDED, LocalVectorEnv, StepRows
+from soulsai.client.sampler import EpisodeEncoder
+from soulsai.config.schema import EnvConfig
+from soulsai.transport.codec import EpisodeRecord, decode_episode, encode_episode
+
+
+def _env_cfg(num_envs: int) -> EnvConfig:
+    return EnvConfig(
+        id="CartPole-v1", imports=[], kwargs={}, wrappers=[], num_envs=num_envs, step_delay=0.0
+    )
+
+
+def test_vector_env_writes_rows_like_separate_envs() -> None:
+    """Row t and obs t+1 per copy; at an episode end the true final observation, the new
+    episode's first one, and the episode's return and length."""
+    n = 2
+    venv = LocalVectorEnv(_env_cfg(n))
+    refs = [gym.make("CartPole-v1") for _ in range(n)]
+    rows = StepRows(400, n, venv.single_observation_space, venv.single_action_space)
+    venv.reset(rows, seed=3)
+    ref_obs = [ref.reset(seed=3 + i)[0] for i, ref in enumerate(refs)]
+    np.testing.assert_array_equal(rows.obs[0], ref_obs)
+    rng = np.random.default_rng(0)
+    returns, lengths, ends = [0.0] * n, [0] * n, 0
+    for t in range(300):
+        rows.t = t
+        actions = rng.integers(0, 2, n)
+        ended = venv.step(actions, rows)
+        expected_ended = []
+        for i, ref in enumerate(refs):
+            obs, reward, term, trunc, _ = ref.step(actions[i])
+            returns[i] += reward
+            lengths[i] += 1
+            assert rows.reward[t, i] == reward
+            assert (rows.terminated[t, i], rows.truncated[t, i]) == (term, trunc)
+            if term or trunc:
+                np.testing.assert_array_equal(rows.final_obs[t, i], obs)
+                expected_ended.append((i, returns[i], lengths[i]))
+                returns[i], lengths[i] = 0.0, 0
+                obs, _ = ref.reset()
+            np.testing.assert_array_equal(rows.obs[t + 1, i], obs)
+        assert [(i, r, k) for i, r, k, _ in ended] == expected_ended
+        ends += len(ended)
+        if not ended:
+            assert ended is NONE_ENDED and not NONE_ENDED
+    assert ends > 10
+
+
+def test_keep_last_moves_the_newest_rows_to_the_front() -> None:
+    rows = StepRows(6, 1, gym.spaces.Box(-1, 1, (1,)), gym.spaces.Discrete(2))
+    rows.obs[:, 0, 0] = np.arange(7)
+    rows.reward[:, 0] = np.arange(6)
+    rows.t = 5
+    assert rows.keep_last(2) == 3
+    assert rows.t == 2
+    assert list(rows.reward[:2, 0]) == [3, 4]
+    assert list(rows.obs[:3, 0, 0]) == [3, 4, 5]
+    assert rows.obs_rows[0][0, 0] == 3  # the cached row views see the moved data
+
+
+def test_episode_encoder_writes_what_encode_episode_writes() -> None:
+    info = {"boss_hp": 0.25, "phase": 2.0}
+    ours = decode_episode(EpisodeEncoder("host-1-abc").encode(7, 12.5, 13, info, 4))
+    theirs = decode_episode(
+        encode_episode(EpisodeRecord("host-1-abc", 7, 12.5, 13, info, ours.time, 4))
+    )
+    assert ours == theirs
