@@ -17,6 +17,7 @@ time and never mixes model ids in a message.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Protocol
 
@@ -40,6 +41,7 @@ class Actor(Protocol):
     expected: dict[str, tuple[int, ...]]  # weight names and shapes a valid model must have
     discarded: int  # env steps recorded but never sent (partial fragments of an old model)
     rows: StepRows  # the env writes each step here; row `rows.t` is the step in progress
+    share_sent: bool  # PPO: this client has sent its share of the current model's iteration
 
     def make_policy(self, state: dict[str, Any]) -> Any: ...
 
@@ -58,6 +60,10 @@ class Actor(Protocol):
 
     def finish(self) -> list[Message]: ...
 
+    def share_waited(self) -> None:
+        """The wait for the next model after `share_sent` timed out: sample on."""
+        ...
+
 
 class VectorSpaces(Protocol):
     single_observation_space: gym.Space
@@ -74,11 +80,15 @@ def make_actor(cfg: Config, env: VectorSpaces, index: int, rng: np.random.Genera
 
 class DQNActor:
     """Records actions into its rows; folds once FOLD_AT_LEAST transitions are due (a fold
-    costs about the same for 64 rows as for 256) and sends them in messages of about
+    costs about the same for 64 rows as for 1024) and sends them in messages of about
     `client.batch_size`. Epsilon follows the schedule in steps of EPSILON_EVERY env steps."""
 
     EPSILON_EVERY = 64
-    FOLD_AT_LEAST = 256
+    FOLD_AT_LEAST = 1024
+    share_sent = False  # asynchronous: no iterations to wait for
+
+    def share_waited(self) -> None:
+        pass
 
     def __init__(
         self,
@@ -148,7 +158,7 @@ class DQNActor:
 
     def reset(self) -> list[Message]:
         out = self._flush()
-        self.rows.t = 0
+        self.rows.clear()
         self.start[:] = 0
         return out
 
@@ -242,6 +252,12 @@ class PPOActor:
         self.policy: NumpyActorCritic | None = None
         self.discarded = 0
         self._step: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # Each connected client's share of an iteration, in whole messages (rows). A client
+        # that has sent it waits (ppo.share_wait) for the next model instead of sampling rows
+        # the node would reject as stale once the iteration closed.
+        self.share = math.inf
+        self.sent = 0
+        self.share_sent = False
 
     def make_policy(self, state: dict[str, Any]) -> NumpyActorCritic:
         p = self.cfg.ppo
@@ -250,8 +266,20 @@ class PPOActor:
     def set_model(self, model_id: int, policy: Any, meta: dict[str, Any]) -> list[Message]:
         if self.policy is not None and model_id != self.model_id:
             self._drop()
+        if model_id != self.model_id:
+            p = self.cfg.ppo
+            per_message = p.fragment_length * self.cfg.env.num_envs
+            clients = max(1, int(meta.get("num_clients", 1)))
+            messages = math.ceil(p.n_steps_total / clients / per_message)
+            self.share = messages * per_message if p.share_wait > 0 else math.inf
+            self.sent, self.share_sent = 0, False
         self.model_id, self.policy = model_id, policy
         return []
+
+    def share_waited(self) -> None:
+        """The next model did not come within ppo.share_wait (a client may have left, so the
+        iteration needs more than the shares): sample on with this model without waiting."""
+        self.share, self.share_sent = math.inf, False
 
     def act(self, obs: np.ndarray, client_steps: int) -> np.ndarray:
         assert self.policy is not None
@@ -277,7 +305,8 @@ class PPOActor:
             rows.obs[1],
             rows.final_obs[0],
         )
-        rows.obs[0] = rows.obs[1]
+        rows.t = 1
+        rows.keep_last(0)  # the next observation moves to row 0, row 0's end flags are cleared
         return out
 
     def record(
@@ -317,6 +346,8 @@ class PPOActor:
             rows["next_value"][self.waiting, p] = self.policy.value(next_obs[self.waiting])
         self.waiting[:] = False
         self.pos = 0
+        self.sent += self.fragment["reward"].size
+        self.share_sent = self.sent >= self.share
         return [(self.model_id, self._fragments())]
 
     def _fragments(self) -> dict[str, np.ndarray]:

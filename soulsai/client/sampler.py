@@ -189,7 +189,19 @@ class Sampler:
             messages = actor.observe()
             if messages:
                 self._send(messages)
+                if actor.share_sent:
+                    self._await_model(latest)
         self._send(actor.finish())
+
+    def _await_model(self, latest: Any) -> None:
+        """PPO: this client sent its share of the iteration; wait up to ppo.share_wait for the
+        next model (checked every 2 ms) rather than sample rows that would arrive stale."""
+        deadline = time.monotonic() + self.cfg.ppo.share_wait
+        while self.control.latest is latest and time.monotonic() < deadline:
+            if self.stop.wait(0.002):
+                return
+        if self.control.latest is latest:
+            self.actor.share_waited()
 
     def _recover_env(self, error: Exception, failures: int) -> LocalVectorEnv:
         """Recreate a crashed env after a growing pause; give up after client.env_retries

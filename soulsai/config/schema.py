@@ -112,6 +112,7 @@ class PPOConfig(_Strict):
     normalize_obs: bool
     scale_rewards: bool
     pause_clients: bool
+    share_wait: float = Field(ge=0.0, le=3600.0)
     client_timeout: float = Field(gt=0.0)
     min_fraction: float = Field(gt=0.0, le=1.0)
 

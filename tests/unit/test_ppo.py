@@ -346,6 +346,37 @@ def test_ppo_actor_drops_partial_fragments_of_an_old_model(cfg) -> None:
     assert model_id == 2 and len(f["reward"]) == 6
 
 
+def _fragments_until_share(actor, limit=20) -> int:
+    """Record whole fragments until the actor says its share is sent; how many it took."""
+    no = np.zeros(2, bool)
+    for n in range(1, limit + 1):
+        for t in range(3):
+            actor.act(_obs(t, t), 0)
+            actor.record(_obs(t, t), np.ones(2), no, no, _obs(t + 1, t + 1), None)
+        if actor.share_sent:
+            return n
+    return limit + 1
+
+
+def test_ppo_actor_share_of_an_iteration(cfg) -> None:
+    # 2 copies x 3 steps = 6 rows per message; 60 rows per iteration over 3 clients = 20 rows
+    # each, rounded up to whole messages: 4 messages (24 rows).
+    cfg = cfg.model_copy(deep=True)
+    cfg.ppo.n_steps_total, cfg.ppo.share_wait = 60, 1.0
+    actor = _actor(cfg)
+    actor.set_model(1, FakePolicy(), {"num_clients": 3})
+    assert _fragments_until_share(actor) == 4
+    actor.share_waited()  # the next model was late: sample on without waiting again
+    assert _fragments_until_share(actor) == 21
+    actor.set_model(2, FakePolicy(), {"num_clients": 1})  # a new model: a new share (all 60)
+    assert not actor.share_sent
+    assert _fragments_until_share(actor) == 10
+    cfg.ppo.share_wait = 0.0  # off: never waits
+    actor = _actor(cfg)
+    actor.set_model(1, FakePolicy(), {"num_clients": 3})
+    assert _fragments_until_share(actor) == 21
+
+
 def test_ppo_actor_box_actions_clipped_for_the_env_raw_for_training(cfg) -> None:
     actor = _actor(cfg, n_envs=1, length=1, box=True)
     actor.set_model(0, FakePolicy(box=True), {})
