@@ -15,12 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from soulsai.errors import ProtocolError
-from soulsai.transport.codec import decode_command, decode_weights
+from soulsai.transport.codec import decode_command, decode_weights, weights_metadata
 from soulsai.transport.links import TRANSIENT, ClientLink
 
 log = logging.getLogger(__name__)
 
 CLIENT_COMMANDS = frozenset({"shutdown", "pause", "resume"})
+MAX_DRAIN = 64  # pub/sub messages handled in one go before heartbeats and polls get a turn
 
 
 class Control:
@@ -69,14 +70,15 @@ class Control:
         if blob is None:
             return False
         try:
+            # the model we already run (a late or repeated notice): no need to decode it again
+            if weights_metadata(blob, self.max_bytes)["model_id"] == self.model_id:
+                return True
             tensors, meta = decode_weights(blob, self.expected, self.max_bytes)
         except ProtocolError as e:
             self.rejected_weights += 1
             log.warning("rejected weights from the server: %s", e)
             return False
         mid = int(meta["model_id"])
-        if mid == self.model_id:
-            return True
         self.latest = (mid, self.make_policy(tensors), meta)
         self.model_id = mid
         self.meta = meta
@@ -99,9 +101,15 @@ class Control:
                         self.load_current()
                     self._set_paused(self.link.throttled())
                     next_poll = now + min(self.poll_interval, 0.5)
+                # everything queued, then one download: a burst of notices costs one GET
+                new_model, handled = False, 0
                 msg = pubsub.get_message(timeout=0.2)
-                if msg is not None:
-                    self._handle(msg)
+                while msg is not None:
+                    new_model |= self._handle(msg)
+                    handled += 1
+                    msg = pubsub.get_message(timeout=0.0) if handled < MAX_DRAIN else None
+                if new_model:
+                    self.load_current()
                 backoff = 0.1
             except TRANSIENT as e:
                 self.may_sample.set()  # without a server, keep sampling into the outbox
@@ -115,7 +123,8 @@ class Control:
             with contextlib.suppress(TRANSIENT):
                 pubsub.close()
 
-    def _handle(self, msg: dict) -> None:
+    def _handle(self, msg: dict) -> bool:
+        """Act on one pub/sub message; True when it announces a model other than ours."""
         channel = msg.get("channel")
         channel = channel.decode() if isinstance(channel, bytes) else channel
         if channel == self.link.keys.model_channel:
@@ -123,14 +132,13 @@ class Control:
             try:
                 announced = int(data)
             except (TypeError, ValueError):
-                return
-            if announced != self.model_id:
-                self.load_current()
-        elif channel == self.link.keys.commands:
+                return False
+            return announced != self.model_id
+        if channel == self.link.keys.commands:
             try:
                 cmd = decode_command(msg.get("data"), CLIENT_COMMANDS)
             except ProtocolError:
-                return  # commands meant for other roles share the channel
+                return False  # commands meant for other roles share the channel
             if cmd["cmd"] in ("pause", "resume"):
                 self._set_paused(cmd["cmd"] == "pause")
             elif cmd["cmd"] == "shutdown":
@@ -138,6 +146,7 @@ class Control:
                 self.shutdown_requested = True
                 self.stop.set()
                 self.may_sample.set()
+        return False
 
     def _set_paused(self, paused: bool) -> None:
         if paused:

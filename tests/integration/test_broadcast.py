@@ -83,3 +83,56 @@ def test_client_swaps_in_each_published_model_and_rejects_a_bad_one(links, wire:
     finally:
         stop.set()
         control.join(2.0)
+
+
+def test_a_burst_of_notices_costs_one_decode(links, monkeypatch, redis_server) -> None:
+    """Models published while the client is busy downloading: it catches up with the newest
+    in one go instead of fetching and decoding every model it missed."""
+    import soulsai.client.control as control_mod
+
+    trainer, client = links
+    net = QNetwork((4,), 3, [64, 64], normalize_obs=True)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    stop = threading.Event()
+    control = Control(
+        client,
+        "c0",
+        expected,
+        lambda s: NumpyQPolicy(s, True),
+        heartbeat_interval=1.0,
+        heartbeat_timeout=5.0,
+        poll_interval=5.0,
+        max_bytes=1 << 24,
+        status=dict,
+        stop=stop,
+    )
+    trainer.publish_weights(encode_weights(net.state_dict(), 0), 0)
+    assert control.load_current()
+    fetches, decodes, release = [], [], threading.Event()
+    real_fetch, real_decode = client.fetch_weights, control_mod.decode_weights
+
+    def slow_fetch():
+        fetches.append(1)
+        release.wait(10)  # the first download takes until the whole burst is out
+        return real_fetch()
+
+    def counting_decode(*args, **kwargs):
+        decodes.append(1)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(client, "fetch_weights", slow_fetch)
+    monkeypatch.setattr(control_mod, "decode_weights", counting_decode)
+    control.start()
+    try:
+        r = trainer.r
+        assert wait_for(lambda: r.pubsub_numsub(client.keys.model_channel)[0][1] == 1)
+        for mid in range(1, 6):
+            trainer.publish_weights(encode_weights(net.state_dict(), mid), mid)
+        release.set()
+        assert wait_for(lambda: control.model_id == 5)
+        time.sleep(0.3)  # let it handle the notices still queued
+        assert control.model_id == 5
+        assert len(decodes) == 1 and len(fetches) <= 2
+    finally:
+        stop.set()
+        control.join(2.0)
