@@ -367,6 +367,7 @@ class PPOActor:
     def reset(self) -> list[Message]:
         self._drop()
         self.disc_return[:] = 0.0
+        self.rows.clear()
         return []
 
     def finish(self) -> list[Message]:

@@ -68,6 +68,9 @@ class StepRows:
     observation in `obs[t + 1]` and the true final one in `final_obs[t]`. `t` is the row
     the next step goes to; `keep_last` moves the newest rows to the front when full.
 
+    `terminated` and `truncated` are written only where an episode ended: every row from `t`
+    on is all False (`keep_last` and `clear` see to it), so a plain step writes neither.
+
     The `*_rows` and `*_cells` lists hold a view of every row (and of every copy's observation
     in it), made once: per step, indexing a list and writing into a view costs a fraction of
     indexing the array.
@@ -107,7 +110,15 @@ class StepRows:
                 a[: t - shift] = a[shift:t]
             self.obs[: t - shift + 1] = self.obs[shift : t + 1]
             self.t = t - shift
+        self.terminated[self.t :] = False
+        self.truncated[self.t :] = False
         return shift
+
+    def clear(self) -> None:
+        """Start empty: the next step goes to row 0."""
+        self.t = 0
+        self.terminated[:] = False
+        self.truncated[:] = False
 
 
 Ended = list[tuple[int, float, int, dict]]  # (copy, episode return, episode length, last info)
@@ -131,6 +142,7 @@ class LocalVectorEnv:
         self.single_action_space = self.envs[0].action_space
         self._returns = [0.0] * self.num_envs
         self._lengths = [0] * self.num_envs
+        self._indexed = list(enumerate(self.envs))
 
     def reset(self, rows: StepRows, seed: int | None = None) -> None:
         """Start new episodes in every copy; their first observations go to `rows.obs[rows.t]`."""
@@ -142,22 +154,18 @@ class LocalVectorEnv:
     def step(self, actions: np.ndarray, rows: StepRows) -> Ended:
         """Step every copy with its action; write row `rows.t` and `rows.obs[rows.t + 1]`."""
         t = rows.t
-        rewards, terms, truncs = (
-            rows.reward_rows[t],
-            rows.terminated_rows[t],
-            rows.truncated_rows[t],
-        )
+        rewards = rows.reward_rows[t]
         next_obs = rows.obs_cells[t + 1]
         ended = NONE_ENDED
         returns, lengths = self._returns, self._lengths
-        for i, env in enumerate(self.envs):
+        for i, env in self._indexed:
             obs, reward, term, trunc, info = env.step(actions[i])
             rewards[i] = reward
-            terms[i] = term
-            truncs[i] = trunc
             returns[i] += float(reward)
             lengths[i] += 1
             if term or trunc:
+                rows.terminated_rows[t][i] = term
+                rows.truncated_rows[t][i] = trunc
                 rows.final_obs_cells[t][i][...] = obs
                 if ended is NONE_ENDED:
                     ended = []

@@ -261,11 +261,11 @@ def test_dqn_actor_matches_the_reference(n_envs, n, gamma, batch, seed, steps) -
             reward = float(rng.normal())
             end = rng.choice(["none", "term", "trunc"], p=[0.8, 0.1, 0.1])
             rows.reward[t, i] = reward
-            rows.terminated[t, i] = end == "term"
-            rows.truncated[t, i] = end == "trunc"
             nxt = next_id[i]
             next_id[i] += 1
-            if end != "none":
+            if end != "none":  # as the env does: end flags are written only where set
+                rows.terminated[t, i] = end == "term"
+                rows.truncated[t, i] = end == "trunc"
                 rows.final_obs[t, i] = (i, -nxt)  # the true final observation
                 nxt = next_id[i]  # the new episode's first observation
                 next_id[i] += 1
@@ -297,8 +297,7 @@ def test_dqn_actor_messages_are_about_batch_size() -> None:
     actor = _dqn_actor(2, 3, 0.9, 10)
     rows = actor.rows
     sizes = []
-    for _ in range(400):
+    for _ in range(2 * rows.capacity):
         actor.act(rows.obs[rows.t], 0)
-        rows.terminated[rows.t] = rows.truncated[rows.t] = False
         sizes += [len(f["reward"]) for _, f in actor.observe()]
     assert sizes and all(10 <= s < 20 for s in sizes)
