@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
 from typing import Any
 
@@ -69,8 +71,36 @@ class ClientLink(_Link):
     def fetch_config(self) -> bytes | None:
         return self.r.get(self.keys.config)
 
-    def fetch_weights(self) -> bytes | None:
-        return self.r.get(self.keys.weights)
+    def fetch_weights(self) -> bytes | bytearray | None:
+        """The weights blob (None before the first publish), read off the socket into one buffer.
+
+        redis-py passes a reply through hiredis's buffer into a bytes object: two more copies of
+        a blob that can be 40 MB, made while holding the GIL, so the env loop's thread waits.
+        Here the kernel copies straight into the result, with the GIL released. A connection
+        this cannot read directly (not a socket, data already waiting) takes the plain GET.
+        """
+        pool = self.r.connection_pool
+        conn = pool.get_connection()
+        try:
+            return conn.retry.call_with_retry(
+                lambda: self._get_blob(conn, self.keys.weights), lambda _: conn.disconnect()
+            )
+        except BaseException:
+            conn.disconnect()  # a reply may be half read: the connection cannot be reused
+            raise
+        finally:
+            pool.release(conn)
+
+    @staticmethod
+    def _get_blob(conn: Any, key: str) -> bytes | bytearray | None:
+        if getattr(conn, "_sock", None) is None:
+            conn.connect()
+        sock = getattr(conn, "_sock", None)
+        if not isinstance(sock, socket.socket) or conn.can_read(timeout=0):
+            conn.send_command("GET", key)
+            return conn.read_response()
+        conn.send_command("GET", key)
+        return _read_bulk(sock)
 
     def heartbeat(self, client_id: str, info: dict, ttl: float) -> None:
         self.r.set(self.keys.heartbeat(client_id), json.dumps(info), px=int(ttl * 1000))
@@ -253,6 +283,45 @@ class TelemetryLink(_Link):
     def withdraw_trainer_command(self, command: bytes) -> bool:
         """Take back a command the training node has not read yet; False if it has."""
         return bool(self.r.lrem(self.keys.trainer_commands, 1, command))  # type: ignore[arg-type]
+
+
+def _read_bulk(sock: socket.socket) -> bytearray | None:
+    """One RESP bulk-string reply (`$<n>`, CRLF, n bytes, CRLF; `$-1` or `_` for none) read into a
+    buffer of its exact size. Only this reply is pending, so whatever arrives belongs to it."""
+    head = b""
+    while b"\r\n" not in head:
+        if len(head) > 64:
+            raise redis.InvalidResponse(f"not a bulk reply: {head[:32]!r}")
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise redis.ConnectionError("Redis closed the connection during a reply")
+        head += chunk
+    line, rest = head.split(b"\r\n", 1)
+    if line.startswith(b"-"):
+        raise redis.ResponseError(line[1:].decode(errors="replace"))
+    if line in (b"$-1", b"_"):  # nil in RESP2, null in RESP3
+        return None
+    if not (line.startswith(b"$") and line[1:].isdigit()):
+        raise redis.InvalidResponse(f"not a bulk reply: {line[:32]!r}")
+    n = int(line[1:])
+    out = bytearray(n + 2)  # with the closing CRLF
+    got = len(rest)
+    if got > n + 2:
+        raise redis.InvalidResponse("more data than the reply announced")
+    out[:got] = rest
+    view = memoryview(out)
+    # a TLS socket takes no flags; on a plain one, MSG_WAITALL saves calls when it blocks
+    flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
+    while got < n + 2:
+        k = sock.recv_into(view[got:], n + 2 - got, flags)
+        if k == 0:
+            raise redis.ConnectionError("Redis closed the connection during a reply")
+        got += k
+    view.release()
+    if out[n:] != b"\r\n":
+        raise redis.InvalidResponse("bulk reply does not end with CRLF")
+    del out[n:]
+    return out
 
 
 def as_int(value: Any, default: int = 0) -> int:

@@ -136,3 +136,50 @@ def test_a_burst_of_notices_costs_one_decode(links, monkeypatch, redis_server) -
     finally:
         stop.set()
         control.join(2.0)
+
+
+def test_fetch_reads_big_blobs_and_survives_a_killed_connection(links) -> None:
+    trainer, client = links
+    assert client.fetch_weights() is None  # nothing published yet
+    blob = np.random.default_rng(0).bytes(12 << 20)
+    trainer.publish_weights(blob, 1)
+    got = client.fetch_weights()
+    assert got == blob and len(got) == len(blob)
+    trainer.r.client_kill_filter(_type="normal", skipme=True)  # every client connection but ours
+    assert client.fetch_weights() == blob  # reconnects by itself
+    trainer.r.set(trainer.keys.weights, b"")
+    assert client.fetch_weights() == b""
+
+
+def test_read_bulk_takes_replies_in_pieces_and_rejects_others() -> None:
+    import socket
+
+    import redis
+
+    from soulsai.transport.links import _read_bulk
+
+    def reply(*pieces: bytes):
+        a, b = socket.socketpair()
+        a.settimeout(5)
+
+        def send() -> None:
+            for p in pieces:
+                b.sendall(p)
+                time.sleep(0.01)
+            b.close()
+
+        threading.Thread(target=send, daemon=True).start()
+        return a
+
+    payload = bytes(range(256)) * 1000
+    sock = reply(b"$256", b"000\r\n" + payload[:1000], payload[1000:], b"\r\n")
+    assert _read_bulk(sock) == payload
+    assert _read_bulk(reply(b"$-1\r\n")) is None
+    assert _read_bulk(reply(b"_\r\n")) is None
+    with pytest.raises(redis.ResponseError, match="NOPERM"):
+        _read_bulk(reply(b"-NOPERM no\r\n"))
+    for bad in (b"+OK\r\n", b"$12x\r\n", b"$" + b"9" * 80, b"$3\r\nabcde\r\n", b"$3\r\nabcXY"):
+        with pytest.raises((redis.InvalidResponse, redis.ConnectionError)):
+            _read_bulk(reply(bad))
+    with pytest.raises(redis.ConnectionError):
+        _read_bulk(reply(b"$10\r\nabc"))  # closed halfway
