@@ -1,6 +1,6 @@
 """Broadcast latency: from the training node publishing weights to a client's policy using them.
 
-A publisher (the training node's code path: `encode_weights` + `TrainerLink.publish_weights`)
+A publisher (the training node's code path: `encode_weights_parts` + `publish_weights`)
 and a client process (the real control thread: notification, GET, validation, a new policy
 object, swap) on a real Redis. The client stamps the moment its env loop sees the new policy;
 the latency is that minus the moment before encoding. Models of about 10k, 1M and 10M
@@ -32,7 +32,7 @@ from soulsai.client.control import Control  # noqa: E402
 from soulsai.client.policy import NumpyQPolicy  # noqa: E402
 from soulsai.nets import QNetwork  # noqa: E402
 from soulsai.transport import ClientLink, Keys, TrainerLink  # noqa: E402
-from soulsai.transport.codec import encode_weights  # noqa: E402
+from soulsai.transport.codec import encode_weights_parts  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 
 SIZES = {"10k": [96, 96], "1M": [1000, 1000], "10M": [2230, 2230, 2230]}
@@ -93,7 +93,7 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, d
     net = QNetwork(OBS, ACTIONS, hidden, True)
     params = sum(p.numel() for p in net.parameters())
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-    link.publish_weights(encode_weights(state, 0, {}), 0)
+    link.publish_weights(encode_weights_parts(state, 0, {}), 0)
     ctx = mp.get_context("spawn")
     proc = ctx.Process(
         target=client_proc, args=(server.port, server.password, prefix, hidden, repeats + 1)
@@ -110,9 +110,9 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, d
             for p in net.parameters():
                 p.add_(0.001)
         t0 = time.time()
-        blob = encode_weights(net.state_dict(), mid, {"env_steps": mid}, **kw)
-        link.publish_weights(blob, mid)
-        sent[mid], size = t0, len(blob)
+        parts = encode_weights_parts(net.state_dict(), mid, {"env_steps": mid}, **kw)
+        link.publish_weights(parts, mid)
+        sent[mid], size = t0, sum(p.nbytes for p in parts)
         deadline = time.time() + 30
         while r.llen(f"{prefix}:seen") < mid + 1 and time.time() < deadline:
             time.sleep(0.0005)

@@ -36,7 +36,7 @@ from soulsai.training.intake import Intake
 from soulsai.training.replay import ReplayBuffer
 from soulsai.training.saves import Saves, describe
 from soulsai.transport import RedisTarget, TrainerLink, open_link
-from soulsai.transport.codec import Experience, encode_command, encode_weights
+from soulsai.transport.codec import Experience, encode_command, encode_weights_parts
 from soulsai.transport.links import TRANSIENT
 from soulsai.transport.messages import dqn_experience_spec
 
@@ -274,7 +274,7 @@ class DQNTrainingNode:
             "num_clients": max(1, self.clients),
             "updates": self.learner.updates,
         }
-        blob = encode_weights(
+        blob = encode_weights_parts(
             self.learner.policy_state(), self.model_id, meta, self.cfg.training.weights_dtype
         )
         try:

@@ -45,7 +45,7 @@ from soulsai.training.intake import Intake, RateLimitedLog
 from soulsai.training.rollout import RolloutBuffer
 from soulsai.training.saves import Saves, describe
 from soulsai.transport import RedisTarget, TrainerLink, open_link
-from soulsai.transport.codec import Experience, encode_weights
+from soulsai.transport.codec import Experience, encode_weights_parts
 from soulsai.transport.links import TRANSIENT
 from soulsai.transport.messages import ppo_experience_spec
 
@@ -284,7 +284,7 @@ class PPOTrainingNode:
             "updates": self.learner.updates,
             "iterations": self.learner.iterations,
         }
-        blob = encode_weights(
+        blob = encode_weights_parts(
             self.learner.policy_state(), self.model_id, meta, self.cfg.training.weights_dtype
         )
         try:

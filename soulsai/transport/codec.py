@@ -476,6 +476,18 @@ def encode_weights(
     `wire_dtype="float16"` the float32 matrices (2-D and up: the bulk of a network) travel as
     float16; vectors, the observation normalizer and any matrix float16 cannot hold stay exact.
     """
+    return b"".join(encode_weights_parts(tensors, model_id, meta, wire_dtype))
+
+
+def encode_weights_parts(
+    tensors: dict[str, Any],
+    model_id: int,
+    meta: dict[str, Any] | None = None,
+    wire_dtype: str = "float32",
+) -> list[memoryview]:
+    """`encode_weights` as the buffers that make it up, in order: the header, then each
+    tensor's own memory (no copy, so the tensors must not change until the parts are sent).
+    The training node hands them to the socket one after another."""
     import torch
 
     if wire_dtype not in WIRE_DTYPES:
@@ -507,8 +519,8 @@ def encode_weights(
         offset += a.nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-    data = [arrays[name].reshape(-1).view(np.uint8) for name in order]
-    return b"".join([struct.pack("<Q", len(head)), head, *data])
+    data = [memoryview(arrays[name].reshape(-1).view(np.uint8)) for name in order]
+    return [memoryview(struct.pack("<Q", len(head)) + head), *data]
 
 
 def _weights_header(raw: Any, max_bytes: int) -> tuple[dict[str, Any], int]:

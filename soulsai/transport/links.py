@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -145,7 +146,7 @@ class TrainerLink(_Link):
         """
         if self._blob_r is None:
             pool = self.r.connection_pool
-            packer = PythonRespSerializer(6000, pool.get_encoder().encode)
+            packer = _PartsPacker(6000, pool.get_encoder().encode)
             self._blob_r = redis.Redis(
                 connection_pool=redis.ConnectionPool(
                     connection_class=pool.connection_class,
@@ -172,11 +173,13 @@ class TrainerLink(_Link):
     def queued_samples(self) -> int:
         return int(self.r.llen(self.keys.samples))
 
-    def publish_weights(self, blob: bytes, model_id: int) -> None:
+    def publish_weights(self, blob: bytes | Sequence[memoryview], model_id: int) -> None:
         """Weights, their model id and the notice to clients, in one transaction (one round
-        trip); the blob goes to the socket without a copy."""
+        trip). The blob, whole or in parts (`encode_weights_parts`), goes to the socket as it
+        is: no copy is made of it on the way."""
+        value = blob if isinstance(blob, (bytes, bytearray, memoryview)) else _Parts(blob)
         pipe = self._blob_client().pipeline(transaction=True)
-        pipe.set(self.keys.weights, blob)
+        pipe.set(self.keys.weights, value)
         pipe.set(self.keys.model_id, model_id)
         pipe.publish(self.keys.model_channel, str(model_id))
         pipe.execute()
@@ -283,6 +286,29 @@ class TelemetryLink(_Link):
     def withdraw_trainer_command(self, command: bytes) -> bool:
         """Take back a command the training node has not read yet; False if it has."""
         return bool(self.r.lrem(self.keys.trainer_commands, 1, command))  # type: ignore[arg-type]
+
+
+class _Parts(tuple):
+    """One command argument made of several buffers, sent back to back."""
+
+
+class _PartsPacker(PythonRespSerializer):
+    """redis-py's own command packer, which passes a large argument to the socket as it is, and
+    sends a `_Parts` argument as one value without joining its buffers."""
+
+    def pack(self, *args: Any) -> list:
+        if not any(isinstance(a, _Parts) for a in args):
+            return super().pack(*args)
+        out: list = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            if isinstance(arg, _Parts):
+                out.append(b"$%d\r\n" % sum(memoryview(p).nbytes for p in arg))
+                out += [memoryview(p).cast("B") for p in arg]
+                out.append(b"\r\n")
+            else:
+                data = self.encode(arg)
+                out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return out
 
 
 def _read_bulk(sock: socket.socket) -> bytearray | None:

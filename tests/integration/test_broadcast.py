@@ -13,7 +13,7 @@ from soulsai.client.control import Control
 from soulsai.client.policy import NumpyQPolicy
 from soulsai.nets import QNetwork
 from soulsai.transport import ClientLink, TrainerLink, open_link
-from soulsai.transport.codec import encode_weights
+from soulsai.transport.codec import encode_weights, encode_weights_parts
 from soulsai.transport.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
@@ -149,6 +149,11 @@ def test_fetch_reads_big_blobs_and_survives_a_killed_connection(links) -> None:
     assert client.fetch_weights() == blob  # reconnects by itself
     trainer.r.set(trainer.keys.weights, b"")
     assert client.fetch_weights() == b""
+    state = QNetwork((4,), 3, [64, 64], normalize_obs=True).state_dict()
+    parts = encode_weights_parts(state, 2, wire_dtype="float16")
+    trainer.publish_weights(parts, 2)  # sent piece by piece, stored as one value
+    assert client.fetch_weights() == b"".join(parts)
+    assert client.model_id() == 2
 
 
 def test_read_bulk_takes_replies_in_pieces_and_rejects_others() -> None:

@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 
 from soulsai.errors import ProtocolError
 from soulsai.nets import ActorCritic, QNetwork
-from soulsai.transport.codec import decode_weights, encode_weights
+from soulsai.transport.codec import decode_weights, encode_weights, encode_weights_parts
 
 MAX_BYTES = 1 << 26
 
@@ -165,3 +165,11 @@ def test_actor_critic_round_trip_in_both_wire_dtypes() -> None:
         )
         assert set(arrays) == set(state)
         assert all(arrays[k].shape == tuple(v.shape) for k, v in state.items())
+
+
+def test_parts_are_the_blob_in_pieces_without_copies() -> None:
+    state = make_state()
+    parts = encode_weights_parts(state, 5, {"env_steps": 1}, wire_dtype="float32")
+    assert b"".join(parts) == encode_weights(state, 5, {"env_steps": 1})
+    w = state["mlp.1.weight"].numpy()
+    assert any(np.shares_memory(np.asarray(p), w) for p in parts)  # the tensor's own memory
