@@ -90,14 +90,16 @@ def generator(
     obs_dim: int,
     n_actions: int,
     honor_throttle: bool,
+    rate: float = CLIENT_RATE,
 ) -> None:
     """One load client, until the benchmark sets the stop key; announces itself once running.
 
     Learning paused: PUSH envelopes per round trip, as fast as Redis takes them. Learning on:
-    like a real client, at most CLIENT_RATE transitions/s (bench/client.py's CartPole client
-    steps about that fast); it learns of pauses and new models from the commands and model
-    channels and checks the pause before every message (a real client checks before every env
-    step). Both poll the throttle key, the model id and the stop key every 0.1 s."""
+    like a real client, at most `rate` transitions/s (default CLIENT_RATE, about as fast as
+    bench/client.py's CartPole client steps; 0: no limit); it learns of pauses and new models
+    from the commands and model channels and checks the pause before every message (a real
+    client checks before every env step). Both poll the throttle key, the model id and the
+    stop key every 0.1 s."""
     r = redis.Redis(host="127.0.0.1", port=port, password=password)
     keys = Keys(prefix)
     client_id = f"load-{index}"
@@ -106,7 +108,7 @@ def generator(
         pubsub.subscribe(keys.commands, keys.model_channel)
     per_push = 1 if honor_throttle else PUSH
     model_id, envs, next_check, paused, sent = -1, [b""], 0.0, False, 0
-    next_send, interval = 0.0, BATCH / CLIENT_RATE
+    next_send, interval = 0.0, BATCH / rate if rate > 0 else 0.0
     r.incr(f"{prefix}:bench_ready")
     while True:
         now = time.monotonic()
@@ -143,7 +145,13 @@ def generator(
 
 
 def run_node_case(
-    server: EmbeddedRedis, env_id: str, clients: int, seconds: float, learning: bool, tmp: Path
+    server: EmbeddedRedis,
+    env_id: str,
+    clients: int,
+    seconds: float,
+    learning: bool,
+    tmp: Path,
+    rate: float = CLIENT_RATE,
 ) -> dict:
     obs_dim, n_actions = SHAPES[env_id]
     prefix = f"bench{clients}{int(learning)}{time.time_ns() % 10**6}"
@@ -166,7 +174,7 @@ def run_node_case(
     gens = [
         ctx.Process(
             target=generator,
-            args=(server.port, server.password, prefix, i, obs_dim, n_actions, learning),
+            args=(server.port, server.password, prefix, i, obs_dim, n_actions, learning, rate),
         )
         for i in range(clients)
     ]
@@ -309,6 +317,12 @@ def main() -> None:
         help="window with learning on: pauses come and go every few seconds",
     )
     ap.add_argument("--learning", choices=["paused", "on", "both"], default="both")
+    ap.add_argument(
+        "--client-rate",
+        type=float,
+        default=CLIENT_RATE,
+        help="transitions/s of one load generator with learning on (0: no limit)",
+    )
     args = ap.parse_args()
     cases = {"paused": (False,), "on": (True,), "both": (False, True)}[args.learning]
     print(machine_line())
@@ -330,7 +344,9 @@ def main() -> None:
             for n in args.clients:
                 for learning in cases:
                     secs = args.seconds_on if learning else args.seconds
-                    res = run_node_case(server, env_id, n, secs, learning, Path(tmp))
+                    res = run_node_case(
+                        server, env_id, n, secs, learning, Path(tmp), args.client_rate
+                    )
                     acc = res["accepted_per_s"]
                     print(
                         f"{n:>7} {'on' if learning else 'paused':>8} {acc:>12,.0f} "

@@ -80,6 +80,7 @@ class Intake:
         self.rejected: Counter[str] = Counter()
         self.env_steps = 0  # every decoded transition is an env step, stale or not
         self.messages = 0
+        self.drained_at = 0.0  # monotonic time of the last pop that left Redis's queue empty
         self.paused = threading.Event()
         self._log = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
@@ -108,6 +109,8 @@ class Intake:
                 continue
             if raws:
                 self.handle_many(raws)
+            if len(raws) < self.pop_count:  # whatever arrives next was pushed after this
+                self.drained_at = time.monotonic()
 
     def handle(self, raw: bytes) -> bool:
         """Decode, validate and accept one envelope; True when accepted."""

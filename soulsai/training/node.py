@@ -42,10 +42,12 @@ from soulsai.transport.messages import dqn_experience_spec
 
 log = logging.getLogger(__name__)
 
-# Samples that arrive this long after the clients were paused come from clients that ignore
-# the pause (an honest one stops within a poll of the throttle key, 0.5 s, and what it queued
-# before drains in well under a second): their updates are forgiven, not owed.
+# An honest client stops within a poll of the throttle key (0.5 s) of a pause. Samples pushed
+# after Redis's queue was seen empty more than PAUSE_GRACE into a pause come from clients that
+# ignore it, and so do samples more than PAUSE_FLOOD into a pause whose queue never emptied:
+# their updates are forgiven, not owed.
 PAUSE_GRACE = 2.0
+PAUSE_FLOOD = 30.0
 
 METRICS = {
     "env_steps": "env steps received (accepted or stale)",
@@ -141,12 +143,18 @@ class DQNTrainingNode:
             if self.cfg.dqn.normalize_obs:
                 self.new_obs.append(f["obs"])
             self.accepted += n
-            if self.throttled and time.monotonic() - self._paused_at > PAUSE_GRACE:
+            if self.throttled and self._ignored_pause():
                 self.debt_base += n
                 self.forgiven += n
         self.data_ready.set()
         if self.cfg.dqn.throttle and not self.throttled and self._learning():
             self._throttle()  # at once: the learner thread looks only between gradient steps
+
+    def _ignored_pause(self) -> bool:
+        """True when samples arriving now were sent by clients that ignore the pause."""
+        if self.intake.drained_at - self._paused_at > PAUSE_GRACE:
+            return True
+        return time.monotonic() - self._paused_at > PAUSE_FLOOD
 
     @property
     def env_steps(self) -> int:

@@ -1,6 +1,7 @@
 """Replay-ratio control of the DQN node against a real Redis: the intake pauses the clients as
-soon as the learner owes max_update_debt updates, what honest clients send after the pause is
-owed in full, and only samples long after it (clients that ignore the pause) are forgiven."""
+soon as the learner owes max_update_debt updates, what honest clients sent before they saw the
+pause is owed in full however long it takes to drain, and only samples pushed long after it
+(clients that ignore the pause) are forgiven."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def test_intake_pauses_at_once_and_honest_late_samples_are_owed(node, rclient, p
     assert not node.throttled and not rclient.exists(throttle)
     node.intake.handle_many([envelope(0)] * 5)  # 320 transitions: 40 updates owed
     assert node.throttled and rclient.exists(throttle)  # set by the intake, not the learner
+    node._paused_at -= 10 * node_module.PAUSE_GRACE  # a backlog that drains slowly
     node.intake.handle_many([envelope(0)] * 20)  # sent before the clients saw the pause
     assert node._owed_updates() == 200 and node.forgiven == 0
 
@@ -77,11 +79,16 @@ def test_samples_long_after_the_pause_are_forgiven(node, rclient, prefix, monkey
     start(node)
     node.intake.handle_many([envelope(0)] * 5)
     assert node.throttled
-    monkeypatch.setattr(node_module, "PAUSE_GRACE", -1.0)  # the pause is old now
-    node.intake.handle_many([envelope(0)] * 3)
-    assert node.forgiven == 192 and node._owed_updates() == 40
-    assert node.accepted == 9 * 64  # forgiven samples are still in the buffer
-    assert len(node.buffer) == 9 * 64
+    node.intake.handle_many([envelope(0)])  # still owed: the queue has not been empty since
+    node.intake.drained_at = node._paused_at + node_module.PAUSE_GRACE + 0.1
+    node.intake.handle_many([envelope(0)] * 3)  # pushed after the queue was empty, late
+    assert node.forgiven == 192 and node._owed_updates() == 48
+    monkeypatch.setattr(node_module, "PAUSE_FLOOD", -1.0)  # a queue that never empties
+    node.intake.drained_at = 0.0
+    node.intake.handle_many([envelope(0)])
+    assert node.forgiven == 256 and node._owed_updates() == 48
+    assert node.accepted == 11 * 64  # forgiven samples are still in the buffer
+    assert len(node.buffer) == 11 * 64
 
 
 def test_clients_resume_at_half_the_debt(node, rclient, prefix):
