@@ -101,6 +101,7 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, d
     proc.start()
     while not r.get(f"{prefix}:ready"):
         time.sleep(0.05)
+    r.blmove(f"{prefix}:seen", f"{prefix}:done", 30)  # the client runs model 0
     time.sleep(0.5)
     sent: dict[int, float] = {}
     size = 0
@@ -113,15 +114,14 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, d
         parts = encode_weights_parts(net.state_dict(), mid, {"env_steps": mid}, **kw)
         link.publish_weights(parts, mid)
         sent[mid], size = t0, sum(p.nbytes for p in parts)
-        deadline = time.time() + 30
-        while r.llen(f"{prefix}:seen") < mid + 1 and time.time() < deadline:
-            time.sleep(0.0005)
+        # block until the client reports (no polling here: it would take CPU from what we time)
+        r.blmove(f"{prefix}:seen", f"{prefix}:done", 30)
         time.sleep(0.02)
     proc.join(30)
     link.close()
     lat, stalls = [], []
     gaps = json.loads(r.get(f"{prefix}:gaps") or b"[]")
-    for raw in r.lrange(f"{prefix}:seen", 0, -1):
+    for raw in r.lrange(f"{prefix}:done", 0, -1) + r.lrange(f"{prefix}:seen", 0, -1):
         mid, t = raw.decode().split()
         if int(mid) in sent:
             t0, t1 = sent[int(mid)], float(t)
