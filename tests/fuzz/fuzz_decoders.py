@@ -20,6 +20,7 @@ with atheris.instrument_imports():
         decode_command,
         decode_episode,
         decode_experience,
+        decode_experience_rows,
         decode_weights,
         weights_metadata,
     )
@@ -30,6 +31,7 @@ SPEC = dqn_experience_spec(
 )
 DECODERS = (
     lambda raw: decode_experience(raw, SPEC),
+    lambda raw: decode_experience_rows([raw, raw, raw[:-1], raw], SPEC),  # never raises
     lambda raw: decode_episode(raw, 65536),
     lambda raw: decode_command(raw, {"save_best", "quicksave", "shutdown"}),
     lambda raw: weights_metadata(raw, 1 << 20),

@@ -158,3 +158,27 @@ def test_coverage_guided_fuzzing_with_atheris() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Done 100000 runs" in out.stderr
+
+
+def test_hostile_batches_through_the_rows_decoder_match_one_by_one() -> None:
+    """The intake's batch decoder on 20k hostile inputs, 64 per batch and mixed with valid
+    envelopes (so layouts are shared): never raises, and rejects exactly what
+    decode_experience rejects, for the same reasons."""
+    from collections import Counter
+
+    from soulsai.transport.codec import decode_experience_rows
+
+    rng = random.Random(99)
+    exp = _valid_envelopes(rng)[0]
+    for _ in range(20_000 // 64):
+        batch = [exp if rng.random() < 0.3 else _mutate(exp, rng) for _ in range(64)]
+        out = decode_experience_rows(batch, SPEC)
+        want: Counter[str] = Counter()
+        rows = 0
+        for raw in batch:
+            try:
+                rows += decode_experience(raw, SPEC).n
+            except ProtocolError as e:
+                want[e.reason] += 1
+        assert Counter(e.reason for e in out.errors) == want
+        assert sum(n for _, _, n in out.segments) == rows == len(out.fields["obs"])
