@@ -247,19 +247,20 @@ def _check_values(name: str, arr: np.ndarray, fs: FieldSpec) -> None:
 
 # ---------------------------------------------------------------- experience rows (hot path)
 
-_MAX_SHAPE_MISSES = 8  # shapes per popped batch that matched only their own envelope
+_MAX_SHAPE_MISSES = 8  # layouts per popped batch that matched only their own envelope
 
 
 @dataclass
 class ExperienceRows:
-    """The transitions of many envelopes, field by field: no Python object per envelope.
+    """The transitions of many envelopes, one array per field: no Python object per envelope.
 
-    `segments` has one (model_id, envelopes, rows) triple per run of rows from envelopes of
-    one model id, in row order; `errors` the rejected envelopes' errors.
+    `model_ids` and `counts` hold, per accepted envelope in row order, its model id and its
+    number of rows; `errors` the rejected envelopes' errors.
     """
 
     fields: dict[str, np.ndarray]
-    segments: list[tuple[int, int, int]]
+    model_ids: np.ndarray
+    counts: np.ndarray
     errors: list[ProtocolError]
 
 
@@ -269,9 +270,20 @@ class _Shape:
 
     model_id: int
     n: int
-    payloads: dict[str, tuple[int, int]]  # field -> (start, end) in the envelope
+    payloads: tuple[tuple[int, int], ...]  # (start, end) in the envelope, in spec field order
     frame: np.ndarray  # byte positions outside the payloads
     frame_bytes: np.ndarray  # the envelope's bytes there
+
+
+@dataclass
+class _Plan:
+    """Rows of `block` (None: all) that share one payload layout, to slice out together."""
+
+    block: np.ndarray
+    rows: np.ndarray | None
+    payloads: tuple[tuple[int, int], ...]
+    model_ids: np.ndarray
+    n: int
 
 
 def decode_experience_rows(raws: list[Any], spec: ExperienceSpec) -> ExperienceRows:
@@ -280,12 +292,12 @@ def decode_experience_rows(raws: list[Any], spec: ExperienceSpec) -> ExperienceR
     Envelopes of equal length are joined and checked together with numpy. The first one goes
     through the full structural decoder; every other one whose bytes outside the payloads equal
     the first one's parses (msgpack being prefix-free) to the same structure: same client, model
-    id, n, dtypes and shapes, so only its values remain to check, in one pass per field.
-    Anything else is decoded one by one. Each envelope is accepted or rejected exactly as
-    `decode_experience` would; the rows come grouped by layout, not in input order.
+    id, n, dtypes and shapes, so only its values remain to check, in one pass per field over
+    the whole batch. Envelopes whose payloads lie at the same offsets (clients whose ids have
+    the same length) are sliced out together, straight into the output arrays. Anything else
+    is decoded one by one. Each envelope is accepted or rejected exactly as `decode_experience`
+    would; the rows come grouped by layout, not in input order.
     """
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in spec.fields}
-    segments: list[tuple[int, int, int]] = []
     errors: list[ProtocolError] = []
     by_len: dict[int, list[bytes]] = {}
     singles: list[Any] = []
@@ -294,88 +306,104 @@ def decode_experience_rows(raws: list[Any], spec: ExperienceSpec) -> ExperienceR
             by_len.setdefault(len(raw), []).append(raw)
         else:
             singles.append(raw)
+    plans: list[_Plan] = []
     misses = 0
     for length, group in by_len.items():
         if len(group) == 1 or misses >= _MAX_SHAPE_MISSES:
             singles.extend(group)
             continue
         block = np.frombuffer(b"".join(group), np.uint8).reshape(len(group), length)
-        pending = np.arange(len(group))
-        while len(pending):
-            try:
-                shape = _shape_of(group[pending[0]], spec)
-            except ProtocolError as e:
-                errors.append(e)
-                pending = pending[1:]
-                continue
-            same = (block[:, shape.frame][pending] == shape.frame_bytes).all(axis=1)
-            if same.all():
-                rows, pending = (pending if len(pending) < len(group) else None), pending[:0]
-            else:
-                rows, pending = pending[same], pending[~same]
-                misses += len(rows) == 1
-            _rows_of_shape(block, rows, shape, spec, chunks, segments, errors)
-            if misses >= _MAX_SHAPE_MISSES:
-                singles.extend(group[i] for i in pending)
-                break
+        misses = _plan_group(group, block, spec, plans, singles, errors, misses)
+    single_exps = []
     for raw in singles:
         try:
-            exp = decode_experience(raw, spec)
+            single_exps.append(decode_experience(raw, spec))
         except ProtocolError as e:
             errors.append(e)
-            continue
-        for name in spec.fields:
-            chunks[name].append(exp.fields[name])
-        segments.append((exp.model_id, 1, exp.n))
-    fields = {
-        name: parts[0] if len(parts) == 1 else _concat(parts, spec.fields[name])
-        for name, parts in chunks.items()
-    }
-    return ExperienceRows(fields, segments, errors)
+    total = sum(len(p.model_ids) * p.n for p in plans) + sum(e.n for e in single_exps)
+    fields = {name: np.empty((total, *fs.shape), fs.dtype) for name, fs in spec.fields.items()}
+    pos = 0
+    for p in plans:
+        k = len(p.model_ids)
+        for out, (start, end) in zip(fields.values(), p.payloads, strict=True):
+            dst = out[pos : pos + k * p.n].view(np.uint8).reshape(k, end - start)
+            if p.rows is None:
+                dst[...] = p.block[:, start:end]
+            else:
+                np.take(p.block[:, start:end], p.rows, axis=0, out=dst)
+        pos += k * p.n
+    for exp in single_exps:
+        for name, out in fields.items():
+            out[pos : pos + exp.n] = exp.fields[name]
+        pos += exp.n
+    model_ids = np.concatenate(
+        [p.model_ids for p in plans] + [np.array([e.model_id for e in single_exps], np.int64)]
+    )
+    counts = np.concatenate(
+        [np.full(len(p.model_ids), p.n, np.int64) for p in plans]
+        + [np.array([e.n for e in single_exps], np.int64)]
+    )
+    return _check_rows(ExperienceRows(fields, model_ids, counts, errors), spec)
 
 
-def _concat(parts: list[np.ndarray], fs: FieldSpec) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.empty((0, *fs.shape), fs.dtype)
-
-
-def _rows_of_shape(
+def _plan_group(
+    group: list[bytes],
     block: np.ndarray,
-    rows: np.ndarray | None,
-    shape: _Shape,
     spec: ExperienceSpec,
-    chunks: dict[str, list[np.ndarray]],
-    segments: list[tuple[int, int, int]],
+    plans: list[_Plan],
+    singles: list[Any],
     errors: list[ProtocolError],
-) -> None:
-    """Slice the fields out of the envelopes `rows` (None: all) of `block`, which share one
-    layout; check their values, keep the good ones."""
-    k, n = len(block) if rows is None else len(rows), shape.n
-    fields = {}
-    for name, fs in spec.fields.items():
-        start, end = shape.payloads[name]
-        # a fancy index (rows) copies into a fresh array already
-        data = np.ascontiguousarray(block[:, start:end]) if rows is None else block[rows, start:end]
-        fields[name] = data.view(fs.dtype).reshape(k * n, *fs.shape)
+    misses: int,
+) -> int:
+    """Sort the envelopes of one length by layout into `plans` (or `singles`); returns the
+    updated count of layouts that matched only their own envelope."""
+    k = len(group)
+    model_ids = np.empty(k, np.int64)
+    by_payloads: dict[tuple[tuple[int, int], ...], tuple[list[np.ndarray], int]] = {}
+    pending = np.arange(k)
+    while len(pending):
+        try:
+            shape = _shape_of(group[pending[0]], spec)
+        except ProtocolError as e:
+            errors.append(e)
+            pending = pending[1:]
+            continue
+        same = (block[:, shape.frame][pending] == shape.frame_bytes).all(axis=1)
+        rows, pending = pending[same], pending[~same]
+        misses += len(rows) == 1 and len(pending) > 0
+        model_ids[rows] = shape.model_id
+        by_payloads.setdefault(shape.payloads, ([], shape.n))[0].append(rows)
+        if misses >= _MAX_SHAPE_MISSES:
+            singles.extend(group[i] for i in pending)
+            break
+    for payloads, (parts, n) in by_payloads.items():
+        rows = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+        whole = len(rows) == k
+        plans.append(_Plan(block, None if whole else rows, payloads, model_ids[rows], n))
+    return misses
+
+
+def _check_rows(rows: ExperienceRows, spec: ExperienceSpec) -> ExperienceRows:
+    """Value checks once per field over all rows; only when that finds something, look for
+    the culprit envelopes one by one and drop them."""
     try:
         for name, fs in spec.fields.items():
-            _check_values(name, fields[name], fs)
+            _check_values(name, rows.fields[name], fs)
+        return rows
     except ProtocolError:
-        good = np.ones(k, dtype=bool)
-        for j in range(k):
-            try:
-                for name, fs in spec.fields.items():
-                    _check_values(name, fields[name][j * n : (j + 1) * n], fs)
-            except ProtocolError as e:
-                errors.append(e)
-                good[j] = False
-        k = int(good.sum())
-        if k == 0:
-            return
-        keep = np.repeat(good, n)
-        fields = {name: value[keep] for name, value in fields.items()}
-    for name, value in fields.items():
-        chunks[name].append(value)
-    segments.append((shape.model_id, k, k * n))
+        pass
+    good = np.ones(len(rows.counts), dtype=bool)
+    ends = np.cumsum(rows.counts)
+    for i, (end, n) in enumerate(zip(ends.tolist(), rows.counts.tolist(), strict=True)):
+        try:
+            for name, fs in spec.fields.items():
+                _check_values(name, rows.fields[name][end - n : end], fs)
+        except ProtocolError as e:
+            rows.errors.append(e)
+            good[i] = False
+    keep = np.repeat(good, rows.counts)
+    fields = {name: value[keep] for name, value in rows.fields.items()}
+    return ExperienceRows(fields, rows.model_ids[good], rows.counts[good], rows.errors)
 
 
 def _shape_of(raw: bytes, spec: ExperienceSpec) -> _Shape:
@@ -401,7 +429,8 @@ def _shape_of(raw: bytes, spec: ExperienceSpec) -> _Shape:
         inside[start:end] = True
     frame = np.flatnonzero(~inside)
     frame_bytes = np.frombuffer(raw, np.uint8)[frame]
-    return _Shape(exp.model_id, exp.n, payloads, frame, frame_bytes)
+    spans = tuple(payloads[name] for name in spec.fields)
+    return _Shape(exp.model_id, exp.n, spans, frame, frame_bytes)
 
 
 # ---------------------------------------------------------------- episodes
@@ -525,7 +554,9 @@ def encode_weights_parts(
 
 def _weights_header(raw: Any, max_bytes: int) -> tuple[dict[str, Any], int]:
     """The safetensors header as parsed JSON, and the offset where the tensor data starts."""
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) < 8:
+    if isinstance(raw, memoryview) and (raw.format != "B" or not raw.contiguous):
+        raise ProtocolError("bad_structure", "weights blob is not a flat byte buffer")
+    if not isinstance(raw, (bytes, bytearray, memoryview)) or len(raw) < 8:
         raise ProtocolError("bad_structure", "weights blob too short")
     if len(raw) > max_bytes:
         raise ProtocolError("too_large", f"weights blob {len(raw)} bytes > {max_bytes}")
@@ -533,7 +564,7 @@ def _weights_header(raw: Any, max_bytes: int) -> tuple[dict[str, Any], int]:
     if hlen > min(len(raw) - 8, MAX_WEIGHTS_HEADER):
         raise ProtocolError("bad_structure", "weights header length out of range")
     try:
-        header = json.loads(raw[8 : 8 + hlen])
+        header = json.loads(bytes(raw[8 : 8 + hlen]))
     except (ValueError, RecursionError) as e:
         raise ProtocolError("bad_structure", f"weights header: {type(e).__name__}") from None
     if not isinstance(header, dict):
@@ -557,7 +588,7 @@ def _metadata(header: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def weights_metadata(raw: bytes, max_bytes: int) -> dict[str, Any]:
+def weights_metadata(raw: bytes | bytearray | memoryview, max_bytes: int) -> dict[str, Any]:
     """Read the safetensors header's metadata without touching the tensors."""
     return _metadata(_weights_header(raw, max_bytes)[0])
 
@@ -599,14 +630,14 @@ def _widen_half(a: np.ndarray) -> np.ndarray:
 
 
 def decode_weights(
-    raw: bytes, expected: dict[str, tuple[int, ...]], max_bytes: int
+    raw: bytes | bytearray | memoryview, expected: dict[str, tuple[int, ...]], max_bytes: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Parse safetensors bytes; check names and shapes against `expected` and finiteness.
 
     Returns (numpy arrays, metadata): clients act in numpy, so no torch work on this path.
-    float32/float64 arrays are read-only views of `raw` (no copy); float16 ones are widened
-    to float32. The format is plain data (a JSON header and raw little-endian numbers): nothing
-    in it is executed, unlike torch.load.
+    float32/float64 arrays are views of `raw` (no copy; read-only when `raw` is bytes); float16
+    ones are widened to float32. The format is plain data (a JSON header and raw little-endian
+    numbers): nothing in it is executed, unlike torch.load.
     """
     header, start = _weights_header(raw, max_bytes)
     meta = _metadata(header)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import redis
 from redis.connection import PythonRespSerializer
 
@@ -72,7 +73,7 @@ class ClientLink(_Link):
     def fetch_config(self) -> bytes | None:
         return self.r.get(self.keys.config)
 
-    def fetch_weights(self) -> bytes | bytearray | None:
+    def fetch_weights(self) -> bytes | memoryview | None:
         """The weights blob (None before the first publish), read off the socket into one buffer.
 
         redis-py passes a reply through hiredis's buffer into a bytes object: two more copies of
@@ -93,7 +94,7 @@ class ClientLink(_Link):
             pool.release(conn)
 
     @staticmethod
-    def _get_blob(conn: Any, key: str) -> bytes | bytearray | None:
+    def _get_blob(conn: Any, key: str) -> bytes | memoryview | None:
         if getattr(conn, "_sock", None) is None:
             conn.connect()
         sock = getattr(conn, "_sock", None)
@@ -311,7 +312,7 @@ class _PartsPacker(PythonRespSerializer):
         return out
 
 
-def _read_bulk(sock: socket.socket) -> bytearray | None:
+def _read_bulk(sock: socket.socket) -> memoryview | None:
     """One RESP bulk-string reply (`$<n>`, CRLF, n bytes, CRLF; `$-1` or `_` for none) read into a
     buffer of its exact size. Only this reply is pending, so whatever arrives belongs to it."""
     head = b""
@@ -330,24 +331,22 @@ def _read_bulk(sock: socket.socket) -> bytearray | None:
     if not (line.startswith(b"$") and line[1:].isdigit()):
         raise redis.InvalidResponse(f"not a bulk reply: {line[:32]!r}")
     n = int(line[1:])
-    out = bytearray(n + 2)  # with the closing CRLF
     got = len(rest)
     if got > n + 2:
         raise redis.InvalidResponse("more data than the reply announced")
+    # not zero-filled (a bytearray would be): the socket writes every byte, the CRLF included
+    out = memoryview(np.empty(n + 2, np.uint8))
     out[:got] = rest
-    view = memoryview(out)
     # a TLS socket takes no flags; on a plain one, MSG_WAITALL saves calls when it blocks
     flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
     while got < n + 2:
-        k = sock.recv_into(view[got:], n + 2 - got, flags)
+        k = sock.recv_into(out[got:], n + 2 - got, flags)
         if k == 0:
             raise redis.ConnectionError("Redis closed the connection during a reply")
         got += k
-    view.release()
     if out[n:] != b"\r\n":
         raise redis.InvalidResponse("bulk reply does not end with CRLF")
-    del out[n:]
-    return out
+    return out[:n]
 
 
 def as_int(value: Any, default: int = 0) -> int:

@@ -173,3 +173,17 @@ def test_parts_are_the_blob_in_pieces_without_copies() -> None:
     assert b"".join(parts) == encode_weights(state, 5, {"env_steps": 1})
     w = state["mlp.1.weight"].numpy()
     assert any(np.shares_memory(np.asarray(p), w) for p in parts)  # the tensor's own memory
+
+
+def test_a_received_buffer_decodes_in_place_and_odd_views_are_rejected() -> None:
+    state = make_state()
+    raw = encode_weights(state, 6)
+    buf = np.frombuffer(raw, np.uint8).copy()  # what the client's socket read fills
+    arrays, meta = decode_weights(memoryview(buf), shapes(state), MAX_BYTES)
+    assert meta["model_id"] == 6
+    assert np.shares_memory(arrays["mlp.1.weight"], buf)
+    assert np.array_equal(arrays["mlp.1.weight"], state["mlp.1.weight"].numpy())
+    wide = memoryview(buf[: len(buf) // 8 * 8].view(np.uint64))
+    assert reason_of(lambda: decode_weights(wide, shapes(state), MAX_BYTES)) == "bad_structure"
+    strided = memoryview(buf[::2])
+    assert reason_of(lambda: decode_weights(strided, shapes(state), MAX_BYTES)) == "bad_structure"
