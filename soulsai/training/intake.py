@@ -138,14 +138,24 @@ class Intake:
         rows = decode_experience_rows(raws, self.spec)
         for e in rows.errors:
             self._reject(e.reason, str(e))
-        keep = [self._fresh(mid, newest, msgs, n) for mid, msgs, n in rows.segments]
+        mids, counts = rows.model_ids, rows.counts
+        self.env_steps += int(counts.sum())
+        future = mids > newest
+        stale = ~future & (newest - mids > self.max_delay)
+        if future.any():
+            mid = int(mids[future][0])
+            self._reject("future_model", f"model id {mid} > newest {newest}", int(future.sum()))
+        if stale.any():
+            mid, n = int(mids[stale][0]), int(counts[stale].sum())
+            self._reject("stale_model", f"model id {mid} lags newest {newest}", n)
+        fresh = ~(future | stale)
         fields = rows.fields
-        if not all(keep):
-            mask = np.repeat(keep, [n for _, _, n in rows.segments])
-            fields = {name: value[mask] for name, value in fields.items()}
-        if any(keep):
+        if not fresh.all():
+            keep = np.repeat(fresh, counts)
+            fields = {name: value[keep] for name, value in fields.items()}
+        if fresh.any():
             self.accept_rows(fields)
-        return sum(msgs for (_, msgs, _), ok in zip(rows.segments, keep, strict=True) if ok)
+        return int(fresh.sum())
 
     def _fresh(self, model_id: int, newest: int, messages: int, n: int) -> bool:
         """Count `n` env steps; False (and counted as rejected) when the model id is too new or

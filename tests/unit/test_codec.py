@@ -906,14 +906,11 @@ def _check_rows_like_one_by_one(raws: list[Any]) -> None:
     out = decode_experience_rows(raws, SPEC)
     want_rows, want_reasons, want_models = _one_by_one(raws)
     assert sorted(e.reason for e in out.errors) == want_reasons
+    assert out.model_ids.dtype == out.counts.dtype == np.int64
+    assert sorted(zip(out.model_ids.tolist(), out.counts.tolist(), strict=True)) == want_models
     per_model: dict[int, int] = {}
-    for model_id, _, n in out.segments:
-        per_model[model_id] = per_model.get(model_id, 0) + n
-    want_per_model: dict[int, int] = {}
     for model_id, n in want_models:
-        want_per_model[model_id] = want_per_model.get(model_id, 0) + n
-    assert per_model == want_per_model
-    assert sum(msgs for _, msgs, _ in out.segments) == len(want_models)
+        per_model[model_id] = per_model.get(model_id, 0) + n
     for name, fs in SPEC.fields.items():
         assert out.fields[name].dtype == fs.dtype
         assert out.fields[name].shape == (sum(per_model.values()), *fs.shape)
@@ -960,7 +957,8 @@ def test_rows_decode_isolates_bad_values_within_one_layout() -> None:
     raws += good[2:]
     out = decode_experience_rows(raws, SPEC)
     assert sorted(e.reason for e in out.errors) == ["non_finite", "out_of_range"]
-    assert out.segments == [(2, 4, 12)]
+    assert out.model_ids.tolist() == [2] * 4 and out.counts.tolist() == [3] * 4
     _check_rows_like_one_by_one(raws)
     empty = decode_experience_rows([], SPEC)
-    assert empty.segments == [] and empty.fields["obs"].shape == (0, 4)
+    assert len(empty.model_ids) == len(empty.counts) == 0
+    assert empty.fields["obs"].shape == (0, 4) and empty.fields["obs"].dtype == np.float32
