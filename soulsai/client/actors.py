@@ -305,8 +305,8 @@ class PPOActor:
             rows.obs[1],
             rows.final_obs[0],
         )
-        rows.t = 1
-        rows.keep_last(0)  # the next observation moves to row 0, row 0's end flags are cleared
+        rows.obs[0] = rows.obs[1]  # the next step acts on it
+        rows.terminated[0] = rows.truncated[0] = False  # as StepRows promises for rows from t on
         return out
 
     def record(

@@ -72,3 +72,67 @@ def test_episode_encoder_writes_what_encode_episode_writes() -> None:
         encode_episode(EpisodeRecord("host-1-abc", 7, 12.5, 13, info, ours.time, 4))
     )
     assert ours == theirs
+
+
+class _RandomPPOPolicy:
+    """Random CartPole actions; V(s) = s[0]."""
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        return obs[:, 0].astype(np.float32)
+
+    def act(self, obs, rng):
+        actions = rng.integers(0, 2, len(obs))
+        return actions, np.zeros(len(obs), np.float32), self.value(obs)
+
+
+def test_ppo_actor_through_the_vector_env_rows() -> None:
+    """The PPO actor fed by the env's rows: end flags only where episodes ended (none left
+    over from an earlier step), each row's observation the one acted on, next_value of a
+    truncation from the true final observation."""
+    from pathlib import Path
+
+    from soulsai.client.actors import PPOActor
+    from soulsai.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "config", ["algo=ppo"])
+    cfg.env.num_envs, cfg.ppo.fragment_length = 2, 50
+    cfg.env.kwargs = {"max_episode_steps": 15}  # truncations as well as terminations
+    venv = LocalVectorEnv(cfg.env)
+    spaces = (venv.single_observation_space, venv.single_action_space)
+    actor = PPOActor(cfg, *spaces, 0, np.random.default_rng(0))
+    actor.set_model(1, _RandomPPOPolicy(), {})
+    rows = actor.rows
+    venv.reset(rows, seed=0)
+    ends: list[tuple[int, int, bool, bool, float]] = []  # copy, step, term, trunc, final s[0]
+    acted: list[np.ndarray] = []
+    out = []
+    for t in range(100):
+        acted.append(rows.obs[0].copy())
+        actor.act(rows.obs[0], t)
+        for i, _, _, _ in venv.step(actor._step[0], rows):
+            ends.append(
+                (
+                    i,
+                    t,
+                    bool(rows.terminated[0, i]),
+                    bool(rows.truncated[0, i]),
+                    rows.final_obs[0, i, 0],
+                )
+            )
+        out += actor.observe()
+    assert len(out) == 2 and len(ends) > 5
+    for k, (_, f) in enumerate(out):
+        term = f["terminated"].reshape(2, 50)
+        trunc = f["truncated"].reshape(2, 50)
+        obs = f["obs"].reshape(2, 50, -1)
+        next_value = f["next_value"].reshape(2, 50)
+        expected_term = np.zeros((2, 50), bool)
+        expected_trunc = np.zeros((2, 50), bool)
+        for i, step, te, tr, final0 in ends:
+            if 50 * k <= step < 50 * (k + 1):
+                expected_term[i, step - 50 * k], expected_trunc[i, step - 50 * k] = te, tr
+                if tr and not te:
+                    assert next_value[i, step - 50 * k] == np.float32(final0)
+        np.testing.assert_array_equal(term, expected_term)
+        np.testing.assert_array_equal(trunc, expected_trunc)
+        np.testing.assert_array_equal(obs, np.stack(acted[50 * k : 50 * (k + 1)], axis=1))
