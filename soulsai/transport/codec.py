@@ -486,7 +486,11 @@ def decode_episode(raw: Any, max_bytes: int = 65536) -> EpisodeRecord:
 
 # safetensors dtype names a weights blob may hold, and how a client reads them. F16 is only a
 # wire format (training.weights_dtype): clients widen it to float32 before use.
-WEIGHT_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
+WEIGHT_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+}
 WIRE_DTYPES = ("float32", "float16")
 FLOAT16_MAX = 65504.0
 MAX_WEIGHTS_HEADER = 100 << 20
@@ -548,7 +552,7 @@ def encode_weights_parts(
         offset += a.nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-    data = [memoryview(arrays[name].reshape(-1).view(np.uint8)) for name in order]
+    data = [arrays[name].reshape(-1).view(np.uint8).data for name in order]
     return [memoryview(struct.pack("<Q", len(head)) + head), *data]
 
 
@@ -595,7 +599,8 @@ def weights_metadata(raw: bytes | bytearray | memoryview, max_bytes: int) -> dic
 
 def _tensor_entries(header: dict[str, Any], data_len: int) -> dict[str, tuple[np.dtype, tuple]]:
     """(dtype, shape) of every tensor, its bytes checked to tile the data section exactly."""
-    spans, out = [], {}
+    spans: list[tuple[int, int]] = []
+    out: dict[str, tuple[np.dtype, tuple]] = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue

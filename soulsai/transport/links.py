@@ -180,7 +180,7 @@ class TrainerLink(_Link):
         is: no copy is made of it on the way."""
         value = blob if isinstance(blob, (bytes, bytearray, memoryview)) else _Parts(blob)
         pipe = self._blob_client().pipeline(transaction=True)
-        pipe.set(self.keys.weights, value)
+        pipe.set(self.keys.weights, value)  # type: ignore[arg-type]  # _Parts: our packer
         pipe.set(self.keys.model_id, model_id)
         pipe.publish(self.keys.model_channel, str(model_id))
         pipe.execute()
@@ -335,7 +335,7 @@ def _read_bulk(sock: socket.socket) -> memoryview | None:
     if got > n + 2:
         raise redis.InvalidResponse("more data than the reply announced")
     # not zero-filled (a bytearray would be): the socket writes every byte, the CRLF included
-    out = memoryview(np.empty(n + 2, np.uint8))
+    out = np.empty(n + 2, np.uint8).data
     out[:got] = rest
     # a TLS socket takes no flags; on a plain one, MSG_WAITALL saves calls when it blocks
     flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
