@@ -183,8 +183,11 @@ def run_node_case(
     deadline = time.time() + 300
     while int(r.get(f"{prefix}:bench_ready") or 0) < clients and time.time() < deadline:
         time.sleep(0.2)  # 64 processes take a while to start on 2 cores
-    # learning on: let the learner start and the throttle settle before measuring
-    time.sleep(5.0 if learning else 2.0)
+    time.sleep(2.0)
+    if learning:  # measure in steady state: the learner has paid for the start-up burst
+        deadline = time.time() + 120
+        while int(r.hget(keys.trainer_stats, "debt") or 1 << 30) > 100 and time.time() < deadline:
+            time.sleep(0.2)
 
     def snap() -> tuple[float, int, int, int]:
         s = r.hgetall(keys.trainer_stats)
