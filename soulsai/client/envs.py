@@ -1,4 +1,5 @@
-"""Build the Gymnasium env a client samples from: imports, wrappers, copies, a real-time delay."""
+"""The Gymnasium env a client samples from (imports, wrappers, copies, a real-time delay) and
+the preallocated rows its steps are written into."""
 
 from __future__ import annotations
 
