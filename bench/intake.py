@@ -189,21 +189,22 @@ def run_node_case(
         while int(r.hget(keys.trainer_stats, "debt") or 1 << 30) > 100 and time.time() < deadline:
             time.sleep(0.2)
 
-    def snap() -> tuple[float, int, int, int]:
+    def snap() -> tuple[float, int, int, int, int]:
         s = r.hgetall(keys.trainer_stats)
         return (
             time.time(),
             int(s.get(b"accepted", 0)),
             int(s.get(b"updates", 0)),
             int(s.get(b"forgiven", 0)),
+            int(s.get(b"debt", 0)),
         )
 
-    t0, a0, u0, f0 = snap()
+    t0, a0, u0, f0, _ = snap()
     mem = 0
     while time.time() < t0 + seconds:
         time.sleep(0.5)
         mem = max(mem, int(r.info("memory")["used_memory"]))
-    t1, a1, u1, f1 = snap()
+    t1, a1, u1, f1, owed = snap()
     r.set(f"{prefix}:bench_stop", 1)
     for g in gens:
         g.join()
@@ -217,6 +218,7 @@ def run_node_case(
         "replay_ratio": (u1 - u0) * 128 / max(1, a1 - a0),
         "redis_mb": mem / 2**20,
         "forgiven": f1 - f0,
+        "owed": owed,
         "rejected": stats.get(b"rejected", b"0").decode(),
     }
 
@@ -342,7 +344,7 @@ def main() -> None:
             print(
                 f"{'clients':>7} {'learning':>8} {'accepted/s':>12} {'x ceiling':>9} "
                 f"{'x original':>10} {'updates/s':>9} {'ratio':>6} {'forgiven':>8} "
-                f"{'redis MB':>8}"
+                f"{'owed':>6} {'redis MB':>8}"
             )
             for n in args.clients:
                 for learning in cases:
@@ -355,11 +357,12 @@ def main() -> None:
                         f"{n:>7} {'on' if learning else 'paused':>8} {acc:>12,.0f} "
                         f"{acc / ceil:>9.2f} {acc / orig:>10.0f} {res['updates_per_s']:>9.0f} "
                         f"{res['replay_ratio']:>6.1f} {res['forgiven']:>8,} "
-                        f"{res['redis_mb']:>8.1f}",
+                        f"{res['owed']:>6,} {res['redis_mb']:>8.1f}",
                         flush=True,
                     )
     print("\nconfigured replay ratio 16 (dqn defaults); 'forgiven': accepted transitions in the")
-    print("window whose updates the node forgave (clients that ignore the pause)")
+    print("window whose updates the node forgave (clients that ignore the pause); 'owed': updates")
+    print("the learner still owed at the end of the window (paid while the clients stay paused)")
     print(machine_line())
 
 
