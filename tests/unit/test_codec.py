@@ -447,9 +447,9 @@ def test_weights_round_trip_with_model_id_and_metadata() -> None:
     assert set(tensors) == set(state)
     for name, t in state.items():  # numpy arrays, bit-identical to the tensors sent
         assert isinstance(tensors[name], np.ndarray)
-        assert torch.equal(torch.from_numpy(tensors[name]), t), name
+        assert torch.equal(torch.tensor(tensors[name]), t), name  # (read-only views of raw)
     other = QNetwork((4,), 2, [16, 8], normalize_obs=True)
-    other.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    other.load_state_dict({k: torch.tensor(v) for k, v in tensors.items()})
     x = torch.randn(5, 4)
     assert torch.equal(other(x), net(x))
 
