@@ -81,10 +81,16 @@ def make_actor(cfg: Config, env: VectorSpaces, index: int, rng: np.random.Genera
 class DQNActor:
     """Records actions into its rows; folds once FOLD_AT_LEAST transitions are due (a fold
     costs about the same for 64 rows as for 1024) and sends them in messages of about
-    `client.batch_size`. Epsilon follows the schedule in steps of EPSILON_EVERY env steps."""
+    `client.batch_size`. Epsilon follows the schedule in steps of EPSILON_EVERY env steps.
+
+    The clock (for `client.flush_interval`) is read every `check_every` rows: about
+    CLOCK_CHECKS times per interval at the step rate of the last block, every row where steps
+    are slow (a few hundred per second or fewer), where it matters.
+    """
 
     EPSILON_EVERY = 64
     FOLD_AT_LEAST = 1024
+    CLOCK_CHECKS = 64
     share_sent = False  # asynchronous: no iterations to wait for
 
     def share_waited(self) -> None:
@@ -114,7 +120,11 @@ class DQNActor:
         self.action_rows = self.rows.action_rows
         self._argmax_into_rows = self.rows.action.dtype == np.intp  # argmax writes intp only
         self.start = np.zeros(n_envs, dtype=np.int64)  # per copy: first row not folded yet
-        self.deadline = time.monotonic() + cfg.client.flush_interval
+        self.flushed = time.monotonic()  # when, and at which row, the last flush was
+        self.flushed_row = 0
+        self.deadline = self.flushed + cfg.client.flush_interval
+        self.check_every = 1  # rows between two looks at the clock
+        self.check_at = 1  # the row count at which observe() looks next
         self.model_id = -1
         self.policy: NumpyQPolicy | None = None
         self.meta: dict[str, Any] = {}
@@ -152,7 +162,10 @@ class DQNActor:
     def observe(self) -> list[Message]:
         rows = self.rows
         rows.t += 1
+        if rows.t < self.check_at:
+            return NO_MESSAGES
         if rows.t < rows.capacity and time.monotonic() < self.deadline:
+            self.check_at = min(rows.t + self.check_every, rows.capacity)
             return NO_MESSAGES
         return self._flush()
 
@@ -160,6 +173,7 @@ class DQNActor:
         out = self._flush()
         self.rows.clear()
         self.start[:] = 0
+        self._rearm()
         return out
 
     def finish(self) -> list[Message]:
@@ -167,9 +181,13 @@ class DQNActor:
 
     def _flush(self) -> list[Message]:
         """Fold all rows; send the complete transitions, keep the last n-1 rows for the rest."""
-        self.deadline = time.monotonic() + self.cfg.client.flush_interval
         rows, T = self.rows, self.rows.t
+        now, interval = time.monotonic(), self.cfg.client.flush_interval
+        rows_per_s = (T - self.flushed_row) / max(now - self.flushed, 1e-6)
+        self.check_every = max(1, int(rows_per_s * interval / self.CLOCK_CHECKS))
+        self.flushed, self.deadline = now, now + interval
         if T == 0:
+            self._rearm()
             return NO_MESSAGES
         f = fold_nstep(
             rows.reward[:T],
@@ -195,7 +213,13 @@ class DQNActor:
             }
             out = self._messages(fields, len(t))
         self.start = f.next_start - rows.keep_last(self.n_step - 1)
+        self._rearm()
         return out
+
+    def _rearm(self) -> None:
+        """Count rows from here: the next look at the clock is check_every rows on."""
+        self.flushed_row = self.rows.t
+        self.check_at = min(self.rows.t + self.check_every, self.rows.capacity)
 
     def _messages(self, fields: dict[str, np.ndarray], n: int) -> list[Message]:
         """Cut n transitions into messages of batch_size to 2 * batch_size - 1 (fewer if

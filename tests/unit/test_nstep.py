@@ -301,3 +301,28 @@ def test_dqn_actor_messages_are_about_batch_size() -> None:
         actor.act(rows.obs[rows.t], 0)
         sizes += [len(f["reward"]) for _, f in actor.observe()]
     assert sizes and all(10 <= s < 20 for s in sizes)
+
+
+@pytest.mark.parametrize("step_s", [0.05, 0.001, 0.0002])
+def test_dqn_actor_flushes_on_time_at_any_step_rate(monkeypatch, step_s) -> None:
+    """A partial block leaves after client.flush_interval (0.5 s here), however fast the env
+    steps: the clock is read less often at high rates, never too rarely to keep time."""
+    from types import SimpleNamespace
+
+    import soulsai.client.actors as actors
+
+    clock = [1000.0]
+    monkeypatch.setattr(actors, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    actor = _dqn_actor(1, 3, 0.9, 4096)  # a batch too large to fill: only time flushes
+    actor.cfg.client.flush_interval = 0.5
+    actor.set_model(0, _Policy(), {})  # the deadline counts from here, with the new interval
+    rows = actor.rows
+    sent_at = []
+    for _ in range(int(3.0 / step_s)):
+        clock[0] += step_s
+        actor.act(rows.obs[rows.t], 0)
+        if actor.observe():
+            sent_at.append(clock[0])
+    gaps = np.diff([1000.0, *sent_at])
+    assert len(sent_at) >= 5
+    assert all(0.5 <= g <= 0.5 + max(step_s, 0.5 / actor.CLOCK_CHECKS) * 1.5 for g in gaps), gaps
