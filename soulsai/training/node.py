@@ -301,7 +301,7 @@ class DQNTrainingNode:
             "throttled": int(self.throttled),
             "pauses": self.throttle_count,
             "forgiven": int(self.forgiven),
-            "debt": int(self._debt()),
+            "debt": int(self._debt()) if self._learning() else 0,
             "rejected": sum(self.intake.rejected.values()),
             "rejected_by_reason": json.dumps(dict(self.intake.rejected)),
             "loss": round(self.last_info.get("loss", float("nan")), 6),
