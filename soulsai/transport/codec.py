@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -627,10 +628,12 @@ def _tensor_entries(header: dict[str, Any], data_len: int) -> dict[str, tuple[np
 
 
 def _widen_half(a: np.ndarray) -> np.ndarray:
-    """float16 to float32 through torch, which converts with SIMD where numpy takes 5x longer.
-    The copy is there because torch wants writable memory; it is half the size of the result."""
-    import torch
-
+    """float16 to float32. Through torch where the process has it loaded already (the training
+    node, evaluation), which converts with SIMD where numpy takes 5x longer (the copy: torch
+    wants writable memory); clients never import torch for it and use numpy."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return a.astype(np.float32)
     return torch.from_numpy(a.copy()).float().numpy()
 
 

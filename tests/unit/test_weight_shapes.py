@@ -60,3 +60,31 @@ def test_weight_specs_import_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_clients_widen_half_weights_without_torch(tmp_path) -> None:
+    """float16 weights decode to the same float32 values in a process without torch."""
+    import torch
+
+    from soulsai.transport.codec import decode_weights, encode_weights
+
+    w = torch.linspace(-3, 3, 64 * 8).reshape(64, 8)
+    blob = encode_weights({"w": w, "b": torch.ones(8)}, 3, wire_dtype="float16")
+    (tmp_path / "blob").write_bytes(blob)
+    code = (
+        "import sys, numpy as np\n"
+        "from soulsai.transport.codec import decode_weights\n"
+        f"raw = open({str(tmp_path / 'blob')!r}, 'rb').read()\n"
+        "arrays, meta = decode_weights(raw, {'w': (64, 8), 'b': (8,)}, 1 << 20)\n"
+        "assert arrays['w'].dtype == np.float32, arrays['w'].dtype\n"
+        "np.save(sys.argv[1], arrays['w'])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "w.npy")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+    here, _ = decode_weights(blob, {"w": (64, 8), "b": (8,)}, 1 << 20)  # the torch path
+    np.testing.assert_array_equal(np.load(tmp_path / "w.npy"), here["w"])
+    np.testing.assert_allclose(here["w"], w.numpy(), atol=2e-3)
