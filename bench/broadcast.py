@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import redis
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the soulsai CLI sets it for clients
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine_line  # noqa: E402
