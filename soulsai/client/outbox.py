@@ -3,7 +3,9 @@
 The env loop only appends; the sender wakes every `interval` seconds and ships everything
 queued in one pipeline per round trip. It is not woken per message: on a client with one core
 every wake-up takes the CPU (and the GIL) from the env loop, and a round trip costs far more
-than the messages in it. When Redis is away the sender keeps what it holds and retries with
+than the messages in it. `eager` outboxes (PPO's: each message is a whole rollout fragment,
+and the training node's iteration waits for the last one) wake the sender per message
+instead. When Redis is away the sender keeps what it holds and retries with
 backoff; only when the queue is full is the oldest experience dropped (and counted). Episode
 records are kept.
 """
@@ -28,6 +30,7 @@ class Outbox:
         stream_maxlen: int,
         max_queue: int,
         interval: float = 0.05,
+        eager: bool = False,
     ) -> None:
         self.link = link
         self.max_queue = max_queue
@@ -37,8 +40,9 @@ class Outbox:
         self._samples: deque[bytes] = deque()
         self._episodes: deque[bytes] = deque()
         self.interval = interval
+        self.eager = eager
         self._lock = threading.Lock()
-        self._wake = threading.Event()  # set to stop waiting: closing
+        self._wake = threading.Event()  # set to stop waiting: closing, or an eager put
         self._closing = False
         self.sent_samples = 0
         self.sent_episodes = 0
@@ -53,6 +57,8 @@ class Outbox:
             while len(self._samples) > self.max_messages:
                 self._samples.popleft()
                 self.dropped += 1
+        if self.eager:
+            self._wake.set()
 
     def put_episode(self, blob: bytes) -> None:
         with self._lock:
@@ -66,6 +72,8 @@ class Outbox:
         backoff = 0.05
         while True:
             self._wake.wait(self.interval)
+            if not self._closing:
+                self._wake.clear()  # before taking the queue: a later put wakes the next round
             with self._lock:
                 if not self._samples and not self._episodes:
                     if self._closing:

@@ -105,6 +105,7 @@ class Sampler:
             MAX_OUTBOX_MESSAGES,
             self.cfg.telemetry.stream_maxlen,
             self.cfg.training.max_queue,
+            eager=self.cfg.algo == "ppo",
         )
         self.steps = 0
         self.episodes = 0

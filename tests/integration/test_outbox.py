@@ -1,0 +1,43 @@
+"""The client's outbox against a real Redis: batched rounds, eager wake-ups, nothing lost."""
+
+from __future__ import annotations
+
+import time
+
+from soulsai.client.outbox import Outbox
+from soulsai.transport import ClientLink, open_link
+from tests.conftest import wait_until
+
+
+def _arrival(rclient, keys, outbox: Outbox, n: int) -> float:
+    """Seconds from putting `n` more messages to all of them being in Redis's queue."""
+    before = rclient.llen(keys.samples)
+    t0 = time.monotonic()
+    for i in range(n):
+        outbox.put_samples(b"m%d" % (before + i))
+    wait_until(lambda: rclient.llen(keys.samples) >= before + n, 10.0, "messages in Redis")
+    return time.monotonic() - t0
+
+
+def test_eager_outbox_sends_at_once_batched_one_waits_for_its_round(
+    redis_server, rclient, keys, prefix
+) -> None:
+    link = open_link(ClientLink, redis_server.target, prefix)
+    batched = Outbox(link, 100, 1000, 1000, interval=1.5)
+    try:
+        time.sleep(0.1)  # the sender is waiting out its interval now
+        assert _arrival(rclient, keys, batched, 3) > 0.3
+    finally:
+        batched.close()
+    rclient.delete(keys.samples)
+    eager = Outbox(link, 100, 1000, 1000, interval=1.5, eager=True)
+    try:
+        time.sleep(0.1)
+        assert _arrival(rclient, keys, eager, 3) < 0.3  # PPO: the iteration waits for these
+        assert _arrival(rclient, keys, eager, 6) < 0.3  # ... every time, not only the first
+    finally:
+        eager.close()
+    assert eager.sent_samples == 9 and eager.dropped == 0
+    # LPUSH: newest first; every message arrived once, in order
+    assert rclient.lrange(keys.samples, 0, -1)[::-1] == [b"m%d" % i for i in range(9)]
+    link.close()
