@@ -121,7 +121,7 @@ class DQNTrainingNode:
         self._throttle_lock = threading.Lock()
         self._throttle_renew = 0.0
         self._paused_at = 0.0
-        self.forgiven = 0.0  # accepted transitions whose updates were forgiven (see _owed_updates)
+        self.forgiven = 0.0  # accepted transitions whose updates were forgiven (_ignored_pause)
         self.throttle_count = 0
         self.episodes_at_start = 0  # the telemetry node's count may lag after a resume
         self.saves = Saves(cfg, run_dir, self)
