@@ -169,7 +169,7 @@ class TelemetryNode:
             self.http.port,
         )
 
-    def poll(self, block_ms: int = 500) -> int:
+    def poll(self, block_ms: int = 200) -> int:
         """Read and process the next records; returns how many stream entries were handled.
         All Redis reads come first, so an error cannot leave a batch half-processed."""
         entries = self.cursor.read(READ_BATCH, block_ms)
