@@ -171,8 +171,9 @@ def test_kill_9_and_restart_mid_stream_loses_and_duplicates_nothing(
     finally:
         kills_done.set()
         pusher.join()
+    # Records kept coming through both kills: each kill waited for 30 new lines, and the pusher
+    # goes on for 30 rounds after the last (a count of rounds here only measured machine speed).
     (total,) = pushed
-    assert total >= 90 * len(clients)  # kills happened with records still coming
     wait_until(lambda: len(lines(run_dir)) >= total, 30, f"all records\n{read_log(node)}")
     wait_until(lambda: "telemetry node up" in read_log(node), 10, "the last node's start")
     node.terminate()
