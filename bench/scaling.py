@@ -32,11 +32,19 @@ def steps_per_second(algo: str, env_id: str, delay: float, clients: int, seconds
     """Env steps/s the training node receives from N clients on the delayed env."""
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
         prefix = f"sc{clients}{time.time_ns() % 10**6}"
-        sets = node_sets(server.port, prefix, Path(tmp), f"algo={algo}", f"env.id={env_id}",
-                         f"env.step_delay={delay}")
+        sets = node_sets(
+            server.port,
+            prefix,
+            Path(tmp),
+            f"algo={algo}",
+            f"env.id={env_id}",
+            f"env.step_delay={delay}",
+        )
         node = soulsai_proc(["node", "training", *sets], server.password, Path(tmp) / "n.log")
-        procs = [soulsai_proc(["client", *sets], server.password, Path(tmp) / f"c{i}.log")
-                 for i in range(clients)]
+        procs = [
+            soulsai_proc(["client", *sets], server.password, Path(tmp) / f"c{i}.log")
+            for i in range(clients)
+        ]
         r = redis.Redis(host="127.0.0.1", port=server.port, password=server.password)
         keys = Keys(prefix)
 
@@ -56,28 +64,67 @@ def steps_per_second(algo: str, env_id: str, delay: float, clients: int, seconds
         return (s1 - s0) / (t1 - t0)
 
 
-def solve_ours(algo: str, env_id: str, delay: float, clients: int, target: float,
-               max_seconds: float) -> dict:
+def solve_ours(
+    algo: str, env_id: str, delay: float, clients: int, target: float, max_seconds: float
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        cmd = [sys.executable, "-m", "soulsai", "train", "--algo", algo, "--env", env_id,
-               "--clients", str(clients), "--target-return", str(target), "--max-steps", "0",
-               "--save-dir", tmp, "--no-progress", "--redis", "embedded",
-               "--set", f"env.step_delay={delay}", "--set", "training.metrics_port=0",
-               "--set", "telemetry.http_port=0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "soulsai",
+            "train",
+            "--algo",
+            algo,
+            "--env",
+            env_id,
+            "--clients",
+            str(clients),
+            "--target-return",
+            str(target),
+            "--max-steps",
+            "0",
+            "--save-dir",
+            tmp,
+            "--no-progress",
+            "--redis",
+            "embedded",
+            "--set",
+            f"env.step_delay={delay}",
+            "--set",
+            "training.metrics_port=0",
+            "--set",
+            "telemetry.http_port=0",
+        ]
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(cmd, capture_output=True, timeout=max_seconds, cwd=tmp)
         wall = time.time() - t0
         found = list(Path(tmp).glob("*/summary.json"))
         s = json.loads(found[0].read_text()) if found else {}
-    return {"solved": bool(s.get("solved")), "env_steps": s.get("env_steps"),
-            "wall_seconds": round(wall, 1)}
+    return {
+        "solved": bool(s.get("solved")),
+        "env_steps": s.get("env_steps"),
+        "wall_seconds": round(wall, 1),
+    }
 
 
-def solve_sb3(algo: str, env_id: str, delay: float, clients: int, target: float,
-              max_seconds: float) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "sb3_run.py"), "--algo", algo, "--env", env_id,
-           "--target", str(target), "--delay", str(delay), "--max-seconds", str(max_seconds)]
+def solve_sb3(
+    algo: str, env_id: str, delay: float, clients: int, target: float, max_seconds: float
+) -> dict:
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "sb3_run.py"),
+        "--algo",
+        algo,
+        "--env",
+        env_id,
+        "--target",
+        str(target),
+        "--delay",
+        str(delay),
+        "--max-seconds",
+        str(max_seconds),
+    ]
     if algo == "ppo":
         cmd += ["--n-envs", str(clients)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 120)
@@ -104,8 +151,10 @@ def main() -> None:
     for n in args.clients:
         sps = steps_per_second(args.algo, args.env, args.delay, n, args.seconds)
         one = one or sps / n
-        print(f"clients {n}: {sps:,.0f} env steps/s = {sps / (n * one):.2f} x N x one client's",
-              flush=True)
+        print(
+            f"clients {n}: {sps:,.0f} env steps/s = {sps / (n * one):.2f} x N x one client's",
+            flush=True,
+        )
     if args.solve:
         n = max(args.clients)
         ours = solve_ours(args.algo, args.env, args.delay, n, args.target, args.max_seconds)

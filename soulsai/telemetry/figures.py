@@ -38,6 +38,7 @@ def draw(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
     for ax, (name, raw, avg) in zip(axes[:, 0], panels, strict=True):
         if raw is not None:

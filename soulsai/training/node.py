@@ -22,7 +22,8 @@ import torch
 from soulsai.client.envs import env_spaces
 from soulsai.config import Config
 from soulsai.metrics import NodeMetrics
-from soulsai.training.algorithms.dqn import DQNLearner, epsilon
+from soulsai.training.algorithms.dqn import DQNLearner
+from soulsai.training.algorithms.schedules import epsilon
 from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.common import (
     STATS_INTERVAL,

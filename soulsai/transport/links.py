@@ -107,8 +107,9 @@ class ClientLink(_Link):
     def heartbeat(self, client_id: str, info: dict, ttl: float) -> None:
         self.r.set(self.keys.heartbeat(client_id), json.dumps(info), px=int(ttl * 1000))
 
-    def push(self, samples: list[bytes], episodes: list[bytes], stream_maxlen: int,
-             max_queue: int) -> int:
+    def push(
+        self, samples: list[bytes], episodes: list[bytes], stream_maxlen: int, max_queue: int
+    ) -> int:
         """One round trip for a whole outbox; raises TRANSIENT errors for the caller to retry.
 
         The experience list is trimmed to its newest `max_queue` messages in the same round

@@ -19,7 +19,6 @@ from torch import nn
 
 from soulsai.config.schema import DQNConfig
 from soulsai.nets import QNetwork, adam, cpu_state
-from soulsai.training.algorithms.schedules import epsilon  # noqa: F401 (part of this module's API)
 from soulsai.training.replay import ReplayBatch
 
 ADAM_EPS = 1.5e-4
