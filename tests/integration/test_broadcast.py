@@ -37,10 +37,10 @@ def links(redis_server: EmbeddedRedis, prefix: str):
     client.close()
 
 
-@pytest.mark.parametrize("wire", ["float32", "float16"])
-def test_client_swaps_in_each_published_model_and_rejects_a_bad_one(links, wire: str) -> None:
-    trainer, client = links
-    torch.manual_seed(0)
+def _q_net_and_control(
+    client: ClientLink, poll_interval: float
+) -> tuple[QNetwork, Control, threading.Event]:
+    """A small Q-network and a client's control thread (not started) expecting its weights."""
     net = QNetwork((4,), 3, [64, 64], normalize_obs=True)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     stop = threading.Event()
@@ -51,11 +51,19 @@ def test_client_swaps_in_each_published_model_and_rejects_a_bad_one(links, wire:
         lambda s: NumpyQPolicy(s, True),
         heartbeat_interval=1.0,
         heartbeat_timeout=5.0,
-        poll_interval=1.0,
+        poll_interval=poll_interval,
         max_bytes=1 << 24,
         status=dict,
         stop=stop,
     )
+    return net, control, stop
+
+
+@pytest.mark.parametrize("wire", ["float32", "float16"])
+def test_client_swaps_in_each_published_model_and_rejects_a_bad_one(links, wire: str) -> None:
+    trainer, client = links
+    torch.manual_seed(0)
+    net, control, stop = _q_net_and_control(client, poll_interval=1.0)
     trainer.publish_weights(encode_weights(net.state_dict(), 0, wire_dtype=wire), 0)
     assert control.load_current() and control.model_id == 0
     control.start()
@@ -91,21 +99,7 @@ def test_a_burst_of_notices_costs_one_decode(links, monkeypatch, redis_server) -
     import soulsai.client.control as control_mod
 
     trainer, client = links
-    net = QNetwork((4,), 3, [64, 64], normalize_obs=True)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    stop = threading.Event()
-    control = Control(
-        client,
-        "c0",
-        expected,
-        lambda s: NumpyQPolicy(s, True),
-        heartbeat_interval=1.0,
-        heartbeat_timeout=5.0,
-        poll_interval=5.0,
-        max_bytes=1 << 24,
-        status=dict,
-        stop=stop,
-    )
+    net, control, stop = _q_net_and_control(client, poll_interval=5.0)
     trainer.publish_weights(encode_weights(net.state_dict(), 0), 0)
     assert control.load_current()
     fetches, decodes, release = [], [], threading.Event()
