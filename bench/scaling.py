@@ -21,9 +21,9 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import contextlib
 
 from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # noqa: E402
+from bench.solve import run_ours  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
 
@@ -67,45 +67,8 @@ def steps_per_second(algo: str, env_id: str, delay: float, clients: int, seconds
 def solve_ours(
     algo: str, env_id: str, delay: float, clients: int, target: float, max_seconds: float
 ) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.time()
-        cmd = [
-            sys.executable,
-            "-m",
-            "soulsai",
-            "train",
-            "--algo",
-            algo,
-            "--env",
-            env_id,
-            "--clients",
-            str(clients),
-            "--target-return",
-            str(target),
-            "--max-steps",
-            "0",
-            "--save-dir",
-            tmp,
-            "--no-progress",
-            "--redis",
-            "embedded",
-            "--set",
-            f"env.step_delay={delay}",
-            "--set",
-            "training.metrics_port=0",
-            "--set",
-            "telemetry.http_port=0",
-        ]
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(cmd, capture_output=True, timeout=max_seconds, cwd=tmp)
-        wall = time.time() - t0
-        found = list(Path(tmp).glob("*/summary.json"))
-        s = json.loads(found[0].read_text()) if found else {}
-    return {
-        "solved": bool(s.get("solved")),
-        "env_steps": s.get("env_steps"),
-        "wall_seconds": round(wall, 1),
-    }
+    extra = ["--set", f"env.step_delay={delay}"]
+    return run_ours(algo, env_id, 0, 0, max_seconds, extra, clients=clients, target=target)
 
 
 def solve_sb3(

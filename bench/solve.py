@@ -47,9 +47,18 @@ CASES = ["dqn:CartPole-v1", "ppo:CartPole-v1", "dqn:LunarLander-v3", "ppo:LunarL
 
 
 def run_ours(
-    algo: str, env: str, seed: int, max_steps: int, max_seconds: float, extra: list[str]
+    algo: str,
+    env: str,
+    seed: int,
+    max_steps: int,
+    max_seconds: float,
+    extra: list[str],
+    clients: int = 2,
+    target: float | None = None,
 ) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
+    """Whole-process `soulsai train` until solved (target: TARGETS[env] unless given)."""
+    # A child cut off by the timeout may still be writing into tmp while it is removed.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         t0 = time.time()
         cmd = [
             sys.executable,
@@ -63,9 +72,9 @@ def run_ours(
             "--seed",
             str(seed),
             "--clients",
-            "2",
+            str(clients),
             "--target-return",
-            str(TARGETS[env]),
+            str(TARGETS[env] if target is None else target),
             "--max-steps",
             str(max_steps),
             "--save-dir",
