@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
+from soulsai.transport.codec import encode_experience
 from soulsai.transport.connection import PASSWORD_ENV
 from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.keys import Keys
@@ -117,3 +119,17 @@ def wait_until(fn: Callable[[], object], timeout: float, what: str) -> object:
 
 def read_log(p: subprocess.Popen) -> str:
     return Path(p.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+def cartpole_envelope(model_id: int, n: int = 32, seed: int = 0) -> bytes:
+    """A valid DQN experience message of `n` CartPole-shaped 3-step transitions."""
+    rng = np.random.default_rng(seed)
+    fields = {
+        "obs": rng.normal(size=(n, 4)).astype(np.float32),
+        "action": rng.integers(0, 2, n).astype(np.int64),
+        "reward": np.ones(n, np.float32),
+        "next_obs": rng.normal(size=(n, 4)).astype(np.float32),
+        "terminated": (rng.random(n) < 0.1).astype(np.uint8),
+        "steps": np.full(n, 3, np.uint8),
+    }
+    return encode_experience("tester", model_id, fields)

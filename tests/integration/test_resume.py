@@ -29,26 +29,12 @@ from soulsai.config import load_config
 from soulsai.training.node import DQNTrainingNode
 from soulsai.training.saves import Saves
 from soulsai.transport import RedisTarget
-from soulsai.transport.codec import encode_experience
-from tests.conftest import read_log, wait_until
+from tests.conftest import cartpole_envelope, read_log, wait_until
 from tests.unit.test_saves import FakeNode
 
 pytestmark = pytest.mark.integration
 
 PORTS_OFF = ["--set", "training.metrics_port=0", "--set", "telemetry.http_port=0"]
-
-
-def envelope(model_id: int, n: int = 32, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    fields = {
-        "obs": rng.normal(size=(n, 4)).astype(np.float32),
-        "action": rng.integers(0, 2, n).astype(np.int64),
-        "reward": np.ones(n, np.float32),
-        "next_obs": rng.normal(size=(n, 4)).astype(np.float32),
-        "terminated": (rng.random(n) < 0.1).astype(np.uint8),
-        "steps": np.full(n, 3, np.uint8),
-    }
-    return encode_experience("tester", model_id, fields)
 
 
 def soulsai(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
@@ -122,7 +108,7 @@ def test_restored_training_node_is_the_same_node(redis_server, prefix, config_di
     run = tmp_path / "run"
     node = DQNTrainingNode(cfg, target, run, threading.Event())
     for i in range(5):
-        assert node.intake.handle(envelope(node.model_id, seed=i))
+        assert node.intake.handle(cartpole_envelope(node.model_id, seed=i))
         node.model_id += 1
     node._merge_normalizer()
     for _ in range(12):
@@ -277,7 +263,7 @@ def test_quicksave_save_best_and_resume_against_a_server(
     wait_until(lambda: rclient.get(keys.model_id) is not None, 60, "first weights")
     for i in range(6):
         mid = int(rclient.get(keys.model_id))
-        rclient.lpush(keys.samples, envelope(mid, seed=i))
+        rclient.lpush(keys.samples, cartpole_envelope(mid, seed=i))
         wait_until(lambda m=mid: int(rclient.get(keys.model_id)) > m, 20, "the next model")
     run = Path(rclient.hget(keys.run, "run_dir").decode())
 

@@ -7,38 +7,24 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 
 from soulsai.config import load_config
 from soulsai.training import node as node_module
 from soulsai.training.node import DQNTrainingNode
 from soulsai.transport import RedisTarget
-from soulsai.transport.codec import encode_experience
 from soulsai.transport.keys import Keys
+from tests.conftest import cartpole_envelope
 
 pytestmark = pytest.mark.integration
 
 
-def envelope(model_id: int, n: int = 64) -> bytes:
-    rng = np.random.default_rng(n)
-    return encode_experience(
-        "tester",
-        model_id,
-        {
-            "obs": rng.normal(size=(n, 4)).astype(np.float32),
-            "action": rng.integers(0, 2, n).astype(np.int64),
-            "reward": np.ones(n, np.float32),
-            "next_obs": rng.normal(size=(n, 4)).astype(np.float32),
-            "terminated": np.zeros(n, np.uint8),
-            "steps": np.full(n, 3, np.uint8),
-        },
-    )
+MSG = cartpole_envelope(0, 64)  # 64 transitions of model 0
 
 
 def start(node: DQNTrainingNode) -> None:
     """One message before learning starts: the learner loop owes nothing for it."""
-    assert node.intake.handle(envelope(0))
+    assert node.intake.handle(MSG)
     assert node._owed_updates() == 0
 
 
@@ -68,24 +54,24 @@ def test_intake_pauses_at_once_and_honest_late_samples_are_owed(node, rclient, p
     throttle = Keys(prefix).throttle
     start(node)
     assert not node.throttled and not rclient.exists(throttle)
-    node.intake.handle_many([envelope(0)] * 5)  # 320 transitions: 40 updates owed
+    node.intake.handle_many([MSG] * 5)  # 320 transitions: 40 updates owed
     assert node.throttled and rclient.exists(throttle)  # set by the intake, not the learner
     node._paused_at -= 10 * node_module.PAUSE_GRACE  # a backlog that drains slowly
-    node.intake.handle_many([envelope(0)] * 20)  # sent before the clients saw the pause
+    node.intake.handle_many([MSG] * 20)  # sent before the clients saw the pause
     assert node._owed_updates() == 200 and node.forgiven == 0
 
 
 def test_samples_long_after_the_pause_are_forgiven(node, rclient, prefix, monkeypatch):
     start(node)
-    node.intake.handle_many([envelope(0)] * 5)
+    node.intake.handle_many([MSG] * 5)
     assert node.throttled
-    node.intake.handle_many([envelope(0)])  # still owed: the queue has not been empty since
+    node.intake.handle_many([MSG])  # still owed: the queue has not been empty since
     node.intake.drained_at = node._paused_at + node_module.PAUSE_GRACE + 0.1
-    node.intake.handle_many([envelope(0)] * 3)  # pushed after the queue was empty, late
+    node.intake.handle_many([MSG] * 3)  # pushed after the queue was empty, late
     assert node.forgiven == 192 and node._owed_updates() == 48
     monkeypatch.setattr(node_module, "PAUSE_FLOOD", -1.0)  # a queue that never empties
     node.intake.drained_at = 0.0
-    node.intake.handle_many([envelope(0)])
+    node.intake.handle_many([MSG])
     assert node.forgiven == 256 and node._owed_updates() == 48
     assert node.accepted == 11 * 64  # forgiven samples are still in the buffer
     assert len(node.buffer) == 11 * 64
@@ -94,7 +80,7 @@ def test_samples_long_after_the_pause_are_forgiven(node, rclient, prefix, monkey
 def test_clients_resume_at_half_the_debt(node, rclient, prefix):
     throttle = Keys(prefix).throttle
     start(node)
-    node.intake.handle_many([envelope(0)] * 5)
+    node.intake.handle_many([MSG] * 5)
     assert rclient.exists(throttle)
     for _ in range(19):
         node.learner.update(node.buffer.sample(64))
