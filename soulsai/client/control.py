@@ -78,7 +78,7 @@ class Control:
             self.rejected_weights += 1
             log.warning("rejected weights from the server: %s", e)
             return False
-        mid = int(meta["model_id"])
+        mid = meta["model_id"]  # an int: the codec checked it
         self.latest = (mid, self.make_policy(tensors), meta)
         self.model_id = mid
         self.meta = meta

@@ -67,7 +67,7 @@ class StepRows:
     `reward[t]`, `terminated[t]`, `truncated[t]` what followed, and `obs[t + 1]` the next
     observation. A copy that ended its episode at step t has the new episode's first
     observation in `obs[t + 1]` and the true final one in `final_obs[t]`. `t` is the row
-    the next step goes to; `keep_last` moves the newest rows to the front when full.
+    the next step goes to; `keep_last` moves the newest rows to the front after each flush.
 
     `terminated` and `truncated` are written only where an episode ended: every row from `t`
     on is all False (`keep_last` and `clear` see to it), so a plain step writes neither.

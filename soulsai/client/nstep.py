@@ -5,8 +5,9 @@ reward = sum_{i<k} gamma**i * r_{t+i} and next_obs = s_{t+k}; the learner bootst
 gamma**k * Q(s_{t+k}) unless `terminated` is set. Truncated episodes bootstrap from their final
 observation, so only a real termination sets `terminated`.
 
-The env loop only writes rows (see envs.StepRows); folding runs once per message over all of
-them, so no Python object is made per transition.
+The env loop only writes rows (see envs.StepRows); folding runs once per flush over all of
+them (a flush may then be cut into several messages), so no Python object is made per
+transition.
 """
 
 from __future__ import annotations

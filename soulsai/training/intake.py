@@ -127,7 +127,7 @@ class Intake:
         for exp in decode_experiences(raws, self.spec):
             if isinstance(exp, ProtocolError):
                 self._reject(exp.reason, str(exp))
-            elif self._fresh(exp.model_id, newest, 1, exp.n):
+            elif self._fresh(exp.model_id, newest, exp.n):
                 good.append(exp)
         for exp in good:
             self.accept(exp)
@@ -157,12 +157,12 @@ class Intake:
             self.accept_rows(fields)
         return int(fresh.sum())
 
-    def _fresh(self, model_id: int, newest: int, messages: int, n: int) -> bool:
+    def _fresh(self, model_id: int, newest: int, n: int) -> bool:
         """Count `n` env steps; False (and counted as rejected) when the model id is too new or
         too old."""
         self.env_steps += n
         if model_id > newest:
-            self._reject("future_model", f"model id {model_id} > newest {newest}", messages)
+            self._reject("future_model", f"model id {model_id} > newest {newest}")
         elif newest - model_id > self.max_delay:
             self._reject("stale_model", f"model id {model_id} lags newest {newest}", n)
         else:

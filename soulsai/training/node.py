@@ -102,7 +102,7 @@ class DQNTrainingNode:
         self.accepted = 0
         self.model_id = 0
         self.env_steps_offset = 0
-        self.debt_base = 0.0  # accepted transitions whose updates were forgiven
+        self.debt_base = 0.0  # accepted transitions that owe no updates (warm-up, resume, forgiven)
         self._updates_at_start = 0  # learner updates a resumed checkpoint brought along
         self._gamma_pow = (d.gamma ** np.arange(d.n_step + 1)).astype(np.float32)
         self.intake = Intake(

@@ -317,8 +317,8 @@ def decode_experience_rows(raws: list[Any], spec: ExperienceSpec) -> ExperienceR
         misses = _plan_group(group, block, spec, plans, singles, errors, misses)
     single_exps = []
     for raw in singles:
-        try:
-            single_exps.append(decode_experience(raw, spec))
+        try:  # values are checked below with everything else, once
+            single_exps.append(_decode_structure(raw, spec))
         except ProtocolError as e:
             errors.append(e)
     total = sum(len(p.model_ids) * p.n for p in plans) + sum(e.n for e in single_exps)
