@@ -132,6 +132,8 @@ class TelemetryNode:
                     got = self.poll()
                     if got:
                         last_check = time.monotonic()  # records flow: the position is fine
+                    elif self.unwritten:  # the stream went quiet: no record waits on disk
+                        self.flush()
                     if time.monotonic() - last_sample >= SAMPLE_EVERY:
                         self.sample()
                         last_sample = time.monotonic()
