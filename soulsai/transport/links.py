@@ -116,14 +116,40 @@ class ClientLink(_Link):
         trip, so a slow or stopped training node can never fill Redis's memory. Returns how
         many queued messages that trim dropped (the oldest ones).
         """
-        pipe = self.r.pipeline(transaction=False)
+        samples_key, crlf = self.keys.samples.encode(), b"\r\n"
+        parts: list[bytes] = []
         if samples:
-            pipe.lpush(self.keys.samples, *samples)
-            pipe.ltrim(self.keys.samples, 0, max_queue - 1)
-        for blob in episodes:
-            pipe.xadd(self.keys.episodes, {"m": blob}, maxlen=stream_maxlen, approximate=True)
-        out = pipe.execute()
-        return max(0, int(out[0]) - max_queue) if samples else 0
+            parts.append(_head(2 + len(samples), b"LPUSH", samples_key))
+            for blob in samples:
+                parts += (b"$%d\r\n" % len(blob), blob, crlf)
+            parts.append(_head(4, b"LTRIM", samples_key, b"0", b"%d" % (max_queue - 1)))
+        if episodes:  # XADD <stream> MAXLEN ~ <n> * m <record>
+            head = _head(
+                8, b"XADD", self.keys.episodes.encode(), b"MAXLEN", b"~", b"%d" % stream_maxlen,
+                b"*", b"m",
+            )  # fmt: skip
+            for blob in episodes:
+                parts += (head, b"$%d\r\n" % len(blob), blob, crlf)
+        replies = self._round_trip(parts, (2 if samples else 0) + len(episodes))
+        return max(0, int(replies[0]) - max_queue) if samples else 0
+
+    def _round_trip(self, parts: list[bytes], n_replies: int) -> list[Any]:
+        """Send commands packed by hand and read their replies, on one pooled connection.
+
+        redis-py's pipeline spends about 8 us of CPU per command building and parsing it; by
+        hand it is about 1.5 us. A client ending short episodes sends thousands of XADDs a
+        second from a thread that shares its core (and the GIL) with the env loop.
+        """
+        pool = self.r.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(parts)
+            return [conn.read_response() for _ in range(n_replies)]
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: the connection cannot be reused
+            raise
+        finally:
+            pool.release(conn)
 
     def throttled(self) -> bool:
         return bool(self.r.exists(self.keys.throttle))
@@ -311,6 +337,12 @@ class _PartsPacker(PythonRespSerializer):
                 data = self.encode(arg)
                 out.append(b"$%d\r\n%s\r\n" % (len(data), data))
         return out
+
+
+def _head(argc: int, *args: bytes) -> bytes:
+    """The start of a Redis command in RESP: its argument count and its first arguments; the
+    caller appends the rest (large ones as buffers of their own, never copied)."""
+    return b"*%d\r\n" % argc + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
 def _read_bulk(sock: socket.socket) -> memoryview | None:

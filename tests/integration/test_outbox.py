@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+import pytest
+import redis
+
 from soulsai.client.outbox import Outbox
 from soulsai.transport import ClientLink, open_link
 from tests.conftest import wait_until
@@ -41,3 +44,27 @@ def test_eager_outbox_sends_at_once_batched_one_waits_for_its_round(
     # LPUSH: newest first; every message arrived once, in order
     assert rclient.lrange(keys.samples, 0, -1)[::-1] == [b"m%d" % i for i in range(9)]
     link.close()
+
+
+def test_push_trims_the_queue_keeps_episodes_in_order_and_survives_an_error_reply(
+    redis_server, rclient, keys, prefix
+) -> None:
+    link = open_link(ClientLink, redis_server.target, prefix)
+    try:
+        assert link.push([b"s%d" % i for i in range(5)], [b"e0", b"e1"], 1000, 3) == 2
+        assert rclient.lrange(keys.samples, 0, -1) == [b"s4", b"s3", b"s2"]  # the oldest went
+        assert link.push([], [b"e2" * 1000], 1000, 3) == 0
+        records = [fields[b"m"] for _, fields in rclient.xrange(keys.episodes)]
+        assert records == [b"e0", b"e1", b"e2" * 1000]
+        # An error reply (the queue key holds a string) fails the push; the connection is
+        # dropped rather than left with replies unread, so the next push reads its own.
+        rclient.delete(keys.samples)
+        rclient.set(keys.samples, b"not a list")
+        with pytest.raises(redis.ResponseError):
+            link.push([b"x"], [b"e3"], 1000, 3)
+        rclient.delete(keys.samples)
+        assert link.push([b"y"], [b"e4"], 1000, 3) == 0
+        assert rclient.lrange(keys.samples, 0, -1) == [b"y"]
+        assert [f[b"m"] for _, f in rclient.xrange(keys.episodes)][-1] == b"e4"
+    finally:
+        link.close()
