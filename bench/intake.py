@@ -36,6 +36,7 @@ from bench.common import machine_line, node_sets, soulsai_proc, stop  # noqa: E4
 from soulsai.transport.codec import encode_experience  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
+from soulsai.transport.links import ClientLink  # noqa: E402
 
 SHAPES = {"CartPole-v1": (4, 2), "LunarLander-v3": (8, 4)}
 BATCH = 64  # transitions per envelope, the client default
@@ -68,18 +69,16 @@ def _envelopes(
     return out
 
 
-def push(r: redis.Redis, key: str, items: list[bytes]) -> None:
-    """LPUSH + LTRIM in one round trip, as a real client's sender does; then, while Redis holds
-    more than HIGH_WATER messages, wait with a growing sleep (1 to 50 ms) instead of pushing."""
-    pipe = r.pipeline(transaction=False)
-    pipe.lpush(key, *items)
-    pipe.ltrim(key, 0, MAX_QUEUE - 1)
-    queued = pipe.execute()[0]
+def push(link: ClientLink, items: list[bytes]) -> None:
+    """LPUSH + LTRIM in one round trip, as a real client's sender does (ClientLink.push); then,
+    while Redis holds more than HIGH_WATER messages, wait with a growing sleep (1 to 50 ms)
+    instead of pushing."""
+    queued = link.push(items, [], 0, MAX_QUEUE)
     wait = 0.001
     while queued > HIGH_WATER:
         time.sleep(wait)
         wait = min(2 * wait, 0.05)
-        queued = r.llen(key)
+        queued = link.r.llen(link.keys.samples)
 
 
 def generator(
@@ -102,6 +101,7 @@ def generator(
     stop key every 0.1 s."""
     r = redis.Redis(host="127.0.0.1", port=port, password=password)
     keys = Keys(prefix)
+    link = ClientLink(r, keys)
     client_id = f"load-{index}"
     pubsub = r.pubsub(ignore_subscribe_messages=True)
     if honor_throttle:
@@ -140,7 +140,7 @@ def generator(
         if paused or (honor_throttle and time.monotonic() < next_send):
             continue
         next_send = max(next_send, time.monotonic()) + interval  # a pause is not made up for
-        push(r, keys.samples, [envs[(sent + i) % len(envs)] for i in range(per_push)])
+        push(link, [envs[(sent + i) % len(envs)] for i in range(per_push)])
         sent += per_push
 
 
@@ -229,11 +229,12 @@ def ceiling(server: EmbeddedRedis, env_id: str, seconds: float, producers: int) 
     per_transition = (2 * obs_dim + 2) * 4 + 8 + 2
     blob = np.random.default_rng(0).bytes(per_transition * BATCH)
     r = redis.Redis(host="127.0.0.1", port=server.port, password=server.password)
-    key = f"ceiling{time.time_ns()}"
+    prefix = f"ceiling{time.time_ns()}"
+    key = Keys(prefix).samples
     until = time.time() + seconds + 30.0
     ctx = mp.get_context("spawn")
     prods = [
-        ctx.Process(target=_raw_producer, args=(server.port, server.password, key, blob, until))
+        ctx.Process(target=_raw_producer, args=(server.port, server.password, prefix, blob, until))
         for _ in range(producers)
     ]
     for prod in prods:
@@ -255,10 +256,10 @@ def ceiling(server: EmbeddedRedis, env_id: str, seconds: float, producers: int) 
     return got / dt
 
 
-def _raw_producer(port: int, password: str, key: str, blob: bytes, until: float) -> None:
-    r = redis.Redis(host="127.0.0.1", port=port, password=password)
+def _raw_producer(port: int, password: str, prefix: str, blob: bytes, until: float) -> None:
+    link = ClientLink(redis.Redis(host="127.0.0.1", port=port, password=password), Keys(prefix))
     while time.time() < until:
-        push(r, key, [blob] * PUSH)
+        push(link, [blob] * PUSH)
 
 
 def original(server: EmbeddedRedis, env_id: str, seconds: float) -> float:

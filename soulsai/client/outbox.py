@@ -83,9 +83,7 @@ class Outbox:
                 episodes = list(self._episodes)
                 dropped_before = self.dropped
             try:
-                self.trimmed += self.link.push(
-                    samples, episodes, self.stream_maxlen, self.max_queue
-                )
+                queued = self.link.push(samples, episodes, self.stream_maxlen, self.max_queue)
             except TRANSIENT as e:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 20 == 0:
@@ -100,6 +98,7 @@ class Outbox:
                     return
                 continue
             backoff = 0.05
+            self.trimmed += max(0, queued - self.max_queue)
             with self._lock:
                 # Remove what was sent; drops may have taken some of it from the left meanwhile.
                 for _ in range(max(0, len(samples) - (self.dropped - dropped_before))):

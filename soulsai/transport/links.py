@@ -114,7 +114,8 @@ class ClientLink(_Link):
 
         The experience list is trimmed to its newest `max_queue` messages in the same round
         trip, so a slow or stopped training node can never fill Redis's memory. Returns how
-        many queued messages that trim dropped (the oldest ones).
+        many messages the queue held before that trim (0 without samples): those beyond
+        `max_queue`, the oldest, were dropped.
         """
         samples_key, crlf = self.keys.samples.encode(), b"\r\n"
         parts: list[bytes] = []
@@ -131,7 +132,7 @@ class ClientLink(_Link):
             for blob in episodes:
                 parts += (head, b"$%d\r\n" % len(blob), blob, crlf)
         replies = self._round_trip(parts, (2 if samples else 0) + len(episodes))
-        return max(0, int(replies[0]) - max_queue) if samples else 0
+        return int(replies[0]) if samples else 0
 
     def _round_trip(self, parts: list[bytes], n_replies: int) -> list[Any]:
         """Send commands packed by hand and read their replies, on one pooled connection.

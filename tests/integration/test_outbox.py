@@ -51,7 +51,7 @@ def test_push_trims_the_queue_keeps_episodes_in_order_and_survives_an_error_repl
 ) -> None:
     link = open_link(ClientLink, redis_server.target, prefix)
     try:
-        assert link.push([b"s%d" % i for i in range(5)], [b"e0", b"e1"], 1000, 3) == 2
+        assert link.push([b"s%d" % i for i in range(5)], [b"e0", b"e1"], 1000, 3) == 5
         assert rclient.lrange(keys.samples, 0, -1) == [b"s4", b"s3", b"s2"]  # the oldest went
         assert link.push([], [b"e2" * 1000], 1000, 3) == 0
         records = [fields[b"m"] for _, fields in rclient.xrange(keys.episodes)]
@@ -63,8 +63,14 @@ def test_push_trims_the_queue_keeps_episodes_in_order_and_survives_an_error_repl
         with pytest.raises(redis.ResponseError):
             link.push([b"x"], [b"e3"], 1000, 3)
         rclient.delete(keys.samples)
-        assert link.push([b"y"], [b"e4"], 1000, 3) == 0
+        assert link.push([b"y"], [b"e4"], 1000, 3) == 1
         assert rclient.lrange(keys.samples, 0, -1) == [b"y"]
         assert [f[b"m"] for _, f in rclient.xrange(keys.episodes)][-1] == b"e4"
+        # The outbox counts what the trim dropped (the client reports it in its heartbeat).
+        outbox = Outbox(link, 100, 1000, 3, interval=0.05)
+        for i in range(5):
+            outbox.put_samples(b"o%d" % i)
+        outbox.close()
+        assert (outbox.sent_samples, outbox.trimmed) == (5, 3)  # 1 + 5 queued, 3 kept
     finally:
         link.close()
