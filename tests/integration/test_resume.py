@@ -101,6 +101,7 @@ def test_restored_training_node_is_the_same_node(redis_server, prefix, config_di
             "training.metrics_port=0",
             "dqn.hidden=[32, 32]",
             "dqn.buffer_size=100",  # 160 transitions in: the ring buffer has wrapped
+            "dqn.normalize_obs=true",  # its statistics are restored too
             "checkpoint.save_buffer=true",
         ],
     )

@@ -139,7 +139,7 @@ def test_state_json_is_readable(tmp_path: Path) -> None:
 
 def small_dqn_config(**overrides: Any) -> DQNConfig:
     base = yaml.safe_load(DEFAULTS.read_text(encoding="utf-8"))["dqn"]
-    return DQNConfig(**{**base, "hidden": [32, 32], **overrides})
+    return DQNConfig(**{**base, "hidden": [32, 32], "normalize_obs": True, **overrides})
 
 
 def make_batch(seed: int, n: int = 16) -> ReplayBatch:

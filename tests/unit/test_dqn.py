@@ -160,7 +160,7 @@ def test_polyak_update() -> None:
 
 
 def test_normalizer_shared_with_target() -> None:
-    learner = DQNLearner(make_cfg(hidden=[4]), (3,), 2, seed=0)
+    learner = DQNLearner(make_cfg(hidden=[4], normalize_obs=True), (3,), 2, seed=0)
     learner.update_normalizer(np.arange(12, dtype=np.float32).reshape(4, 3))
     for name in ("mean", "var", "count"):
         assert torch.equal(
@@ -186,7 +186,9 @@ def test_policy_state_is_a_detached_copy() -> None:
 
 
 def test_state_dict_round_trip() -> None:
-    cfg = make_cfg(hidden=[8], lr=0.01, target_update="hard", target_update_interval=2)
+    cfg = make_cfg(
+        hidden=[8], lr=0.01, target_update="hard", target_update_interval=2, normalize_obs=True
+    )
     learner = DQNLearner(cfg, (3,), 2, seed=0)
     learner.update_normalizer(np.random.default_rng(0).normal(size=(16, 3)))
     for i in range(3):
