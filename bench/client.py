@@ -8,7 +8,7 @@ with other work that figure moves less than steps/s, since time the core spends 
 not counted. On a busy machine, the best round of each arm (the least disturbed) is the
 fairest pair. Steps per episode are printed to show both arms step the same episodes.
 
-    python bench/client.py [--seconds 10] [--rounds 1] [--env CartPole-v1]
+    python bench/client.py [--seconds 10] [--rounds 1] [--env CartPole-v1] [--set key=value]
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ def bare_loop(env_id: str, seconds: float, state: dict, normalize: bool, eps: fl
     return Arm(steps - s0, episodes - e0, now - t0 - WARM_UP, time.process_time() - c0)
 
 
-def distributed(env_id: str, seconds: float, rounds: int) -> tuple[list[Arm], list[Arm]]:
+def distributed(
+    env_id: str, seconds: float, rounds: int, sets: list[str]
+) -> tuple[list[Arm], list[Arm]]:
     """One real client process; its heartbeat reports the steps it took. Between client
     measurements, the bare loop runs on the same core with the client's weights (the client
     is stopped meanwhile: SIGSTOP, Linux)."""
@@ -106,6 +108,7 @@ def distributed(env_id: str, seconds: float, rounds: int) -> tuple[list[Arm], li
             "dqn.learning_starts=1000000000",
             "dqn.throttle=false",
             "dqn.eps_decay_steps=1",
+            *sets,
         ]  # epsilon = eps_end from the start, in both arms
         sets = node_sets(server.port, prefix, Path(tmp), *extra)
         cfg = load_config(ROOT / "config", extra)
@@ -162,9 +165,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=1, help="client/bare pairs, median reported")
     ap.add_argument("--env", default="CartPole-v1")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="config override for both arms, e.g. --set 'dqn.hidden=[256, 256]'",
+    )
     args = ap.parse_args()
     print(machine_line())
-    ours, bare = distributed(args.env, args.seconds, args.rounds)
+    ours, bare = distributed(args.env, args.seconds, args.rounds, args.sets)
     for o, b in zip(ours, bare, strict=True):
         print(
             f"  round: bare {b.rate:,.0f}/s {b.cpu_rate:,.0f}/cpu-s | client {o.rate:,.0f}/s "
