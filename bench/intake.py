@@ -32,7 +32,8 @@ import numpy as np
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine_line, node_sets, soulsai_proc, stop  # noqa: E402
+from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # noqa: E402
+from soulsai.config import load_config  # noqa: E402
 from soulsai.transport.codec import encode_experience  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
@@ -44,6 +45,7 @@ MAX_QUEUE = 10000  # training.max_queue default: clients trim Redis's queue to t
 HIGH_WATER = 4096  # messages queued in Redis above which a load generator backs off
 PUSH = 16  # envelopes per round trip with learning paused
 CLIENT_RATE = 16000  # transitions/s of one load generator with learning on: a real client's top
+DQN = load_config(ROOT / "config", []).dqn  # the defaults the node runs with (replay ratio)
 
 
 def _envelopes(
@@ -215,7 +217,7 @@ def run_node_case(
     return {
         "accepted_per_s": accepted,
         "updates_per_s": (u1 - u0) / (t1 - t0),
-        "replay_ratio": (u1 - u0) * 128 / max(1, a1 - a0),
+        "replay_ratio": (u1 - u0) * DQN.batch_size / max(1, a1 - a0),
         "redis_mb": mem / 2**20,
         "forgiven": f1 - f0,
         "owed": owed,
@@ -361,7 +363,10 @@ def main() -> None:
                         f"{res['owed']:>6,} {res['redis_mb']:>8.1f}",
                         flush=True,
                     )
-    print("\nconfigured replay ratio 16 (dqn defaults); 'forgiven': accepted transitions in the")
+    print(
+        f"\nconfigured replay ratio {DQN.replay_ratio:g} (dqn defaults); 'forgiven': accepted"
+        " transitions in the"
+    )
     print("window whose updates the node forgave (clients that ignore the pause); 'owed': updates")
     print("the learner still owed at the end of the window (paid while the clients stay paused)")
     print(machine_line())
