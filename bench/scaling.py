@@ -29,7 +29,9 @@ from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
 
 
-def steps_per_second(algo: str, env_id: str, delay: float, clients: int, seconds: float) -> float:
+def steps_per_second(
+    algo: str, env_id: str, delay: float, clients: int, seconds: float, sets: list[str]
+) -> float:
     """Env steps/s the training node receives from N clients on the delayed env."""
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
         prefix = f"sc{clients}{time.time_ns() % 10**6}"
@@ -40,6 +42,7 @@ def steps_per_second(algo: str, env_id: str, delay: float, clients: int, seconds
             f"algo={algo}",
             f"env.id={env_id}",
             f"env.step_delay={delay}",
+            *sets,
         )
         node = soulsai_proc(["node", "training", *sets], server.password, Path(tmp) / "n.log")
         procs = [
@@ -66,9 +69,15 @@ def steps_per_second(algo: str, env_id: str, delay: float, clients: int, seconds
 
 
 def solve_ours(
-    algo: str, env_id: str, delay: float, clients: int, target: float, max_seconds: float
+    algo: str,
+    env_id: str,
+    delay: float,
+    clients: int,
+    target: float,
+    max_seconds: float,
+    sets: list[str],
 ) -> dict:
-    extra = ["--set", f"env.step_delay={delay}"]
+    extra = [x for s in [f"env.step_delay={delay}", *sets] for x in ("--set", s)]
     return run_ours(algo, env_id, 0, 0, max_seconds, extra, clients=clients, target=target)
 
 
@@ -109,12 +118,15 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=475.0)
     ap.add_argument("--max-seconds", type=float, default=1800.0)
     ap.add_argument("--ours-only", action="store_true", help="with --solve: skip the SB3 run")
+    ap.add_argument(
+        "--set", dest="sets", action="append", default=[], help="config override for ours"
+    )
     args = ap.parse_args()
     print(machine_line())
     print(f"{args.algo} {args.env}, {args.delay * 1000:.1f} ms per step")
     one = None
     for n in args.clients:
-        sps = steps_per_second(args.algo, args.env, args.delay, n, args.seconds)
+        sps = steps_per_second(args.algo, args.env, args.delay, n, args.seconds, args.sets)
         one = one or sps / n
         print(
             f"clients {n}: {sps:,.0f} env steps/s = {sps / (n * one):.2f} x N x one client's",
@@ -122,7 +134,9 @@ def main() -> None:
         )
     if args.solve:
         n = max(args.clients)
-        ours = solve_ours(args.algo, args.env, args.delay, n, args.target, args.max_seconds)
+        ours = solve_ours(
+            args.algo, args.env, args.delay, n, args.target, args.max_seconds, args.sets
+        )
         print(f"soulsai, {n} clients: {json.dumps(ours)}", flush=True)
         if args.ours_only:
             return
