@@ -151,7 +151,8 @@ def test_training_survives_client_kill_redis_restart_and_garbage(procs, tmp_path
 
         accepted_before = int(_stats(r, keys.trainer_stats).get("accepted", 0))
         port_holder.stop()
-        log.append(f"redis stopped (accepted so far {accepted_before})")
+        episodes_before = len(_returns(run_dir))
+        log.append(f"redis stopped (accepted so far {accepted_before}, {episodes_before} episodes)")
         time.sleep(2.0)
         port_holder = EmbeddedRedis(port=port, password=password).start()
         r = redis.Redis(host="127.0.0.1", port=port, password=password)
@@ -171,7 +172,10 @@ def test_training_survives_client_kill_redis_restart_and_garbage(procs, tmp_path
 
         def learned() -> bool:
             rets = _returns(run_dir)
-            return len(rets) >= 60 and float(np.mean(rets[-20:])) > max(early * 2, 100.0)
+            return (  # ... and on after the restart: the telemetry node saw it through too
+                len(rets) >= max(60, episodes_before + 20)
+                and float(np.mean(rets[-20:])) > max(early * 2, 100.0)
+            )
 
         remaining = DEADLINE - (time.monotonic() - t_start)
         wait_until(learned, max(remaining, 10), "the return to rise")
@@ -181,6 +185,11 @@ def test_training_survives_client_kill_redis_restart_and_garbage(procs, tmp_path
         trainer_stats = _stats(r, keys.trainer_stats)
         rejected = json.loads(trainer_stats.get("rejected_by_reason", "{}"))
         log.append(f"training node rejected (since its start): {rejected}")
+        wait_until(  # published with the next batch of records or the next system sample
+            lambda: _stats(r, keys.telemetry_stats).get("rejected") is not None,
+            30,
+            "telemetry stats on the restarted Redis",
+        )
         tel = _stats(r, keys.telemetry_stats)
         log.append(f"telemetry node rejected: {tel.get('rejected')}")
         assert trainer.poll() is None, read_log(trainer)
