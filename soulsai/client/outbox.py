@@ -1,13 +1,13 @@
 """Experience and episodes on their way to Redis: a bounded queue and a sender thread.
 
 The env loop only appends; the sender wakes every `interval` seconds and ships everything
-queued in one pipeline per round trip. It is not woken per message: on a client with one core
+queued in one round trip. It is not woken per message: on a client with one core
 every wake-up takes the CPU (and the GIL) from the env loop, and a round trip costs far more
 than the messages in it. `eager` outboxes (PPO's: each message is a whole rollout fragment,
 and the training node's iteration waits for the last one) wake the sender per message
-instead. When Redis is away the sender keeps what it holds and retries with
-backoff; only when the queue is full is the oldest experience dropped (and counted). Episode
-records are kept.
+instead. When Redis is away, or refuses the commands (out of memory, read-only), the sender
+keeps what it holds and retries with backoff; only when the queue is full is the oldest
+experience dropped (and counted). Episode records are kept.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 
-from soulsai.transport.links import TRANSIENT, ClientLink
+from soulsai.transport.links import REFUSED, TRANSIENT, ClientLink
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,13 @@ class Outbox:
                 dropped_before = self.dropped
             try:
                 queued = self.link.push(samples, episodes, self.stream_maxlen, self.max_queue)
-            except TRANSIENT as e:
+            except (*TRANSIENT, *REFUSED) as e:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 20 == 0:
                     log.warning(
-                        "cannot send to Redis (%s); keeping %d messages, retrying",
+                        "cannot send to Redis (%s: %s); keeping %d messages, retrying",
                         type(e).__name__,
+                        str(e)[:200],
                         len(samples) + len(episodes),
                     )
                 time.sleep(backoff)

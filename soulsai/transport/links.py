@@ -22,6 +22,9 @@ from soulsai.transport.keys import Keys
 
 # Errors a caller should treat as "Redis is away for now": retry later, lose nothing.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+# A command Redis refused (out of memory, a read-only replica, no permission): a client's
+# sender keeps what it holds and retries too, saying why.
+REFUSED = (redis.ResponseError,)
 
 
 def _str(value: Any) -> str | None:

@@ -74,3 +74,19 @@ def test_push_trims_the_queue_keeps_episodes_in_order_and_survives_an_error_repl
         assert (outbox.sent_samples, outbox.trimmed) == (5, 3)  # 1 + 5 queued, 3 kept
     finally:
         link.close()
+
+
+def test_outbox_keeps_and_resends_what_redis_refused(redis_server, rclient, keys, prefix) -> None:
+    rclient.set(keys.samples, b"not a list")  # every LPUSH gets an error reply
+    link = open_link(ClientLink, redis_server.target, prefix)
+    outbox = Outbox(link, 100, 1000, 1000, interval=0.05)
+    try:
+        outbox.put_samples(b"kept")
+        wait_until(lambda: outbox.failures >= 2, 10.0, "the refused rounds")
+        assert outbox.sent_samples == 0 and outbox.pending() == 1
+        rclient.delete(keys.samples)
+        wait_until(lambda: outbox.sent_samples == 1, 10.0, "the message after the refusals")
+        assert rclient.lrange(keys.samples, 0, -1) == [b"kept"]
+    finally:
+        outbox.close()
+        link.close()
