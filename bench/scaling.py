@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,8 +22,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # noqa: E402
-from bench.solve import run_ours  # noqa: E402
+from bench.common import machine_line, node_sets, soulsai_proc, stop  # noqa: E402
+from bench.solve import run_ours, run_sb3  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
 
@@ -84,27 +83,10 @@ def solve_ours(
 def solve_sb3(
     algo: str, env_id: str, delay: float, clients: int, target: float, max_seconds: float
 ) -> dict:
-    cmd = [
-        sys.executable,
-        str(ROOT / "bench" / "sb3_run.py"),
-        "--algo",
-        algo,
-        "--env",
-        env_id,
-        "--target",
-        str(target),
-        "--delay",
-        str(delay),
-        "--max-seconds",
-        str(max_seconds),
-    ]
-    if algo == "ppo":
-        cmd += ["--n-envs", str(clients)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 120)
-    try:
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"solved": False, "error": out.stderr[-300:]}
+    """SB3's best single-machine set-up on the delayed env: DummyVecEnv (one env, the zoo's
+    DQN) or SubprocVecEnv with one env per client (PPO)."""
+    n_envs = clients if algo == "ppo" else None
+    return run_sb3(algo, env_id, 0, None, max_seconds, target, delay, n_envs)
 
 
 def main() -> None:

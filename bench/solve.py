@@ -103,7 +103,19 @@ def run_ours(
     }
 
 
-def run_sb3(algo: str, env: str, seed: int, max_steps: int, max_seconds: float) -> dict:
+def run_sb3(
+    algo: str,
+    env: str,
+    seed: int,
+    max_steps: int | None,
+    max_seconds: float,
+    target: float | None = None,
+    delay: float = 0.0,
+    n_envs: int | None = None,
+) -> dict:
+    """Whole-process bench/sb3_run.py until solved (target: TARGETS[env] unless given; a
+    real-time `delay` per step; `n_envs` overrides the zoo's env count; max_steps None: its
+    default)."""
     cmd = [
         sys.executable,
         str(ROOT / "bench" / "sb3_run.py"),
@@ -112,14 +124,18 @@ def run_sb3(algo: str, env: str, seed: int, max_steps: int, max_seconds: float) 
         "--env",
         env,
         "--target",
-        str(TARGETS[env]),
+        str(TARGETS[env] if target is None else target),
         "--seed",
         str(seed),
-        "--max-steps",
-        str(max_steps),
         "--max-seconds",
         str(max_seconds),
+        "--delay",
+        str(delay),
     ]
+    if max_steps is not None:
+        cmd += ["--max-steps", str(max_steps)]
+    if n_envs is not None:
+        cmd += ["--n-envs", str(n_envs)]
     t0 = time.time()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 120)
     wall = time.time() - t0

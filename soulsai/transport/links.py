@@ -113,7 +113,8 @@ class ClientLink(_Link):
     def push(
         self, samples: list[bytes], episodes: list[bytes], stream_maxlen: int, max_queue: int
     ) -> int:
-        """One round trip for a whole outbox; raises TRANSIENT errors for the caller to retry.
+        """One round trip for a whole outbox; raises TRANSIENT (Redis away) or REFUSED (a
+        command refused) errors for the caller to retry.
 
         The experience list is trimmed to its newest `max_queue` messages in the same round
         trip, so a slow or stopped training node can never fill Redis's memory. Returns how
