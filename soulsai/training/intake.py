@@ -81,6 +81,7 @@ class Intake:
         self.env_steps = 0  # every decoded transition is an env step, stale or not
         self.messages = 0
         self.drained_at = 0.0  # monotonic time of the last pop that left Redis's queue empty
+        self.queued = 0  # envelopes still in Redis's queue after the last pop
         self.paused = threading.Event()
         self._log = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
@@ -98,7 +99,7 @@ class Intake:
                 self.stop.wait(0.05)
                 continue
             try:
-                raws = self.link.pop_samples(self.pop_count, block=0.5)
+                raws, self.queued = self.link.pop_samples(self.pop_count, block=0.5)
                 backoff = 0.1
             except TRANSIENT as e:
                 self._log.warning(
@@ -156,6 +157,10 @@ class Intake:
         if fresh.any():
             self.accept_rows(fields)
         return int(fresh.sum())
+
+    def queued_steps(self) -> float:
+        """Env steps waiting in Redis's queue, estimated from the mean envelope so far."""
+        return self.queued * self.env_steps / self.messages if self.messages else 0.0
 
     def _fresh(self, model_id: int, newest: int, n: int) -> bool:
         """Count `n` env steps; False (and counted as rejected) when the model id is too new or

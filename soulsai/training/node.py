@@ -245,13 +245,21 @@ class DQNTrainingNode:
         return int(owed)
 
     def _throttle(self) -> None:
-        """Pause the clients while the learner owes max_update_debt updates; resume at half."""
+        """Pause the clients while the learner owes max_update_debt updates; resume at half.
+
+        What waits in Redis's queue counts too: it will be owed once popped, and a queue that
+        grows means the clients outrun the learner. Pausing on the debt alone would let many
+        fast clients fill the queue (up to training.max_queue messages) before the first pause.
+        """
         d = self.cfg.dqn
         if not d.throttle:
             return
         with self._throttle_lock:  # the learner loop and the intake thread both call this
             now = time.monotonic()
-            owed = int(self._debt()) if self._learning() else 0
+            owed = 0
+            if self._learning():
+                queued = self.intake.queued_steps() * d.replay_ratio / d.batch_size
+                owed = int(self._debt() + queued)
             want = owed >= d.max_update_debt or (self.throttled and owed > d.max_update_debt // 2)
             if want == self.throttled and not (want and now >= self._throttle_renew):
                 return

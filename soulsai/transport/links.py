@@ -193,15 +193,19 @@ class TrainerLink(_Link):
             self._blob_r.close()
         super().close()
 
-    def pop_samples(self, count: int, block: float) -> list[bytes]:
-        """Up to `count` envelopes, oldest first; blocks up to `block` seconds when empty."""
-        got = self.r.rpop(self.keys.samples, count)
+    def pop_samples(self, count: int, block: float) -> tuple[list[bytes], int]:
+        """Up to `count` envelopes, oldest first, and how many stay queued after them (read in
+        the same round trip); blocks up to `block` seconds when the queue is empty."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.rpop(self.keys.samples, count)
+        pipe.llen(self.keys.samples)
+        got, left = pipe.execute()
         if got:
-            return list(got)
+            return list(got), int(left)
         if block <= 0:
-            return []
+            return [], 0
         item = self.r.brpop([self.keys.samples], timeout=block)
-        return [item[1]] if item else []
+        return ([item[1]] if item else []), 0
 
     def queued_samples(self) -> int:
         return int(self.r.llen(self.keys.samples))

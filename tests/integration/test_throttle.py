@@ -89,3 +89,28 @@ def test_clients_resume_at_half_the_debt(node, rclient, prefix):
     node.learner.update(node.buffer.sample(64))
     node._throttle()
     assert not node.throttled and not rclient.exists(throttle)
+
+
+
+def test_what_waits_in_redis_counts_toward_the_pause(node, rclient, prefix):
+    keys = Keys(prefix)
+    start(node)
+    rclient.lpush(keys.samples, *[MSG] * 6)
+    raws, left = node.link.pop_samples(1, block=0)
+    assert len(raws) == 1 and left == 5  # read in the same round trip as the pop
+    node.intake.handle_many(raws)  # 8 updates owed: no pause on its own
+    assert node._owed_updates() == 8 and not node.throttled
+    node.intake.queued = left  # and 40 more for the 5 envelopes still queued
+    node._throttle()
+    assert node.throttled and rclient.exists(keys.throttle)
+    raws, node.intake.queued = node.link.pop_samples(10, block=0)
+    assert len(raws) == 5 and node.intake.queued == 0
+    node.intake.handle_many(raws)
+    assert node._owed_updates() == 48
+    for _ in range(27):
+        node.learner.update(node.buffer.sample(64))
+    node._throttle()
+    assert node.throttled  # 21 owed > 40 // 2
+    node.learner.update(node.buffer.sample(64))
+    node._throttle()
+    assert not node.throttled and not rclient.exists(keys.throttle)
