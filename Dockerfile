@@ -25,6 +25,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 COPY pyproject.toml README.md ./
 COPY config/config_d.yaml ./config/config_d.yaml
+COPY config/presets ./config/presets
 COPY soulsai ./soulsai
 RUN pip install . \
     && python -c "import torch, soulsai.cli; print('torch', torch.__version__)" \

@@ -34,6 +34,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # noqa: E402
 from soulsai.config import load_config  # noqa: E402
+from soulsai.config.schema import DQNConfig  # noqa: E402
 from soulsai.transport.codec import encode_experience  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
@@ -45,7 +46,11 @@ MAX_QUEUE = 10000  # training.max_queue default: clients trim Redis's queue to t
 HIGH_WATER = 4096  # messages queued in Redis above which a load generator backs off
 PUSH = 16  # envelopes per round trip with learning paused
 CLIENT_RATE = 16000  # transitions/s of one load generator with learning on: a real client's top
-DQN = load_config(ROOT / "config", []).dqn  # the defaults the node runs with (replay ratio)
+
+
+def dqn_config(env_id: str) -> DQNConfig:
+    """The DQN settings the node runs with on `env_id` (defaults, and the env's preset if any)."""
+    return load_config(ROOT / "config", [f"env.id={env_id}"]).dqn
 
 
 def _envelopes(
@@ -156,6 +161,7 @@ def run_node_case(
     rate: float = CLIENT_RATE,
 ) -> dict:
     obs_dim, n_actions = SHAPES[env_id]
+    dqn = dqn_config(env_id)
     prefix = f"bench{clients}{int(learning)}{time.time_ns() % 10**6}"
     extra = [f"env.id={env_id}", "training.intake_batch=512"]
     if not learning:
@@ -190,7 +196,7 @@ def run_node_case(
         deadline = time.time() + 120
         while time.time() < deadline:  # the debt back below the pause threshold
             debt = r.hget(keys.trainer_stats, "debt")
-            if debt is not None and int(debt) <= DQN.max_update_debt:
+            if debt is not None and int(debt) <= dqn.max_update_debt:
                 break
             time.sleep(0.2)
 
@@ -220,7 +226,7 @@ def run_node_case(
     return {
         "accepted_per_s": accepted,
         "updates_per_s": (u1 - u0) / (t1 - t0),
-        "replay_ratio": (u1 - u0) * DQN.batch_size / max(1, a1 - a0),
+        "replay_ratio": (u1 - u0) * dqn.batch_size / max(1, a1 - a0),
         "redis_mb": mem / 2**20,
         "forgiven": f1 - f0,
         "owed": owed,
@@ -347,6 +353,7 @@ def main() -> None:
                 f"producer: {ceils[0]:,.0f}, 2: {ceils[1]:,.0f}) | original wire path "
                 f"{orig:,.0f} transitions/s"
             )
+            print(f"configured replay ratio {dqn_config(env_id).replay_ratio:g}")
             print(
                 f"{'clients':>7} {'learning':>8} {'accepted/s':>12} {'x ceiling':>9} "
                 f"{'x original':>10} {'updates/s':>9} {'ratio':>6} {'forgiven':>8} "
@@ -366,10 +373,7 @@ def main() -> None:
                         f"{res['owed']:>6,} {res['redis_mb']:>8.1f}",
                         flush=True,
                     )
-    print(
-        f"\nconfigured replay ratio {DQN.replay_ratio:g} (dqn defaults); 'forgiven': accepted"
-        " transitions in the"
-    )
+    print("\n'forgiven': accepted transitions in the")
     print("window whose updates the node forgave (clients that ignore the pause); 'owed': updates")
     print("the learner still owed at the end of the window (paid while the clients stay paused)")
     print(machine_line())

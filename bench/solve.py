@@ -23,26 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine_line  # noqa: E402
 
 TARGETS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
-# Per-env settings of ours (the recipes in the README); the defaults are CartPole's.
-RECIPES = {
-    "ppo:Pendulum-v1": [
-        "env.num_envs=2",
-        "ppo.n_steps_total=4096",
-        "ppo.fragment_length=512",
-        "ppo.num_minibatches=64",
-        "ppo.gamma=0.9",
-        "ppo.scale_rewards=true",
-    ],
-    "ppo:LunarLander-v3": [
-        "env.num_envs=8",
-        "ppo.n_steps_total=16384",
-        "ppo.fragment_length=512",
-        "ppo.num_minibatches=32",
-        "ppo.gamma=0.999",
-        "ppo.gae_lambda=0.98",
-        "ppo.lr=0.0003",
-    ],
-}
 CASES = ["dqn:CartPole-v1", "ppo:CartPole-v1", "dqn:LunarLander-v3", "ppo:LunarLander-v3"]
 
 
@@ -169,8 +149,8 @@ def main() -> None:
         algo, env = case.split(":")
         rows: dict[str, list[dict]] = {"soulsai": [], "sb3": []}
         for seed in args.seeds:
-            recipe = [x for item in RECIPES.get(case, []) for x in ("--set", item)]
-            ours = run_ours(algo, env, seed, args.max_steps, args.max_seconds, recipe + extra)
+            # Ours runs with the preset shipped for algo + env (config/presets/), if any.
+            ours = run_ours(algo, env, seed, args.max_steps, args.max_seconds, extra)
             rows["soulsai"].append(ours)
             print(f"{case} seed {seed} soulsai: {json.dumps(ours)}", flush=True)
             if not args.ours_only:

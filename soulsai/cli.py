@@ -312,6 +312,8 @@ def node(
         cfg, point = _resume(cfg, cdir, overrides, resume, verify=role == "training")
     stop = _stop_on_signals()
     target = RedisTarget.from_config(cfg, cdir)
+    if role == "training" and cfg.preset:
+        log.info("preset %s applied (config.yaml and --set override it)", cfg.preset)
     if role == "training":
         from soulsai.training.node import DQNTrainingNode
         from soulsai.training.ppo_node import PPOTrainingNode

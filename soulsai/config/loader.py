@@ -1,10 +1,16 @@
-"""Load the effective config: config_d.yaml <- config.yaml <- --set overrides.
+"""Load the effective config: config_d.yaml <- preset <- config.yaml <- --set overrides.
 
-Every error is a ConfigError naming the key and the file (or `--set`) it came from.
+The preset is a tuned set of values for one algorithm on one env, shipped as
+`presets/<algo>/<env id>.yaml` beside config_d.yaml and chosen by the `preset` key: `auto`
+(the default) takes the file of the configured algo and env when there is one, `null` none,
+any other value names a file (relative to the config directory). config.yaml and `--set`
+still override it. Every error is a ConfigError naming the key and the file (or `--set`) it
+came from.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,11 @@ from soulsai.errors import ConfigError
 
 DEFAULTS_NAME = "config_d.yaml"
 OVERRIDES_NAME = "config.yaml"
+PRESETS_DIR = "presets"
 SET_SOURCE = "--set"
+AUTO = "auto"
+# What identifies a preset cannot come from one.
+NOT_IN_PRESET = (("algo",), ("preset",), ("env", "id"))
 
 
 def default_config_dir() -> Path:
@@ -128,8 +138,56 @@ def _describe(err: dict, origin: dict, defaults_path: Path, rank: dict[str, int]
     return f"config error in {source}: key '{key}' = {shown}: {msg}"
 
 
+def _merge_all(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict]:
+    """The layers deep-merged in order (left untouched), and which source set each key."""
+    origin: dict[tuple, str] = {}
+    data: dict[str, Any] = {}
+    for source, layer in layers:
+        _merge(data, copy.deepcopy(layer), source, origin)
+    return data, origin
+
+
+def _find_preset(cdir: Path, data: dict[str, Any], source: str) -> Path | None:
+    """The preset file the merged (not yet validated) config asks for, or None."""
+    choice = data.get("preset", AUTO)
+    if choice is None:
+        return None
+    if not isinstance(choice, str) or not choice:
+        raise ConfigError(
+            f"config error in {source}: key 'preset' = {choice!r}: expected "
+            f"'{AUTO}', null or a file name"
+        )
+    if choice != AUTO:
+        path = cdir / choice
+        if not path.is_file():
+            raise ConfigError(f"config error in {source}: key 'preset': no file {path}")
+        return path
+    algo, env = data.get("algo"), (data.get("env") or {}).get("id")
+    if not isinstance(algo, str) or not isinstance(env, str) or "/" in env or env.startswith("."):
+        return None  # validation names the bad key
+    for base in (cdir, default_config_dir(), Path(__file__).resolve().parent / "data"):
+        path = base / PRESETS_DIR / algo / f"{env}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_preset(path: Path) -> dict[str, Any]:
+    data = _read_yaml(path)
+    for key in NOT_IN_PRESET:
+        node: Any = data
+        for part in key:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            raise ConfigError(
+                f"config error in {path}: key '{'.'.join(key)}' cannot be set in a preset"
+            )
+    return data
+
+
 def load_config(config_dir: Path | str | None = None, overrides: list[str] | None = None) -> Config:
-    """Read defaults, deep-merge config.yaml and `--set` items, validate, return the Config."""
+    """Read defaults, the preset, config.yaml and `--set` items (deep-merged in that order),
+    validate, return the Config. Its `preset` key names the preset file that applied."""
     cdir = Path(config_dir) if config_dir is not None else default_config_dir()
     if not cdir.is_dir():
         raise ConfigError(f"config directory {cdir} does not exist (--config-dir)")
@@ -138,19 +196,23 @@ def load_config(config_dir: Path | str | None = None, overrides: list[str] | Non
         defaults_path = default_config_dir() / DEFAULTS_NAME
         if not defaults_path.is_file():
             raise ConfigError(f"no {DEFAULTS_NAME} in {cdir} (--config-dir)")
-    origin: dict[tuple, str] = {}
-    data: dict[str, Any] = {}
-    _merge(data, _read_yaml(defaults_path), str(defaults_path), origin)
     user_path = cdir / OVERRIDES_NAME
+    layers = [(str(defaults_path), _read_yaml(defaults_path))]
     if user_path.is_file():
-        _merge(data, _read_yaml(user_path), str(user_path), origin)
+        layers.append((str(user_path), _read_yaml(user_path)))
     if overrides:
-        _merge(data, _sets_to_dict(overrides), SET_SOURCE, origin)
+        layers.append((SET_SOURCE, _sets_to_dict(overrides)))
+    data, origin = _merge_all(layers)
+    preset = _find_preset(cdir, data, origin.get(("preset",), str(defaults_path)))
+    if preset is not None:  # again, with the preset right above the defaults
+        layers.insert(1, (str(preset), _read_preset(preset)))
+        data, origin = _merge_all(layers)
+    data["preset"] = str(preset) if preset is not None else None
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
-        rank = {str(defaults_path): 0, str(user_path): 1, SET_SOURCE: 2}
+        rank = {source: i for i, (source, _) in enumerate(layers)}
         first = _describe(errors[0], origin, defaults_path, rank)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None

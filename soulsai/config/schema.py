@@ -168,6 +168,7 @@ class TelemetryConfig(_Strict):
 
 class Config(_Strict):
     algo: Literal["dqn", "ppo"]
+    preset: str | None = None  # the preset file that applied (configs saved before presets: none)
     seed: int = Field(ge=0)
     redis_address: str = Field(min_length=1)
     redis_port: int = Field(ge=1, le=65535)

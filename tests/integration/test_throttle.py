@@ -91,7 +91,6 @@ def test_clients_resume_at_half_the_debt(node, rclient, prefix):
     assert not node.throttled and not rclient.exists(throttle)
 
 
-
 def test_what_waits_in_redis_counts_toward_the_pause(node, rclient, prefix):
     keys = Keys(prefix)
     start(node)

@@ -58,9 +58,8 @@ def defaults_dict() -> dict[str, Any]:
 def test_defaults_alone_validate(cdir: Path) -> None:
     cfg = load_config(cdir)
     assert isinstance(cfg, Config)
-    assert cfg.model_dump(mode="json") == Config.model_validate(defaults_dict()).model_dump(
-        mode="json"
-    )
+    no_preset = {**defaults_dict(), "preset": None}  # none is shipped for DQN on CartPole
+    assert cfg.model_dump(mode="json") == Config.model_validate(no_preset).model_dump(mode="json")
     assert cfg.algo == "dqn" and cfg.env.id == "CartPole-v1"
     assert cfg.redis_address == "localhost" and cfg.redis_port == 6379
 
@@ -167,6 +166,78 @@ def test_parse_set() -> None:
     assert parse_set("a=[1,") == (["a"], "[1,")  # not YAML: kept as the raw string
     with pytest.raises(ConfigError, match="--set"):
         parse_set("a..b=1")
+
+
+# ---------------------------------------------------------------- presets
+
+PPO_LUNAR = ["algo=ppo", "env.id=LunarLander-v3"]
+SHIPPED_PRESET = ROOT / "config" / "presets" / "ppo" / "LunarLander-v3.yaml"
+
+
+def test_the_preset_of_algo_and_env_applies_by_itself(cdir: Path) -> None:
+    cfg = load_config(cdir, PPO_LUNAR)
+    preset = yaml.safe_load(SHIPPED_PRESET.read_text(encoding="utf-8"))
+    assert cfg.preset is not None and Path(cfg.preset).name == "LunarLander-v3.yaml"
+    assert cfg.env.num_envs == preset["env"]["num_envs"] == 8
+    assert cfg.ppo.n_steps_total == preset["ppo"]["n_steps_total"] == 16384
+    assert load_config(cdir).ppo.n_steps_total == 512
+    assert cfg.target_return == 200.0
+    assert cfg.ppo.clip_coef == defaults_dict()["ppo"]["clip_coef"]  # the rest: defaults
+    assert load_config(cdir, ["algo=dqn", "env.id=LunarLander-v3"]).env.num_envs == 1
+
+
+def test_config_yaml_and_set_override_the_preset(cdir: Path) -> None:
+    write_user(cdir, "algo: ppo\nenv:\n  id: LunarLander-v3\nppo:\n  lr: 0.002\n")
+    cfg = load_config(cdir, ["env.num_envs=4"])
+    assert cfg.ppo.lr == 0.002 and cfg.env.num_envs == 4
+    assert cfg.ppo.n_steps_total == 16384  # still the preset's
+
+
+def test_preset_null_means_none(cdir: Path) -> None:
+    cfg = load_config(cdir, [*PPO_LUNAR, "preset=null"])
+    assert cfg.preset is None and cfg.env.num_envs == 1 and cfg.target_return == 475.0
+
+
+def test_a_preset_in_the_config_folder_wins_over_the_shipped_one(cdir: Path) -> None:
+    mine = cdir / "presets" / "ppo" / "LunarLander-v3.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("ppo:\n  lr: 0.0001\n", encoding="utf-8")
+    cfg = load_config(cdir, PPO_LUNAR)
+    assert cfg.preset == str(mine) and cfg.ppo.lr == 0.0001 and cfg.env.num_envs == 1
+
+
+def test_a_preset_named_by_file(cdir: Path) -> None:
+    (cdir / "fast.yaml").write_text("dqn:\n  lr: 0.003\n", encoding="utf-8")
+    assert load_config(cdir, ["preset=fast.yaml"]).dqn.lr == 0.003
+    msg = config_error(cdir, ["preset=slow.yaml"])
+    assert "'preset'" in msg and "slow.yaml" in msg and "--set" in msg, msg
+
+
+@pytest.mark.parametrize("text, key", [("algo: dqn\n", "algo"), ("env:\n  id: Foo-v0\n", "env.id")])
+def test_a_preset_cannot_change_what_chose_it(cdir: Path, text: str, key: str) -> None:
+    (cdir / "odd.yaml").write_text(text, encoding="utf-8")
+    msg = config_error(cdir, ["preset=odd.yaml"])
+    assert f"'{key}'" in msg and str(cdir / "odd.yaml") in msg, msg
+
+
+def test_bad_value_in_a_preset_names_the_preset(cdir: Path) -> None:
+    mine = cdir / "presets" / "ppo" / "LunarLander-v3.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("ppo:\n  gamma: 7\n", encoding="utf-8")
+    msg = config_error(cdir, PPO_LUNAR)
+    assert "'ppo.gamma'" in msg and str(mine) in msg, msg
+
+
+def test_every_shipped_preset_validates(cdir: Path) -> None:
+    shipped = sorted((ROOT / "config" / "presets").glob("*/*.yaml"))
+    assert shipped, "no presets shipped"
+    shutil.copytree(ROOT / "config" / "presets", cdir / "presets")
+    for path in shipped:
+        algo, env = path.parent.name, path.stem
+        cfg = load_config(cdir, [f"algo={algo}", f"env.id={env}"])
+        assert cfg.preset == str(cdir / "presets" / algo / f"{env}.yaml")
+    packaged = ROOT / "soulsai" / "config" / "data" / "presets"
+    assert sorted(p.name for p in packaged.glob("*/*.yaml")) == sorted(p.name for p in shipped)
 
 
 # ---------------------------------------------------------------- errors from config.yaml
