@@ -74,8 +74,8 @@ def common_options(f: Any) -> Any:
             "--config-dir",
             type=click.Path(path_type=Path),
             default=None,
-            help="Folder with config_d.yaml, optional config.yaml and redis.secret "
-            "[default: ./config, else the packaged defaults].",
+            help="Folder with config_d.yaml, optional config.yaml and redis.secret, and "
+            "presets/ [default: ./config, else the packaged defaults].",
         ),
         click.option(
             "--set",
@@ -95,7 +95,8 @@ def common_options(f: Any) -> Any:
             "env_id",
             default=None,
             metavar="ID",
-            help="Gymnasium env id (config key: env.id).",
+            help="Gymnasium env id (config key: env.id); a preset for this algo and env "
+            "applies by itself (config key: preset).",
         ),
         click.option(
             "--save-dir",
