@@ -8,7 +8,10 @@ parameters.
 
 The client's stand-in env loop takes 0.2 ms per step and records every gap between two steps
 longer than 1 ms; `stall` is the longest gap while a new model was on its way (publish to
-swap), p50 and worst over the repeats: how long the env loop was held up by a broadcast.
+swap), p50 and worst over the repeats: how long the env loop was held up by a broadcast. The
+peer, `quiet`, is the longest gap in a window of the same length right after each swap, when
+no model is on its way: what the machine's scheduler alone costs the loop. A stall no longer
+than the quiet gaps means the broadcast itself holds the env loop up by nothing measurable.
 
     python bench/broadcast.py [--repeats 40] [--sizes 10k,1M,10M] [--dtype float32|float16]
 """
@@ -22,6 +25,7 @@ import os
 import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the soulsai CLI sets it for clients
@@ -43,8 +47,12 @@ STEP = 0.0002  # seconds: one env step of a fast env
 GAP = 0.001  # seconds: loop gaps longer than this are recorded
 
 
-def client_proc(port: int, password: str, prefix: str, hidden: list[int], n: int) -> None:
-    """Runs the real control thread and a stand-in env loop that swaps policies each 'step'."""
+def client_proc(
+    port: int, password: str, prefix: str, hidden: list[int], n: int, report: Connection
+) -> None:
+    """Runs the real control thread and a stand-in env loop that swaps policies each 'step';
+    reports each swap through a local pipe (a write of a few bytes, not a Redis round trip,
+    which would be a gap of the loop's own)."""
     import torch
 
     torch.set_num_threads(1)
@@ -76,7 +84,7 @@ def client_proc(port: int, password: str, prefix: str, hidden: list[int], n: int
         if latest is not None and latest[0] != seen:
             seen, policy, _ = latest
             policy.act(obs, 0.0, np.random.default_rng())  # the env loop uses it
-            r.rpush(f"{prefix}:seen", f"{seen} {time.time()}")
+            report.send_bytes(f"{seen} {time.time()}".encode())
         time.sleep(STEP)
         now = time.time()
         if now - last > GAP:
@@ -97,13 +105,22 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, d
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     link.publish_weights(encode_weights_parts(state, 0, {}), 0)
     ctx = mp.get_context("spawn")
+    swaps, report = ctx.Pipe(duplex=False)
     proc = ctx.Process(
-        target=client_proc, args=(server.port, server.password, prefix, hidden, repeats + 1)
+        target=client_proc,
+        args=(server.port, server.password, prefix, hidden, repeats + 1, report),
     )
     proc.start()
     while not r.get(f"{prefix}:ready"):
         time.sleep(0.05)
-    r.blmove(f"{prefix}:seen", f"{prefix}:done", 30)  # the client runs model 0
+
+    def next_swap() -> bytes:
+        if not swaps.poll(30):
+            raise SystemExit(f"the client did not swap in model {len(seen)} within 30 s")
+        return swaps.recv_bytes()
+
+    seen: list[bytes] = []
+    seen.append(next_swap())  # the client runs model 0
     time.sleep(0.5)
     sent: dict[int, float] = {}
     size = 0
@@ -117,20 +134,27 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, d
         link.publish_weights(parts, mid)
         sent[mid], size = t0, sum(p.nbytes for p in parts)
         # block until the client reports (no polling here: it would take CPU from what we time)
-        r.blmove(f"{prefix}:seen", f"{prefix}:done", 30)
-        time.sleep(0.02)
+        seen.append(next_swap())
+        # room for the quiet window after the swap (as long as the publish-to-swap one)
+        time.sleep(max(0.02, 2.5 * (time.time() - t0)))
     proc.join(30)
     link.close()
-    lat, stalls = [], []
+    lat, stalls, quiet = [], [], []
     gaps = json.loads(r.get(f"{prefix}:gaps") or b"[]")
-    for raw in r.lrange(f"{prefix}:done", 0, -1) + r.lrange(f"{prefix}:seen", 0, -1):
+
+    def longest(start: float, end: float) -> float:
+        """The longest loop gap overlapping [start, end], in ms."""
+        inside = [g for stop, g in gaps if stop > start and stop - g < end]
+        return max(inside, default=STEP) * 1000
+
+    for raw in seen:
         mid, t = raw.decode().split()
         if int(mid) in sent:
             t0, t1 = sent[int(mid)], float(t)
             lat.append((t1 - t0) * 1000)
-            # a gap overlapping the window [publish, swap] held the loop up during this one
-            inside = [g for end, g in gaps if end > t0 and end - g < t1]
-            stalls.append(max(inside, default=STEP) * 1000)
+            stalls.append(longest(t0, t1))  # the loop held up while this model was on its way
+            if int(mid) < repeats:  # the loop ends at the last swap
+                quiet.append(longest(t1 + 0.002, t1 + 0.002 + (t1 - t0)))  # none on its way
     lat_arr = np.asarray(lat)
     return {
         "params": params,
@@ -140,6 +164,8 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, d
         "p99": float(np.percentile(lat_arr, 99)),
         "stall50": float(np.percentile(stalls, 50)),
         "stall_max": float(np.max(stalls)),
+        "quiet50": float(np.percentile(quiet, 50)),
+        "quiet_max": float(np.max(quiet)),
     }
 
 
@@ -155,10 +181,14 @@ def main() -> None:
     )
     args = ap.parse_args()
     print(machine_line())
-    print(f"dtype {args.dtype}; stall = longest env-loop gap while a model was on its way")
+    print(
+        f"dtype {args.dtype}; stall = longest env-loop gap (ms) while a model was on its way;"
+        " quiet = the same in an equal window with none on its way (peer)"
+    )
     print(
         f"{'model':>6} {'params':>11} {'MB':>7} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'stall p50':>10} {'stall max':>10}"
+        f"{'stall p50':>10} {'stall max':>10} {'quiet p50':>10} {'quiet max':>10} "
+        f"{'stall/quiet p50':>15}"
     )
     with EmbeddedRedis() as server:
         for name in args.sizes.split(","):
@@ -166,7 +196,9 @@ def main() -> None:
             print(
                 f"{name:>6} {res['params']:>11,} {res['mb']:>7.1f} {res['n']:>4} "
                 f"{res['p50']:>8.2f} {res['p99']:>8.2f} "
-                f"{res['stall50']:>10.2f} {res['stall_max']:>10.2f}",
+                f"{res['stall50']:>10.2f} {res['stall_max']:>10.2f} "
+                f"{res['quiet50']:>10.2f} {res['quiet_max']:>10.2f} "
+                f"{res['stall50'] / res['quiet50']:>15.2f}",
                 flush=True,
             )
 
