@@ -9,11 +9,14 @@ parameters.
 The client's stand-in env loop takes 0.2 ms per step and records every gap between two steps
 longer than 1 ms; `stall` is the longest gap while a new model was on its way (publish to
 swap), p50 and worst over the repeats: how long the env loop was held up by a broadcast. The
+client gets a core of its own, as on its own machine (`--shared-cores`: it shares the cores
+with Redis and the publisher, whose work then takes the loop's core at times). The
 peer, `quiet`, is the longest gap in a window of the same length right after each swap, when
 no model is on its way: what the machine's scheduler alone costs the loop. A stall no longer
 than the quiet gaps means the broadcast itself holds the env loop up by nothing measurable.
 
     python bench/broadcast.py [--repeats 40] [--sizes 10k,1M,10M] [--dtype float32|float16]
+                              [--shared-cores]
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ GAP = 0.001  # seconds: loop gaps longer than this are recorded
 
 
 def client_proc(
-    port: int, password: str, prefix: str, hidden: list[int], n: int, report: Connection
+    port: int,
+    password: str,
+    prefix: str,
+    hidden: list[int],
+    n: int,
+    report: Connection,
+    cores: set[int] | None,
 ) -> None:
     """Runs the real control thread and a stand-in env loop that swaps policies each 'step';
     reports each swap through a local pipe (a write of a few bytes, not a Redis round trip,
@@ -56,6 +65,8 @@ def client_proc(
     import torch
 
     torch.set_num_threads(1)
+    if cores:
+        os.sched_setaffinity(0, cores)
     r = redis.Redis(host="127.0.0.1", port=port, password=password)
     link = ClientLink(r, Keys(prefix))
     net = QNetwork(OBS, ACTIONS, hidden, True)
@@ -94,7 +105,14 @@ def client_proc(
     stop.set()
 
 
-def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, dtype: str) -> dict:
+def measure(
+    server: EmbeddedRedis,
+    name: str,
+    hidden: list[int],
+    repeats: int,
+    dtype: str,
+    client_cores: set[int] | None,
+) -> dict:
     import torch
 
     prefix = f"bc{name}{time.time_ns() % 10**6}"
@@ -108,7 +126,7 @@ def measure(server: EmbeddedRedis, name: str, hidden: list[int], repeats: int, d
     swaps, report = ctx.Pipe(duplex=False)
     proc = ctx.Process(
         target=client_proc,
-        args=(server.port, server.password, prefix, hidden, repeats + 1, report),
+        args=(server.port, server.password, prefix, hidden, repeats + 1, report, client_cores),
     )
     proc.start()
     while not r.get(f"{prefix}:ready"):
@@ -179,8 +197,25 @@ def main() -> None:
         default="float32",
         help="wire dtype of the weight matrices (training.weights_dtype)",
     )
+    ap.add_argument(
+        "--shared-cores",
+        action="store_true",
+        help="let the client share every core with Redis and the publisher (default: the "
+        "client gets a core of its own, as on its own machine)",
+    )
     args = ap.parse_args()
     print(machine_line())
+    cores = sorted(os.sched_getaffinity(0))
+    client_cores = None
+    if not args.shared_cores and len(cores) >= 2:
+        client_cores = {cores[-1]}  # Redis (started below) and the publisher keep the rest
+        os.sched_setaffinity(0, set(cores[:-1]))
+    rest = ",".join(map(str, cores[:-1]))
+    print(
+        f"client on core {cores[-1]}, Redis and publisher on {rest}"
+        if client_cores
+        else "client, Redis and publisher share all cores"
+    )
     print(
         f"dtype {args.dtype}; stall = longest env-loop gap (ms) while a model was on its way;"
         " quiet = the same in an equal window with none on its way (peer)"
@@ -192,7 +227,7 @@ def main() -> None:
     )
     with EmbeddedRedis() as server:
         for name in args.sizes.split(","):
-            res = measure(server, name, SIZES[name], args.repeats, args.dtype)
+            res = measure(server, name, SIZES[name], args.repeats, args.dtype, client_cores)
             print(
                 f"{name:>6} {res['params']:>11,} {res['mb']:>7.1f} {res['n']:>4} "
                 f"{res['p50']:>8.2f} {res['p99']:>8.2f} "
