@@ -105,6 +105,8 @@ class LocalStack:
             run_dir = runfolder.make_run_dir(self.cfg.save_dir, self.cfg.algo, self.cfg.env.id)
             (run_dir / runfolder.LOG_DIR).mkdir()
         runfolder.atomic_write_json(run_dir / runfolder.CONFIG_FILE, self.cfg.model_dump())
+        if self.cfg.preset:
+            self.console.print(f"preset {self.cfg.preset} (config.yaml and --set override it)")
         local_file = Path(self.cfg.save_dir) / LOCAL_REDIS_FILE
         stopped_by = "error"
         try:
