@@ -19,6 +19,7 @@ from soulsai.errors import ProtocolError
 from soulsai.transport.codec import (
     Experience,
     ExperienceSpec,
+    LayoutCache,
     decode_experience_rows,
     decode_experiences,
 )
@@ -82,6 +83,7 @@ class Intake:
         self.messages = 0
         self.drained_at = 0.0  # monotonic time of the last pop that left Redis's queue empty
         self.queued = 0  # envelopes still in Redis's queue after the last pop
+        self.layouts = LayoutCache()  # clients' envelope layouts, reused across pops
         self.paused = threading.Event()
         self._log = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
@@ -136,7 +138,7 @@ class Intake:
 
     def _handle_rows(self, raws: list[bytes], newest: int) -> int:
         assert self.accept_rows is not None
-        rows = decode_experience_rows(raws, self.spec)
+        rows = decode_experience_rows(raws, self.spec, self.layouts)
         for e in rows.errors:
             self._reject(e.reason, str(e))
         mids, counts = rows.model_ids, rows.counts

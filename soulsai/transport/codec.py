@@ -276,6 +276,45 @@ class _Shape:
     frame_bytes: np.ndarray  # the envelope's bytes there
 
 
+class LayoutCache:
+    """Envelope layouts seen in earlier batches, for `decode_experience_rows` (one spec only).
+
+    A row of the same length whose bytes at a cached layout's frame positions equal that
+    layout's frame bytes has that layout, for the same reason as within one batch (msgpack is
+    prefix-free), so the structural decoder need not run again for it. Bounded: `per_key`
+    layouts per (length, frame positions), `keys` of those, the oldest dropped first.
+    """
+
+    def __init__(self, per_key: int = 64, keys: int = 16) -> None:
+        self.per_key, self.keys = per_key, keys
+        self._by_len: dict[int, list[tuple[np.ndarray, dict[bytes, _Shape]]]] = {}
+        self._count = 0
+
+    def find(self, row: np.ndarray) -> _Shape | None:
+        for frame, shapes in self._by_len.get(len(row), ()):
+            shape = shapes.get(row[frame].tobytes())
+            if shape is not None:
+                return shape
+        return None
+
+    def add(self, length: int, shape: _Shape) -> None:
+        entries = self._by_len.setdefault(length, [])
+        same = [shapes for frame, shapes in entries if np.array_equal(frame, shape.frame)]
+        if same:
+            shapes = same[0]
+        else:
+            if self._count >= self.keys:
+                self._by_len.clear()
+                self._count = 0
+                entries = self._by_len.setdefault(length, [])
+            shapes = {}
+            entries.append((shape.frame, shapes))
+            self._count += 1
+        if len(shapes) >= self.per_key:
+            del shapes[next(iter(shapes))]
+        shapes[shape.frame_bytes.tobytes()] = shape
+
+
 @dataclass
 class _Plan:
     """Rows of `block` (None: all) that share one payload layout, to slice out together."""
@@ -287,7 +326,9 @@ class _Plan:
     n: int
 
 
-def decode_experience_rows(raws: list[Any], spec: ExperienceSpec) -> ExperienceRows:
+def decode_experience_rows(
+    raws: list[Any], spec: ExperienceSpec, layouts: LayoutCache | None = None
+) -> ExperienceRows:
     """Validate many envelopes and return their transitions as one array per field.
 
     Envelopes of equal length are joined and checked together with numpy. The first one goes
@@ -297,7 +338,8 @@ def decode_experience_rows(raws: list[Any], spec: ExperienceSpec) -> ExperienceR
     the whole batch. Envelopes whose payloads lie at the same offsets (clients whose ids have
     the same length) are sliced out together, straight into the output arrays. Anything else
     is decoded one by one. Each envelope is accepted or rejected exactly as `decode_experience`
-    would; the rows come grouped by layout, not in input order.
+    would; the rows come grouped by layout, not in input order. `layouts` (kept by the caller
+    across batches of the same spec) spares the structural decoder for layouts seen before.
     """
     errors: list[ProtocolError] = []
     by_len: dict[int, list[bytes]] = {}
@@ -314,7 +356,7 @@ def decode_experience_rows(raws: list[Any], spec: ExperienceSpec) -> ExperienceR
             singles.extend(group)
             continue
         block = np.frombuffer(b"".join(group), np.uint8).reshape(len(group), length)
-        misses = _plan_group(group, block, spec, plans, singles, errors, misses)
+        misses = _plan_group(group, block, spec, plans, singles, errors, misses, layouts)
     single_exps = []
     for raw in singles:
         try:  # values are checked below with everything else, once
@@ -355,6 +397,7 @@ def _plan_group(
     singles: list[Any],
     errors: list[ProtocolError],
     misses: int,
+    layouts: LayoutCache | None = None,
 ) -> int:
     """Sort the envelopes of one length by layout into `plans` (or `singles`); returns the
     updated count of layouts that matched only their own envelope."""
@@ -362,14 +405,24 @@ def _plan_group(
     model_ids = np.empty(k, np.int64)
     by_payloads: dict[tuple[tuple[int, int], ...], tuple[list[np.ndarray], int]] = {}
     pending = np.arange(k)
+    # Every row's bytes at one layout's frame positions, gathered once: clients whose ids have
+    # the same length put their frames at the same positions, only the bytes differ.
+    frame_at: np.ndarray | None = None
+    framed = block[:, :0]
     while len(pending):
-        try:
-            shape = _shape_of(group[pending[0]], spec)
-        except ProtocolError as e:
-            errors.append(e)
-            pending = pending[1:]
-            continue
-        same = (block[:, shape.frame][pending] == shape.frame_bytes).all(axis=1)
+        shape = layouts.find(block[pending[0]]) if layouts is not None else None
+        if shape is None:
+            try:
+                shape = _shape_of(group[pending[0]], spec)
+            except ProtocolError as e:
+                errors.append(e)
+                pending = pending[1:]
+                continue
+            if layouts is not None:
+                layouts.add(block.shape[1], shape)
+        if frame_at is None or not np.array_equal(shape.frame, frame_at):
+            frame_at, framed = shape.frame, block[:, shape.frame]
+        same = (framed[pending] == shape.frame_bytes).all(axis=1)
         rows, pending = pending[same], pending[~same]
         misses += len(rows) == 1 and len(pending) > 0
         model_ids[rows] = shape.model_id

@@ -31,6 +31,7 @@ from soulsai.transport.codec import (
     MAX_INFO_KEYS,
     EpisodeRecord,
     ExperienceSpec,
+    LayoutCache,
     decode_command,
     decode_episode,
     decode_experience,
@@ -900,10 +901,20 @@ def _one_by_one(raws: list[Any]) -> tuple[list[bytes], list[str], list[tuple[int
     return (_row_records(joined) if models else []), sorted(reasons), sorted(models)
 
 
+# Shared by every call below: layouts cached from earlier (fuzzed) batches must never change
+# what a later batch accepts or rejects.
+LAYOUTS = LayoutCache(per_key=8, keys=4)
+
+
 def _check_rows_like_one_by_one(raws: list[Any]) -> None:
     from soulsai.transport.codec import decode_experience_rows
 
-    out = decode_experience_rows(raws, SPEC)
+    _check_rows_against(raws, decode_experience_rows(raws, SPEC))
+    _check_rows_against(raws, decode_experience_rows(raws, SPEC, LAYOUTS))
+    _check_rows_against(raws, decode_experience_rows(raws, SPEC, LAYOUTS))  # all cached now
+
+
+def _check_rows_against(raws: list[Any], out: Any) -> None:
     want_rows, want_reasons, want_models = _one_by_one(raws)
     assert sorted(e.reason for e in out.errors) == want_reasons
     assert out.model_ids.dtype == out.counts.dtype == np.int64
@@ -943,6 +954,32 @@ def test_rows_decode_many_layouts_and_odd_inputs() -> None:
     bad["f"]["reward"][2] = np.full(4, np.nan, np.float32).tobytes()
     raws += [pack(bad)] * 3
     _check_rows_like_one_by_one(raws)
+
+
+def test_layout_cache_reuses_layouts_across_batches_and_stays_bounded() -> None:
+    from soulsai.transport import codec
+
+    calls = 0
+    real = codec._shape_of
+
+    def counting(raw: bytes, spec: ExperienceSpec) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(raw, spec)
+
+    cache = LayoutCache(per_key=2, keys=2)
+    a = [encode_experience("a", 1, make_fields(3, seed=s)) for s in range(3)]
+    b = [encode_experience("b", 1, make_fields(3, seed=s)) for s in range(3)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(codec, "_shape_of", counting)
+        codec.decode_experience_rows(a + b, SPEC, cache)
+        assert calls == 2  # one per layout
+        out = codec.decode_experience_rows(b + a, SPEC, cache)
+        assert calls == 2 and out.counts.sum() == 18  # both from the cache
+        c = [encode_experience("c", 1, make_fields(3, seed=s)) for s in range(2)]
+        codec.decode_experience_rows(c + a, SPEC, cache)  # 'c' evicts 'a' (2 per key)
+        assert calls == 4
+    _check_rows_like_one_by_one(a + b + c)
 
 
 def test_rows_decode_isolates_bad_values_within_one_layout() -> None:
