@@ -115,6 +115,8 @@ def measure(
 ) -> dict:
     import torch
 
+    torch.set_num_threads(1)  # as the training node runs (training.threads: 1)
+
     prefix = f"bc{name}{time.time_ns() % 10**6}"
     r = redis.Redis(host="127.0.0.1", port=server.port, password=server.password)
     link = TrainerLink(r, Keys(prefix))
