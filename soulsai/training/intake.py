@@ -111,7 +111,14 @@ class Intake:
                 backoff = min(backoff * 2, 5.0)
                 continue
             if raws:
-                self.handle_many(raws)
+                try:
+                    self.handle_many(raws)
+                except Exception as e:  # no input may stop the draining: drop, count, say
+                    self.rejected["internal_error"] += len(raws)
+                    self._log.warning(
+                        "internal_error",
+                        f"dropped {len(raws)} experience messages: {type(e).__name__}: {e}",
+                    )
             if len(raws) < self.pop_count:  # whatever arrives next was pushed after this
                 self.drained_at = time.monotonic()
 

@@ -15,7 +15,7 @@ import json
 import math
 import struct
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -277,18 +277,30 @@ class _Shape:
 
 
 class LayoutCache:
-    """Envelope layouts seen in earlier batches, for `decode_experience_rows` (one spec only).
+    """Envelope layouts seen in earlier batches, for `decode_experience_rows`.
 
     A row of the same length whose bytes at a cached layout's frame positions equal that
     layout's frame bytes has that layout, for the same reason as within one batch (msgpack is
-    prefix-free), so the structural decoder need not run again for it. Bounded: `per_key`
-    layouts per (length, frame positions), `keys` of those, the oldest dropped first.
+    prefix-free), so the structural decoder need not run again for it. Bounded: layouts whose
+    frame (everything but the payloads) is over MAX_FRAME bytes are not kept; at most
+    `per_key` layouts per (length, frame positions), the oldest dropped first; at most `keys`
+    of those, all dropped when one more comes. Layouts of one spec only: another spec empties
+    it.
     """
 
-    def __init__(self, per_key: int = 64, keys: int = 16) -> None:
+    MAX_FRAME = 4096
+
+    def __init__(self, per_key: int = 64, keys: int = 8) -> None:
         self.per_key, self.keys = per_key, keys
         self._by_len: dict[int, list[tuple[np.ndarray, dict[bytes, _Shape]]]] = {}
         self._count = 0
+        self._spec: ExperienceSpec | None = None
+
+    def bind(self, spec: ExperienceSpec) -> None:
+        if spec is not self._spec:
+            self._by_len.clear()
+            self._count = 0
+            self._spec = spec
 
     def find(self, row: np.ndarray) -> _Shape | None:
         for frame, shapes in self._by_len.get(len(row), ()):
@@ -298,10 +310,13 @@ class LayoutCache:
         return None
 
     def add(self, length: int, shape: _Shape) -> None:
+        if len(shape.frame) > self.MAX_FRAME:
+            return
         entries = self._by_len.setdefault(length, [])
-        same = [shapes for frame, shapes in entries if np.array_equal(frame, shape.frame)]
+        same = [(frame, shapes) for frame, shapes in entries if np.array_equal(frame, shape.frame)]
         if same:
-            shapes = same[0]
+            frame, shapes = same[0]
+            shape = replace(shape, frame=frame)  # one positions array per key
         else:
             if self._count >= self.keys:
                 self._by_len.clear()
@@ -341,6 +356,8 @@ def decode_experience_rows(
     would; the rows come grouped by layout, not in input order. `layouts` (kept by the caller
     across batches of the same spec) spares the structural decoder for layouts seen before.
     """
+    if layouts is not None:
+        layouts.bind(spec)
     errors: list[ProtocolError] = []
     by_len: dict[int, list[bytes]] = {}
     singles: list[Any] = []
@@ -418,6 +435,10 @@ def _plan_group(
                 errors.append(e)
                 pending = pending[1:]
                 continue
+            if shape is None:  # valid, but not a layout the batch path takes
+                singles.append(group[pending[0]])
+                pending = pending[1:]
+                continue
             if layouts is not None:
                 layouts.add(block.shape[1], shape)
         if frame_at is None or not np.array_equal(shape.frame, frame_at):
@@ -460,24 +481,46 @@ def _check_rows(rows: ExperienceRows, spec: ExperienceSpec) -> ExperienceRows:
     return ExperienceRows(fields, rows.model_ids[good], rows.counts[good], rows.errors)
 
 
-def _shape_of(raw: bytes, spec: ExperienceSpec) -> _Shape:
-    """Decode one envelope's structure (raising its ProtocolError) and locate its payloads."""
+def _shape_of(raw: bytes, spec: ExperienceSpec) -> _Shape | None:
+    """Decode one envelope's structure (raising its ProtocolError) and locate its payloads.
+
+    None for a valid envelope whose layout the batch path does not take: the walk below must
+    see exactly what the decoder kept (one field map, each spec field once, [dtype, shape,
+    bytes] of the right length), and msgpack keeps only the last of repeated keys, so an
+    envelope with a repeated `f` or field name goes the one-by-one way instead.
+    """
     exp = _decode_structure(raw, spec)
+    try:
+        return _locate_payloads(raw, spec, exp)
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        return None  # includes msgpack's OutOfData, ExtraData and FormatError
+
+
+def _locate_payloads(raw: bytes, spec: ExperienceSpec, exp: Experience) -> _Shape | None:
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(raw), 1))
     unpacker.feed(raw)
     payloads: dict[str, tuple[int, int]] = {}
+    maps = 0
     for _ in range(unpacker.read_map_header()):
         if unpacker.unpack() != "f":
             unpacker.skip()
             continue
-        payloads = {}  # a repeated key: msgpack keeps the last value, and so do we
-        for _ in range(unpacker.read_map_header()):
+        maps += 1
+        if maps > 1 or unpacker.read_map_header() != len(spec.fields):
+            return None
+        for _ in range(len(spec.fields)):
             name = unpacker.unpack()
-            unpacker.read_array_header()
+            fs = spec.fields.get(name) if isinstance(name, str) else None
+            if fs is None or name in payloads or unpacker.read_array_header() != 3:
+                return None
             unpacker.skip()  # dtype
             unpacker.skip()  # shape
             data = unpacker.unpack()
+            if type(data) is not bytes or len(data) != exp.n * fs.item_bytes:
+                return None
             payloads[name] = (unpacker.tell() - len(data), unpacker.tell())
+    if maps != 1 or unpacker.tell() != len(raw):
+        return None
     inside = np.zeros(len(raw), dtype=bool)
     for start, end in payloads.values():
         inside[start:end] = True

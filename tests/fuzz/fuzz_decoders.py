@@ -17,6 +17,7 @@ with atheris.instrument_imports():
 
     from soulsai.errors import ProtocolError
     from soulsai.transport.codec import (
+        LayoutCache,
         decode_command,
         decode_episode,
         decode_experience,
@@ -29,9 +30,11 @@ with atheris.instrument_imports():
 SPEC = dqn_experience_spec(
     gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 4096, 1 << 20
 )
+LAYOUTS = LayoutCache()
 DECODERS = (
     lambda raw: decode_experience(raw, SPEC),
     lambda raw: decode_experience_rows([raw, raw, raw[:-1], raw], SPEC),  # never raises
+    lambda raw: decode_experience_rows([raw, raw], SPEC, LAYOUTS),  # layouts of earlier inputs
     lambda raw: decode_episode(raw, 65536),
     lambda raw: decode_command(raw, {"save_best", "quicksave", "shutdown"}),
     lambda raw: weights_metadata(raw, 1 << 20),

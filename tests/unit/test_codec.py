@@ -982,6 +982,61 @@ def test_layout_cache_reuses_layouts_across_batches_and_stays_bounded() -> None:
     _check_rows_like_one_by_one(a + b + c)
 
 
+def _raw_map(pairs: list[tuple[str, Any]]) -> bytes:
+    """A msgpack map that may repeat keys (msgpack itself keeps only the last)."""
+    assert len(pairs) < 16
+    return bytes([0x80 | len(pairs)]) + b"".join(pack(k) + pack(v) for k, v in pairs)
+
+
+def _with_fields(*field_maps: Any, model_id: int = 1, n: int = 3) -> bytes:
+    head = [("v", 1), ("t", "exp"), ("client", "c"), ("model_id", model_id), ("n", n)]
+    return _raw_map(head + [("f", f) for f in field_maps])
+
+
+def test_rows_decode_of_repeated_keys_matches_one_by_one() -> None:
+    """msgpack keeps the last of repeated keys, so the one-by-one decoder validates only the
+    last field map; the batch path must neither trip over the others nor read payloads from
+    them (a decoy map in front of a real one holding NaN must not get the envelope in)."""
+    real = valid_envelope(3)["f"]
+    decoy = msgpack.unpackb(encode_experience("c", 1, make_fields(3, seed=2)), raw=False)["f"]
+    nan = make_fields(3, seed=1)
+    nan["reward"][0] = np.nan
+    nan_f = msgpack.unpackb(encode_experience("c", 1, nan), raw=False)["f"]
+    dup_name = _raw_map([("obs", real["obs"])] + list(real.items()))
+    batches = [
+        _with_fields(5, real),
+        _with_fields([1, 2], real),
+        _with_fields({"obs": 7}, real),
+        _with_fields({"obs": ["a", "b", "xyz"]}, real),
+        _with_fields({"obs": ["<f4", [3, 4], b"zz", "f", decoy]}, nan_f),  # a decoy in front
+        _with_fields(real, {"obs": [1]}),  # the last map is the bad one
+    ]
+    dup_name_env = _with_fields(real)
+    dup_name_env = dup_name_env[: -len(pack(real))] + dup_name  # a field map naming obs twice
+    batches.append(dup_name_env)
+    cache = LayoutCache()
+    for raw in batches:
+        for pair in ([raw, raw], [raw, raw, encode_experience("c", 1, make_fields(3, seed=5))]):
+            _check_rows_like_one_by_one(pair)
+            from soulsai.transport.codec import decode_experience_rows
+
+            _check_rows_against(pair, decode_experience_rows(pair, SPEC, cache))
+
+
+def test_layout_cache_keeps_no_large_frames() -> None:
+    from soulsai.transport.codec import decode_experience_rows
+
+    big = valid_envelope(3)
+    big["pad"] = b"x" * 20_000  # an extra key: part of the frame, not a payload
+    raw = pack(big)
+    cache = LayoutCache()
+    assert decode_experience_rows([raw, raw], SPEC, cache).counts.tolist() == [3, 3]
+    assert cache.find(np.frombuffer(raw, np.uint8)) is None  # decoded, not kept
+    small = encode_experience("c", 1, make_fields(3))
+    decode_experience_rows([small, small], SPEC, cache)
+    assert cache.find(np.frombuffer(small, np.uint8)) is not None
+
+
 def test_rows_decode_isolates_bad_values_within_one_layout() -> None:
     from soulsai.transport.codec import decode_experience_rows
 

@@ -80,3 +80,34 @@ def test_nothing_fresh_means_no_call() -> None:
     intake, got = make_intake(newest=10, max_delay=0)
     assert intake.handle_many([envelope(9), b""]) == 0
     assert got == [] and intake.rejected["stale_model"] == 4
+
+
+def test_a_batch_that_fails_unforeseen_is_dropped_and_the_intake_drains_on() -> None:
+    """Whatever goes wrong in handling one popped batch, the intake thread counts it, says so
+    and keeps draining: a dead intake thread would leave the node running without samples."""
+
+    class Link:
+        def __init__(self) -> None:
+            self.pops = 0
+
+        def pop_samples(self, count: int, block: float) -> tuple[list[bytes], int]:
+            self.pops += 1
+            if self.pops > 2:
+                stop.set()
+                return [], 0
+            return [envelope(10), envelope(10)], 0
+
+    stop = threading.Event()
+    calls = []
+
+    def accept_rows(rows: dict[str, np.ndarray]) -> None:
+        calls.append(rows)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+
+    link = Link()
+    intake = Intake(link, SPEC, lambda e: None, lambda: 10, 2, 64, stop, accept_rows=accept_rows)  # type: ignore[arg-type]
+    intake.start()
+    intake.join(5.0)
+    assert link.pops == 3 and len(calls) == 2
+    assert intake.rejected["internal_error"] == 2
