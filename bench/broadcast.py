@@ -184,8 +184,8 @@ def measure(
         "p99": float(np.percentile(lat_arr, 99)),
         "stall50": float(np.percentile(stalls, 50)),
         "stall_max": float(np.max(stalls)),
-        "quiet50": float(np.percentile(quiet, 50)),
-        "quiet_max": float(np.max(quiet)),
+        "quiet50": float(np.percentile(quiet, 50)) if quiet else float("nan"),
+        "quiet_max": float(np.max(quiet)) if quiet else float("nan"),
     }
 
 

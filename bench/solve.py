@@ -30,13 +30,14 @@ def run_ours(
     algo: str,
     env: str,
     seed: int,
-    max_steps: int,
+    max_steps: int | None,
     max_seconds: float,
     extra: list[str],
     clients: int = 2,
     target: float | None = None,
 ) -> dict:
-    """Whole-process `soulsai train` until solved (target: TARGETS[env] unless given)."""
+    """Whole-process `soulsai train` until solved (target: TARGETS[env] unless given;
+    max_steps None: the config's, from the defaults or the env's preset)."""
     # A child cut off by the timeout may still be writing into tmp while it is removed.
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         t0 = time.time()
@@ -55,8 +56,7 @@ def run_ours(
             str(clients),
             "--target-return",
             str(TARGETS[env] if target is None else target),
-            "--max-steps",
-            str(max_steps),
+            *(["--max-steps", str(max_steps)] if max_steps is not None else []),
             "--save-dir",
             tmp,
             "--no-progress",
@@ -136,7 +136,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--case", nargs="*", default=CASES)
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
-    ap.add_argument("--max-steps", type=int, default=1_000_000)
+    ap.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="env steps at most (default: ours, the config's max_steps, as `soulsai train` "
+        "uses it; SB3, 1M, over which its zoo schedules are stretched as RL-Zoo does)",
+    )
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--ours-only", action="store_true")
     ap.add_argument(
@@ -154,7 +160,7 @@ def main() -> None:
             rows["soulsai"].append(ours)
             print(f"{case} seed {seed} soulsai: {json.dumps(ours)}", flush=True)
             if not args.ours_only:
-                peer = run_sb3(algo, env, seed, args.max_steps, args.max_seconds)
+                peer = run_sb3(algo, env, seed, args.max_steps or 1_000_000, args.max_seconds)
                 rows["sb3"].append(peer)
                 print(f"{case} seed {seed} sb3:     {json.dumps(peer)}", flush=True)
         line = [f"{case}:"]

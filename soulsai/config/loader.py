@@ -148,7 +148,8 @@ def _merge_all(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any]
 
 
 def _find_preset(cdir: Path, data: dict[str, Any], source: str) -> Path | None:
-    """The preset file the merged (not yet validated) config asks for, or None."""
+    """The preset file the merged (not yet validated) config asks for, or None: auto looks in
+    `<cdir>/presets/`, then in the presets shipped with soulsai."""
     choice = data.get("preset", AUTO)
     if choice is None:
         return None
@@ -162,11 +163,15 @@ def _find_preset(cdir: Path, data: dict[str, Any], source: str) -> Path | None:
         if not path.is_file():
             raise ConfigError(f"config error in {source}: key 'preset': no file {path}")
         return path
-    algo, env = data.get("algo"), (data.get("env") or {}).get("id")
-    if not isinstance(algo, str) or not isinstance(env, str) or "/" in env or env.startswith("."):
+    algo, env = data.get("algo"), data.get("env")
+    env_id = env.get("id") if isinstance(env, dict) else None
+    if not isinstance(algo, str) or not isinstance(env_id, str):
         return None  # validation names the bad key
-    for base in (cdir, default_config_dir(), Path(__file__).resolve().parent / "data"):
-        path = base / PRESETS_DIR / algo / f"{env}.yaml"
+    parts = env_id.split("/")  # namespaced ids (ALE/Pong-v5): a folder per namespace
+    if not algo.isidentifier() or any(not p or p.startswith(".") or "\\" in p for p in parts):
+        return None
+    for base in (cdir, Path(__file__).resolve().parent / "data"):
+        path = base.joinpath(PRESETS_DIR, algo, *parts[:-1], f"{parts[-1]}.yaml")
         if path.is_file():
             return path
     return None

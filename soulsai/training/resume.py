@@ -172,6 +172,8 @@ def resume_config(
     explicit = _explicit_paths(config_dir, overrides)
     out = fresh.model_dump()
     _overlay(fresh, saved, out, (), explicit)
+    # The run's values came with the run's preset (none before presets), not this start's.
+    out["preset"] = saved.get("preset")
     try:
         cfg = Config.model_validate(out)
     except ValidationError as e:

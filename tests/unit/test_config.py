@@ -228,6 +228,21 @@ def test_bad_value_in_a_preset_names_the_preset(cdir: Path) -> None:
     assert "'ppo.gamma'" in msg and str(mine) in msg, msg
 
 
+@pytest.mark.parametrize("item", ["env=5", "env=abc", "env=[1]", "algo=[1]"])
+def test_a_bad_section_that_picks_the_preset_is_a_config_error(cdir: Path, item: str) -> None:
+    msg = config_error(cdir, [item])
+    assert "--set" in msg and f"'{item.split('=')[0]}" in msg, msg
+
+
+def test_namespaced_env_ids_find_their_preset_in_a_folder(cdir: Path) -> None:
+    mine = cdir / "presets" / "dqn" / "ALE" / "Pong-v5.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("dqn:\n  lr: 0.0002\n", encoding="utf-8")
+    cfg = load_config(cdir, ["env.id=ALE/Pong-v5"])
+    assert cfg.preset == str(mine) and cfg.dqn.lr == 0.0002
+    assert load_config(cdir, ["env.id=../../config_d"]).preset is None  # no way out of presets/
+
+
 def test_every_shipped_preset_validates(cdir: Path) -> None:
     shipped = sorted((ROOT / "config" / "presets").glob("*/*.yaml"))
     assert shipped, "no presets shipped"

@@ -245,6 +245,17 @@ def test_resume_config_continues_the_saved_run(tmp_path: Path, cdir: Path) -> No
             resume.resume_config(load_config(cdir, sets), cdir, sets, point)
 
 
+def test_resume_keeps_the_runs_preset_not_this_starts(tmp_path: Path, cdir: Path) -> None:
+    saved = small_cfg(cdir, "env.id=LunarLander-v3", "preset=null")  # as a run from before presets
+    run = run_folder(tmp_path, saved)
+    Saves(saved, run, FakeNode(saved)).save("periodic")
+    fresh = load_config(cdir, ["env.id=LunarLander-v3"])
+    assert fresh.preset is not None and fresh.dqn.hidden == [256, 256]  # the shipped preset
+    cfg, changed = resume.resume_config(fresh, cdir, [], resume.find(run, "x"))
+    assert cfg.preset is None and cfg.dqn.hidden == saved.dqn.hidden == [16, 16]
+    assert cfg.target_return == saved.target_return and changed == []
+
+
 # ---------------------------------------------------------------- evaluate
 
 
