@@ -293,13 +293,11 @@ class LayoutCache:
     def __init__(self, per_key: int = 64, keys: int = 8) -> None:
         self.per_key, self.keys = per_key, keys
         self._by_len: dict[int, list[tuple[np.ndarray, dict[bytes, _Shape]]]] = {}
-        self._count = 0
         self._spec: ExperienceSpec | None = None
 
     def bind(self, spec: ExperienceSpec) -> None:
         if spec is not self._spec:
             self._by_len.clear()
-            self._count = 0
             self._spec = spec
 
     def find(self, row: np.ndarray) -> _Shape | None:
@@ -318,13 +316,11 @@ class LayoutCache:
             frame, shapes = same[0]
             shape = replace(shape, frame=frame)  # one positions array per key
         else:
-            if self._count >= self.keys:
+            if sum(map(len, self._by_len.values())) >= self.keys:
                 self._by_len.clear()
-                self._count = 0
                 entries = self._by_len.setdefault(length, [])
             shapes = {}
             entries.append((shape.frame, shapes))
-            self._count += 1
         if len(shapes) >= self.per_key:
             del shapes[next(iter(shapes))]
         shapes[shape.frame_bytes.tobytes()] = shape

@@ -50,6 +50,13 @@ def node(redis_server, prefix, config_dir, tmp_path):
     n.link.close()
 
 
+def pay(node: DQNTrainingNode, updates: int) -> None:
+    """The learner does `updates` gradient steps, then the node decides on the pause."""
+    for _ in range(updates):
+        node.learner.update(node.buffer.sample(64))
+    node._throttle()
+
+
 def test_intake_pauses_at_once_and_honest_late_samples_are_owed(node, rclient, prefix):
     throttle = Keys(prefix).throttle
     start(node)
@@ -82,12 +89,9 @@ def test_clients_resume_at_half_the_debt(node, rclient, prefix):
     start(node)
     node.intake.handle_many([MSG] * 5)
     assert rclient.exists(throttle)
-    for _ in range(19):
-        node.learner.update(node.buffer.sample(64))
-    node._throttle()
+    pay(node, 19)
     assert node.throttled  # 21 owed > 40 // 2
-    node.learner.update(node.buffer.sample(64))
-    node._throttle()
+    pay(node, 1)
     assert not node.throttled and not rclient.exists(throttle)
 
 
@@ -106,10 +110,7 @@ def test_what_waits_in_redis_counts_toward_the_pause(node, rclient, prefix):
     assert len(raws) == 5 and node.intake.queued == 0
     node.intake.handle_many(raws)
     assert node._owed_updates() == 48
-    for _ in range(27):
-        node.learner.update(node.buffer.sample(64))
-    node._throttle()
+    pay(node, 27)
     assert node.throttled  # 21 owed > 40 // 2
-    node.learner.update(node.buffer.sample(64))
-    node._throttle()
+    pay(node, 1)
     assert not node.throttled and not rclient.exists(keys.throttle)

@@ -997,6 +997,8 @@ def test_rows_decode_of_repeated_keys_matches_one_by_one() -> None:
     """msgpack keeps the last of repeated keys, so the one-by-one decoder validates only the
     last field map; the batch path must neither trip over the others nor read payloads from
     them (a decoy map in front of a real one holding NaN must not get the envelope in)."""
+    from soulsai.transport.codec import decode_experience_rows
+
     real = valid_envelope(3)["f"]
     decoy = msgpack.unpackb(encode_experience("c", 1, make_fields(3, seed=2)), raw=False)["f"]
     nan = make_fields(3, seed=1)
@@ -1018,8 +1020,6 @@ def test_rows_decode_of_repeated_keys_matches_one_by_one() -> None:
     for raw in batches:
         for pair in ([raw, raw], [raw, raw, encode_experience("c", 1, make_fields(3, seed=5))]):
             _check_rows_like_one_by_one(pair)
-            from soulsai.transport.codec import decode_experience_rows
-
             _check_rows_against(pair, decode_experience_rows(pair, SPEC, cache))
 
 

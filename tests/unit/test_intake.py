@@ -94,7 +94,7 @@ def test_a_batch_that_fails_unforeseen_is_dropped_and_the_intake_drains_on() -> 
             self.pops += 1
             if self.pops > 2:
                 stop.set()
-                return [], 0
+                return [], 3  # three envelopes left in Redis's queue
             return [envelope(10), envelope(10)], 0
 
     stop = threading.Event()
@@ -111,3 +111,4 @@ def test_a_batch_that_fails_unforeseen_is_dropped_and_the_intake_drains_on() -> 
     intake.join(5.0)
     assert link.pops == 3 and len(calls) == 2
     assert intake.rejected["internal_error"] == 2
+    assert intake.queued == 3  # what the last pop said stays queued, for the pause decision
