@@ -131,6 +131,7 @@ class DQNActor:
         self.discarded = 0
         self.epsilon = 1.0
         self._epsilon_due = 0  # client steps at which epsilon is recomputed
+        self._steps_at_model: int | None = None  # client steps when the model arrived
 
     def make_policy(self, state: dict[str, Any]) -> NumpyQPolicy:
         return NumpyQPolicy(state, self.cfg.dqn.normalize_obs)
@@ -139,14 +140,23 @@ class DQNActor:
         out = self._flush()  # one model id per message
         self.model_id, self.policy, self.meta = model_id, policy, meta
         self._epsilon_due = 0
+        self._steps_at_model = None  # set by the first act() with this model
         return out
+
+    def global_steps(self, client_steps: int) -> int:
+        """The run's env steps as this client knows them: the node's count when it published
+        the model (which already holds this client's earlier steps) plus the steps this client
+        took since the model arrived."""
+        if self._steps_at_model is None:
+            self._steps_at_model = client_steps
+        return int(self.meta.get("env_steps", 0)) + client_steps - self._steps_at_model
 
     def act(self, obs: np.ndarray, client_steps: int) -> np.ndarray:
         if client_steps >= self._epsilon_due:
             num_clients = max(1, int(self.meta.get("num_clients", 1)))
             self.epsilon = epsilon(
                 self.cfg.dqn,
-                int(self.meta.get("env_steps", 0)) + client_steps,
+                self.global_steps(client_steps),
                 self.index % num_clients,  # restarted clients get fresh indices: stay on the ladder
                 num_clients,
             )
