@@ -462,6 +462,13 @@ def quicksave(
     help="Where `latest` looks for run folders [the configured save_dir].",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a saved key.")
+@click.option(
+    "--config-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="This machine's config: the only source of env.imports and env.wrappers "
+    "[default: ./config, else the packaged defaults].",
+)
 def evaluate(
     run_dir: str,
     model: str | None,
@@ -471,22 +478,28 @@ def evaluate(
     seed: int | None,
     save_dir: Path | None,
     sets: tuple[str, ...],
+    config_dir: Path | None,
 ) -> None:
     """Play a saved agent's deterministic policy (greedy DQN, mean-action PPO) without Redis.
 
     RUN_DIR is a run folder, one of its checkpoint folders, or `latest`. Prints each episode's
-    return and then the mean and standard deviation.
+    return and then the mean and standard deviation. The env's imports and wrappers come from
+    this machine's config, never from the run folder (what it asked for is shown).
     """
     from soulsai import evaluate as ev
 
     if video is not None and render == "human":
         raise click.UsageError("--video needs --render rgb_array")
+    local = load_config(config_dir if config_dir is not None else default_config_dir(), sets)
     if save_dir is None and run_dir == "latest":
-        save_dir = Path(load_config(default_config_dir()).save_dir)
+        save_dir = Path(local.save_dir)
     folder, note = ev.locate(run_dir, model, save_dir or ".")
     if note:
         click.echo(note, err=True)
-    cfg = ev.checkpoint_config(folder, sets)
+    notes: list[str] = []
+    cfg = ev.checkpoint_config(folder, sets, local, notes)
+    for line in notes:
+        click.echo(line, err=True)
     first = cfg.seed + 10_000 if seed is None else seed  # not the seeds the clients trained on
     click.echo(f"evaluating {folder} ({cfg.algo} on {cfg.env.id}, {episodes} episodes)")
 

@@ -4,6 +4,10 @@ Loads a checkpoint of a run folder (best_model/, checkpoint/ or manual_save/), b
 the algorithm registered (`soulsai.training.policies`), plays N episodes and reports the mean
 and standard deviation of the return. With `video_dir`, each episode is also written as a GIF
 (Pillow; rendered with `render_mode="rgb_array"`).
+
+A run folder is data: the keys that name code (env.imports, env.wrappers, a `module:Env-v0`
+id) come from this machine's config, and what the folder asked for is shown, never imported
+(soulsai/config/trust.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from soulsai import run as runfolder
 from soulsai.client.envs import make_single_env
 from soulsai.config import Config
 from soulsai.config.loader import parse_set
+from soulsai.config.trust import CODE_KEYS, check_env_id, code_asked, local_source
 from soulsai.errors import ConfigError
 from soulsai.training.checkpoint import MANIFEST, load_checkpoint, read_config
 from soulsai.training.policies import build_policy
@@ -72,14 +77,29 @@ def locate(run: str | Path, model: str | None, save_dir: str | Path) -> tuple[Pa
     return path / MODELS[model], None
 
 
-def checkpoint_config(folder: Path, sets: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config a checkpoint was trained with (beside it, else its run's), plus `sets`."""
+def checkpoint_config(
+    folder: Path,
+    sets: list[str] | tuple[str, ...] = (),
+    local: Config | None = None,
+    notes: list[str] | None = None,
+) -> Config:
+    """The config a checkpoint was trained with (beside it, else its run's), plus `sets`,
+    with the code-bearing keys of `local` (this machine's config; none without it). What the
+    saved config asked for in code goes to `notes`, to be shown; it is never imported."""
     data = read_config(folder)
     if data is None:
         try:
             data = json.loads((folder.parent / runfolder.CONFIG_FILE).read_text())
         except (OSError, ValueError):
             raise ConfigError(f"evaluate: no config.json in {folder} or its run folder") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"evaluate: the config.json of {folder} is not a mapping")
+    asked = code_asked(data)
+    env = data.get("env")
+    if isinstance(env, dict):
+        env.update({k: [] for k in CODE_KEYS})
+        if local is not None:
+            env.update(local.model_dump(include={"env": set(CODE_KEYS)})["env"])
     for item in sets:
         keys, value = parse_set(item)
         node = data
@@ -87,11 +107,26 @@ def checkpoint_config(folder: Path, sets: list[str] | tuple[str, ...] = ()) -> C
             node = node.setdefault(k, {})
         node[keys[-1]] = value
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"config error in {folder}: key '{key}': {err['msg']}") from None
+    if local is not None:
+        cfg.env._sources = dict(local.env.sources)
+    check_env_id(
+        cfg.env.id,
+        local.env.id if local is not None else None,
+        f"the config of {folder}",
+        "pass --set env.id=<the same id> to allow it",
+    )
+    if notes is not None and asked:
+        mine = local_source(local, "wrappers") if local is not None else "the local config"
+        notes.append(
+            f"{folder} was trained with {', '.join(asked)}: not imported (code-bearing keys "
+            f"come from this machine's config: {mine})"
+        )
+    return cfg
 
 
 class GifWriter:

@@ -27,21 +27,46 @@ class StepDelay(gym.Wrapper):
         return out
 
 
+def _where(cfg: EnvConfig, key: str) -> str:
+    """The local config file that set `env.<key>` (errors name it)."""
+    return cfg.sources.get(key) or "the local config"
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def import_env_modules(cfg: EnvConfig) -> None:
-    """Import `env.imports` so that packages such as soulsgym register their env ids."""
-    for name in cfg.imports:
+    """Import `env.imports` so that packages such as soulsgym register their env ids.
+
+    `cfg` must hold this machine's own env.imports (soulsai/config/trust.py): never a list
+    that came from Redis or a run folder.
+    """
+    for i, name in enumerate(cfg.imports):
         try:
             importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"config error: env.imports: cannot import {name!r}: {e}") from None
+        except Exception as e:  # an import runs code: whatever it raises is this key's fault
+            raise ConfigError(
+                f"config error in {_where(cfg, 'imports')}: key 'env.imports[{i}]' = {name!r}: "
+                f"cannot import it ({_reason(e)})"
+            ) from None
 
 
-def _resolve(path: str) -> Any:
-    module, _, attr = path.rpartition(".")
+def _wrap(env: gym.Env, cfg: EnvConfig, i: int) -> gym.Env:
+    """Apply `env.wrappers[i]`; any failure (no such module or class, a wrong keyword, the
+    wrapper's own check) is one ConfigError naming the wrapper and the file that set it."""
+    w = cfg.wrappers[i]
+    module, _, attr = w.name.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError(f"config error: env.wrappers: cannot find {path!r}") from None
+        wrapper = getattr(importlib.import_module(module), attr)
+        return wrapper(env, **w.kwargs)
+    except Exception as e:
+        env.close()
+        raise ConfigError(
+            f"config error in {_where(cfg, 'wrappers')}: key 'env.wrappers[{i}]' "
+            f"({w.name}): {_reason(e)}"
+        ) from None
 
 
 def make_single_env(cfg: EnvConfig) -> gym.Env:
@@ -53,8 +78,12 @@ def make_single_env(cfg: EnvConfig) -> gym.Env:
         raise ConfigError(f"config error: env.id {cfg.id!r}: {e}") from None
     except TypeError as e:
         raise ConfigError(f"config error: env.kwargs for {cfg.id!r}: {e}") from None
-    for w in cfg.wrappers:
-        env = _resolve(w.name)(env, **w.kwargs)
+    except ImportError as e:  # `module:Env-v0` ids import their module
+        raise ConfigError(
+            f"config error in {_where(cfg, 'id')}: key 'env.id' = {cfg.id!r}: {_reason(e)}"
+        ) from None
+    for i in range(len(cfg.wrappers)):
+        env = _wrap(env, cfg, i)
     if cfg.step_delay > 0:
         env = StepDelay(env, cfg.step_delay)
     return env

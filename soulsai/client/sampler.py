@@ -1,8 +1,10 @@
 """A sampling client: env -> policy -> experience out; weights in.
 
 It needs only where Redis is and the secret; env, algorithm and batching settings come from
-the config the training node publishes. The env loop here is the same for every algorithm;
-what to act, record and send is the job of the algorithm's actor (actors.py).
+the config the training node publishes, except the keys that name code (env.imports,
+env.wrappers), which come from this machine's own config only (soulsai/config/trust.py).
+The env loop here is the same for every algorithm; what to act, record and send is the job
+of the algorithm's actor (actors.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from soulsai.client.actors import Message, make_actor
 from soulsai.client.control import Control
 from soulsai.client.envs import LocalVectorEnv, make_vector_env
 from soulsai.client.outbox import Outbox
-from soulsai.config import Config, config_from_json
+from soulsai.config import Config
+from soulsai.config.trust import received_config
 from soulsai.errors import ConnectionFailed
 from soulsai.transport import ClientLink, RedisTarget, open_link
 from soulsai.transport.codec import KIND_EPISODE, PROTOCOL_VERSION, encode_experience
@@ -95,7 +98,8 @@ class Sampler:
                 "no training node published a config in "
                 f"{local_cfg.client.config_wait:.0f}s (is it running?)"
             )
-        self.cfg = config_from_json(raw)
+        # Data from Redis; the code-bearing keys (env.imports, env.wrappers) are this machine's.
+        self.cfg = received_config(raw, local_cfg)
         self.index = self.link.register()
         self.rng = np.random.default_rng(self.cfg.seed + 1000 * (self.index + 1))
         self.env = make_vector_env(self.cfg.env)
@@ -106,6 +110,7 @@ class Sampler:
             self.cfg.telemetry.stream_maxlen,
             self.cfg.training.max_queue,
             eager=self.cfg.algo == "ppo",
+            max_bytes=self.cfg.client.outbox_max_bytes,
         )
         self.steps = 0
         self.episodes = 0
@@ -118,9 +123,10 @@ class Sampler:
             heartbeat_interval=self.cfg.client.heartbeat_interval,
             heartbeat_timeout=self.cfg.client.heartbeat_timeout,
             poll_interval=self.cfg.client.weights_poll_interval,
-            max_bytes=1 << 30,
+            max_bytes=self.cfg.training.max_weights_bytes,
             status=self._status,
             stop=stop,
+            offline_grace=self.cfg.client.offline_grace,
         )
         if not wait_for(self.control.load_current, self.cfg.client.config_wait):
             raise ConnectionFailed(
@@ -135,6 +141,7 @@ class Sampler:
             "steps": self.steps,
             "episodes": self.episodes,
             "dropped": self.outbox.dropped + self.outbox.trimmed,
+            "dropped_episodes": self.outbox.dropped_episodes,
             "discarded": self.actor.discarded,
             "time": time.time(),
         }
@@ -168,7 +175,7 @@ class Sampler:
         env_failures = 0
         while not stop.is_set():
             if not may_sample.is_set():
-                may_sample.wait(0.1)  # the training node asked for a pause
+                may_sample.wait(0.1)  # paused: the training node asked, or Redis is away
                 continue
             if control.latest is not latest:
                 latest = control.latest

@@ -3,9 +3,10 @@
 The preset is a tuned set of values for one algorithm on one env, shipped as
 `presets/<algo>/<env id>.yaml` beside config_d.yaml and chosen by the `preset` key: `auto`
 (the default) takes the file of the configured algo and env when there is one, `null` none,
-any other value names a file (relative to the config directory). config.yaml and `--set`
-still override it. Every error is a ConfigError naming the key and the file (or `--set`) it
-came from.
+any other value names a file inside a presets folder (`<config dir>/presets/`, then the
+shipped one; relative, no '..'). config.yaml and `--set` still override it. A preset is data:
+it cannot set what chose it nor the keys that name code (env.imports, env.wrappers). Every
+error is a ConfigError naming the key and the file (or `--set`) it came from.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ OVERRIDES_NAME = "config.yaml"
 PRESETS_DIR = "presets"
 SET_SOURCE = "--set"
 AUTO = "auto"
-# What identifies a preset cannot come from one.
+# What identifies a preset cannot come from one; nor can code (presets are data).
 NOT_IN_PRESET = (("algo",), ("preset",), ("env", "id"))
+CODE_IN_PRESET = (("env", "imports"), ("env", "wrappers"))
 
 
 def default_config_dir() -> Path:
@@ -159,10 +161,7 @@ def _find_preset(cdir: Path, data: dict[str, Any], source: str) -> Path | None:
             f"'{AUTO}', null or a file name"
         )
     if choice != AUTO:
-        path = cdir / choice
-        if not path.is_file():
-            raise ConfigError(f"config error in {source}: key 'preset': no file {path}")
-        return path
+        return _named_preset(cdir, choice, source)
     algo, env = data.get("algo"), data.get("env")
     env_id = env.get("id") if isinstance(env, dict) else None
     if not isinstance(algo, str) or not isinstance(env_id, str):
@@ -170,22 +169,50 @@ def _find_preset(cdir: Path, data: dict[str, Any], source: str) -> Path | None:
     parts = env_id.split("/")  # namespaced ids (ALE/Pong-v5): a folder per namespace
     if not algo.isidentifier() or any(not p or p.startswith(".") or "\\" in p for p in parts):
         return None
-    for base in (cdir, Path(__file__).resolve().parent / "data"):
-        path = base.joinpath(PRESETS_DIR, algo, *parts[:-1], f"{parts[-1]}.yaml")
+    for base in _preset_dirs(cdir):
+        path = base.joinpath(algo, *parts[:-1], f"{parts[-1]}.yaml")
         if path.is_file():
             return path
     return None
 
 
+def _preset_dirs(cdir: Path) -> list[Path]:
+    return [cdir / PRESETS_DIR, Path(__file__).resolve().parent / "data" / PRESETS_DIR]
+
+
+def _named_preset(cdir: Path, choice: str, source: str) -> Path:
+    """The file `preset: <choice>` names: inside a presets folder, never outside one (so a
+    preset value cannot make soulsai read, and echo parts of, any other file)."""
+    rel = Path(choice)
+    if rel.is_absolute() or ".." in rel.parts or "\\" in choice or rel.drive:
+        raise ConfigError(
+            f"config error in {source}: key 'preset' = {choice[:80]!r}: name a file inside "
+            f"{PRESETS_DIR}/ (relative, no '..'), e.g. dqn/LunarLander-v3.yaml"
+        )
+    for base in _preset_dirs(cdir):
+        path = base / rel
+        try:
+            inside = path.resolve().is_relative_to(base.resolve())
+        except OSError:
+            inside = False
+        if inside and path.is_file():
+            return path
+    raise ConfigError(
+        f"config error in {source}: key 'preset': no file {rel} in {cdir / PRESETS_DIR} "
+        "or the shipped presets"
+    )
+
+
 def _read_preset(path: Path) -> dict[str, Any]:
     data = _read_yaml(path)
-    for key in NOT_IN_PRESET:
+    for key in NOT_IN_PRESET + CODE_IN_PRESET:
         node: Any = data
         for part in key:
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:
+            why = " (it names code: set it in config.yaml)" if key in CODE_IN_PRESET else ""
             raise ConfigError(
-                f"config error in {path}: key '{'.'.join(key)}' cannot be set in a preset"
+                f"config error in {path}: key '{'.'.join(key)}' cannot be set in a preset{why}"
             )
     return data
 
@@ -214,13 +241,17 @@ def load_config(config_dir: Path | str | None = None, overrides: list[str] | Non
         data, origin = _merge_all(layers)
     data["preset"] = str(preset) if preset is not None else None
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
         rank = {source: i for i, (source, _) in enumerate(layers)}
         first = _describe(errors[0], origin, defaults_path, rank)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None
+    cfg.env._sources = {
+        key: origin.get(("env", key), str(defaults_path)) for key in ("id", "imports", "wrappers")
+    }
+    return cfg
 
 
 def config_from_json(text: str | bytes) -> Config:

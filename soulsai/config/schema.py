@@ -7,8 +7,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from soulsai.config.trust import redact_url
 from soulsai.errors import ConfigError
 
 
@@ -24,12 +33,28 @@ class WrapperConfig(_Strict):
 
 
 class EnvConfig(_Strict):
+    """`imports`, `wrappers` and an `id` of the form `module:Env-v0` name code: they are
+    local-only (soulsai/config/trust.py), never taken from Redis, a run folder or a preset."""
+
     id: str
     imports: list[str]
     kwargs: dict[str, Any]
     wrappers: list[WrapperConfig]
     num_envs: int = Field(ge=1, le=256)
     step_delay: float = Field(ge=0.0, le=10.0)
+    # Which file (or --set) set each key, for errors that must name it: load_config fills it.
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return self._sources
+
+    def __eq__(self, other: object) -> bool:  # where the values came from is no part of them
+        if not isinstance(other, EnvConfig):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # as pydantic's own (mutable models)
 
 
 class ClientConfig(_Strict):
@@ -41,6 +66,9 @@ class ClientConfig(_Strict):
     config_wait: float = Field(ge=0.0)
     env_retries: int = Field(ge=0, le=1000)
     env_retry_backoff: float = Field(ge=0.0, le=60.0)
+    # defaults only so that configs published before these keys existed still load
+    offline_grace: float = Field(default=30.0, ge=0.0, le=86400.0)
+    outbox_max_bytes: int = Field(default=256 << 20, ge=1 << 20, le=1 << 40)
 
     @model_validator(mode="after")
     def _timeout_covers_interval(self) -> ClientConfig:
@@ -51,7 +79,10 @@ class ClientConfig(_Strict):
 
 class TrainingConfig(_Strict):
     metrics_port: int = Field(ge=0, le=65535)
+    metrics_host: str = Field(min_length=1)
     max_message_bytes: int = Field(ge=1024, le=1 << 30)
+    # a default only so that configs saved or published before the key existed still load
+    max_weights_bytes: int = Field(default=64 << 20, ge=1 << 20, le=1 << 30)
     max_batch: int = Field(ge=1, le=1 << 20)
     intake_batch: int = Field(ge=1, le=100000)
     max_queue: int = Field(ge=1, le=10_000_000)
@@ -60,6 +91,9 @@ class TrainingConfig(_Strict):
     threads: int = Field(ge=0, le=256)
     # a default only so that configs saved or published before the key existed still load
     weights_dtype: Literal["float32", "float16"] = "float32"
+    # bounds on received experience (docs/protocol.md); defaults for configs saved before them
+    max_abs_obs: float = Field(default=1e6, gt=0.0, le=1e30)
+    max_abs_reward: float = Field(default=1e6, gt=0.0, le=1e30)
 
 
 class DQNConfig(_Strict):
@@ -71,6 +105,7 @@ class DQNConfig(_Strict):
     learning_starts: int = Field(ge=0)
     replay_ratio: float = Field(gt=0.0, le=10000.0)
     max_update_debt: int = Field(ge=2)
+    max_client_debt: int = Field(default=1024, ge=0)  # default: configs saved before the key
     throttle: bool
     hidden: list[int] = Field(min_length=1)
     target_update: Literal["hard", "polyak"]
@@ -133,10 +168,13 @@ class WinsConfig(_Strict):
 
 class TelemetryConfig(_Strict):
     http_port: int = Field(ge=0, le=65535)
+    http_host: str = Field(min_length=1)
+    cors_origins: list[str] = Field(max_length=32)
     update_interval: int = Field(ge=1)
     moving_average: int = Field(ge=1)
     stream_maxlen: int = Field(ge=100)
     max_record_bytes: int = Field(ge=256)
+    max_abs_return: float = Field(default=1e9, gt=0.0, le=1e30)  # default: older configs
     metrics: list[str]
     info_metrics: bool
     wins: WinsConfig | None
@@ -197,6 +235,12 @@ class Config(_Strict):
         if url is not None and not url.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
         return url
+
+    @field_serializer("redis_url")
+    def _url_without_credentials(self, url: str | None) -> str | None:
+        """Every dump (config.json, checkpoints, the config published in Redis) leaves out a
+        user and password written into the URL: those stay in this process."""
+        return redact_url(url)
 
 
 def check_ppo_config(cfg: Config) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from soulsai.config import Config
+from soulsai.config.trust import published_json
 from soulsai.errors import ProtocolError
 from soulsai.training.saves import Saves, answer_json
 from soulsai.transport import TrainerLink
@@ -31,7 +32,7 @@ STATS_INTERVAL = 0.5  # seconds between stats rounds (also how often commands ar
 def announce_run(link: TrainerLink, cfg: Config, run_dir: Path) -> None:
     """Publish the effective config (clients read it) and where the run folder is."""
     link.publish_config(
-        cfg.model_dump_json(),
+        published_json(cfg),  # data only: no code-bearing keys, no credentials
         {
             "run_dir": str(run_dir.resolve()),
             "algo": cfg.algo,

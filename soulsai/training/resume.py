@@ -6,12 +6,19 @@ folder, ports, device, threads) comes from this machine's config, and whatever t
 explicitly (`config/config.yaml` and the command line) overrides the saved value and is logged.
 An explicit env id or algorithm different from the saved one is an error: the checkpoint
 cannot continue it.
+
+A run folder is data, not code: the keys that name code (env.imports, env.wrappers) always
+come from this machine's config, what the folder asked for is logged and never imported, and
+an env id of the form `module:Env-v0` is taken only when this machine's config names the same
+id (soulsai/config/trust.py). A run folder holding a symlink is refused: resuming appends to
+its files and writes logs into it, which a link would redirect anywhere.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.config.loader import OVERRIDES_NAME, parse_set
+from soulsai.config.trust import CODE_KEYS, check_env_id, code_asked, local_source
 from soulsai.errors import CheckpointError, ConfigError
 from soulsai.training.checkpoint import MANIFEST, read_config, read_summary
 
@@ -36,9 +44,12 @@ RUN_KEYS = frozenset(
 MACHINE_KEYS = frozenset(
     {
         ("training", "metrics_port"),
+        ("training", "metrics_host"),
         ("training", "device"),
         ("training", "threads"),
         ("telemetry", "http_port"),
+        ("telemetry", "http_host"),
+        ("telemetry", "cors_origins"),
     }
 )
 KeyPath = tuple[str, ...]
@@ -78,6 +89,19 @@ def latest_run(save_dir: Path | str) -> Path:
     return max(runs, key=lambda d: (_activity(d), d.name))
 
 
+def refuse_symlinks(run: Path, arg: str | Path) -> None:
+    """ConfigError when anything inside the run folder is a symlink (the folder itself may be
+    reached through one: that is where the user keeps it)."""
+    for root, dirs, files in os.walk(run, followlinks=False):
+        for name in (*dirs, *files):
+            if os.path.islink(os.path.join(root, name)):
+                link = Path(root, name)
+                raise ConfigError(
+                    f"--resume {arg}: {link} is a symlink; refusing to resume a run folder "
+                    "holding links (resuming writes into the folder, a link would redirect it)"
+                )
+
+
 def find(arg: str | Path, save_dir: Path | str) -> ResumePoint:
     """Resolve `--resume`: `latest`, a run folder, or one of its checkpoint folders."""
     path = latest_run(save_dir) if str(arg) == LATEST else Path(arg)
@@ -87,7 +111,9 @@ def find(arg: str | Path, save_dir: Path | str) -> ResumePoint:
         run = path.parent
         if run.name == "checkpoints":  # a copy from the history
             run = run.parent
+        refuse_symlinks(run, arg)
         return ResumePoint(run, path)
+    refuse_symlinks(path, arg)
     ckpt = path / runfolder.CHECKPOINT_DIR
     if not _is_checkpoint(ckpt):
         others = [
@@ -164,6 +190,42 @@ def _changes(old: Any, new: Any, prefix: str = "") -> list[str]:
     return []
 
 
+def _local_code(fresh: Config, saved: dict, out: dict, point: ResumePoint) -> None:
+    """Put this machine's code-bearing keys into `out`; log (never import) what the run
+    folder asked for; refuse a `module:Env-v0` id this machine's config does not name."""
+    fresh_env = fresh.model_dump()["env"]
+    for key in CODE_KEYS:
+        out["env"][key] = fresh_env[key]
+    asked = code_asked(saved)
+    env_id = out["env"]["id"]
+    if isinstance(env_id, str):
+        check_env_id(
+            env_id,
+            fresh.env.id,
+            f"run folder {point.run_dir}",
+            "set env.id (--env) to the same id to allow it, or start a new run",
+        )
+    ignored = [
+        a
+        for a in asked
+        if not a.startswith("env.id=") and a.split("=", 1)[0] not in _same_code(fresh_env, saved)
+    ]
+    if ignored:
+        log.warning(
+            "run folder %s asks for %s: not imported (code-bearing keys come from this "
+            "machine's config only; set them in %s to use them)",
+            point.run_dir,
+            ", ".join(ignored),
+            local_source(fresh, "wrappers"),
+        )
+
+
+def _same_code(fresh_env: dict, saved: dict) -> set[str]:
+    """The code keys whose saved value this machine's config repeats (nothing to warn of)."""
+    saved_env = saved.get("env") if isinstance(saved.get("env"), dict) else {}
+    return {f"env.{k}" for k in CODE_KEYS if saved_env.get(k) == fresh_env[k]}
+
+
 def resume_config(
     fresh: Config, config_dir: Path, overrides: list[str], point: ResumePoint
 ) -> tuple[Config, list[str]]:
@@ -171,7 +233,9 @@ def resume_config(
     saved = saved_config(point)
     explicit = _explicit_paths(config_dir, overrides)
     out = fresh.model_dump()
+    out["redis_url"] = fresh.redis_url  # a dump leaves out credentials; this process needs them
     _overlay(fresh, saved, out, (), explicit)
+    _local_code(fresh, saved, out, point)
     # The run's values came with the run's preset (none before presets), not this start's.
     out["preset"] = saved.get("preset")
     try:
@@ -182,6 +246,7 @@ def resume_config(
         raise ConfigError(
             f"config error resuming {point.run_dir}: key '{key}': {err['msg']}"
         ) from None
+    cfg.env._sources = dict(fresh.env.sources)
     for key, now, then in (
         ("algo", cfg.algo, saved.get("algo")),
         ("env.id", cfg.env.id, (saved.get("env") or {}).get("id")),

@@ -2,7 +2,9 @@
 
 The secret file (`<config-dir>/redis.secret`, git-ignored) holds either the one line
 `requirepass <password>` (one shared password, the default) or `user <name> <password>`
-lines for Redis ACL users (see soulsai/transport/acl.py and docs/deployment.md). TLS is on
+lines for Redis ACL users (see soulsai/transport/acl.py and docs/deployment.md). Lines are
+split the way Redis splits its config file (which the compose stack's Redis reads it as):
+"double quotes" with backslash escapes, 'single quotes', `#` comments. TLS is on
 for `rediss://` URLs, with the CA / client certificate / key from the `redis_tls_*` keys.
 """
 
@@ -108,6 +110,73 @@ class RedisTarget:
 
 # ---------------------------------------------------------------- the secret file
 
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "a": "\a"}
+_HEX = "0123456789abcdefABCDEF"
+
+
+def split_config_line(line: str) -> list[str] | None:
+    """Split one config line as Redis does (sdssplitargs); None for unbalanced quotes.
+
+    Inside "double quotes" a backslash escapes the next character (\\n, \\t, \\xHH, ...);
+    inside 'single quotes' only \\' is an escape; a closing quote must end the word.
+    """
+    words: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i].isspace():
+            i += 1
+        if i >= n:
+            return words
+        out = bytearray()
+        quote = ""
+        while True:
+            c = line[i] if i < n else ""
+            if quote == '"':
+                if not c:
+                    return None
+                if (
+                    c == "\\"
+                    and line[i + 1 : i + 2] == "x"
+                    and i + 4 <= n
+                    and all(ch in _HEX for ch in line[i + 2 : i + 4])
+                ):
+                    out.append(int(line[i + 2 : i + 4], 16))
+                    i += 3
+                elif c == "\\" and i + 1 < n:
+                    i += 1
+                    out += _ESCAPES.get(line[i], line[i]).encode()
+                elif c == '"':
+                    if i + 1 < n and not line[i + 1].isspace():
+                        return None
+                    quote = "done"
+                else:
+                    out += c.encode()
+            elif quote == "'":
+                if not c:
+                    return None
+                if c == "\\" and line[i + 1 : i + 2] == "'":
+                    i += 1
+                    out += b"'"
+                elif c == "'":
+                    if i + 1 < n and not line[i + 1].isspace():
+                        return None
+                    quote = "done"
+                else:
+                    out += c.encode()
+            elif not c or c.isspace():
+                break
+            elif c in "\"'":
+                quote = c
+            else:
+                out += c.encode()
+            i += 1
+            if quote == "done":
+                break
+        try:
+            words.append(out.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+
 
 def read_credentials(path: Path) -> Secret | None:
     """Parse a secret file; None when it does not exist, ConfigError when malformed."""
@@ -120,9 +189,17 @@ def read_credentials(path: Path) -> Secret | None:
     requirepass: str | None = None
     users: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
+        if not line.strip() or line.strip().startswith("#"):
             continue
+        parts = split_config_line(line)
+        if parts is None:
+            raise ConfigError(
+                f"malformed secret file {path} line {n}: unbalanced quotes (write the password "
+                "bare, or in quotes as Redis reads them: \"a b\" or 'a b')"
+            )
+        if not parts:
+            continue
+        parts[0] = parts[0].lower()
         if parts[0] == "requirepass" and len(parts) == 2 and requirepass is None:
             requirepass = parts[1]
         elif parts[0] == "user" and len(parts) == 3 and USERNAME_RE.match(parts[1]):

@@ -207,7 +207,8 @@ def test_a_preset_in_the_config_folder_wins_over_the_shipped_one(cdir: Path) -> 
 
 
 def test_a_preset_named_by_file(cdir: Path) -> None:
-    (cdir / "fast.yaml").write_text("dqn:\n  lr: 0.003\n", encoding="utf-8")
+    (cdir / "presets").mkdir()
+    (cdir / "presets" / "fast.yaml").write_text("dqn:\n  lr: 0.003\n", encoding="utf-8")
     assert load_config(cdir, ["preset=fast.yaml"]).dqn.lr == 0.003
     msg = config_error(cdir, ["preset=slow.yaml"])
     assert "'preset'" in msg and "slow.yaml" in msg and "--set" in msg, msg
@@ -215,9 +216,10 @@ def test_a_preset_named_by_file(cdir: Path) -> None:
 
 @pytest.mark.parametrize("text, key", [("algo: dqn\n", "algo"), ("env:\n  id: Foo-v0\n", "env.id")])
 def test_a_preset_cannot_change_what_chose_it(cdir: Path, text: str, key: str) -> None:
-    (cdir / "odd.yaml").write_text(text, encoding="utf-8")
+    (cdir / "presets").mkdir()
+    (cdir / "presets" / "odd.yaml").write_text(text, encoding="utf-8")
     msg = config_error(cdir, ["preset=odd.yaml"])
-    assert f"'{key}'" in msg and str(cdir / "odd.yaml") in msg, msg
+    assert f"'{key}'" in msg and str(cdir / "presets" / "odd.yaml") in msg, msg
 
 
 def test_bad_value_in_a_preset_names_the_preset(cdir: Path) -> None:

@@ -1,0 +1,136 @@
+"""What a config may name, and what of it leaves the machine.
+
+Keys that name code are local-only: `env.imports` (modules imported), `env.wrappers`
+(callables called) and an `env.id` of the form `module:Env-v0` (gymnasium.make imports the
+module). A process takes them from its own config (config_d.yaml <- config.yaml <- --set),
+never from the config published in Redis, a run folder's `config.json` or a preset: whoever
+can write those would otherwise run code on every client, or on the machine of whoever
+resumes or evaluates a run folder. What such a source asks for is logged, never imported.
+
+Credentials never leave the machine either: the userinfo of `redis_url` is stripped where
+the config is serialized (schema.Config), and the published config carries no code keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from soulsai.errors import ConfigError
+
+if TYPE_CHECKING:  # schema imports this module (redact_url)
+    from soulsai.config.schema import Config
+
+log = logging.getLogger(__name__)
+
+# The keys under `env` that name code; `env.id` names code only with a ':' (see imports_module).
+CODE_KEYS = ("imports", "wrappers")
+SHOWN_CHARS = 200  # what a foreign source asked for is shown, cut to this length
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` without the user and password part (redis://user:pw@host -> redis://host)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def imported_module(env_id: str) -> str | None:
+    """The module gymnasium.make imports for `module:Env-v0` ids; None for plain ids."""
+    module, sep, _ = env_id.partition(":")
+    return module if sep else None
+
+
+def code_asked(data: Any) -> list[str]:
+    """The code-bearing settings in a raw config mapping (received or saved), as short text."""
+    env = data.get("env") if isinstance(data, dict) else None
+    if not isinstance(env, dict):
+        return []
+    out = []
+    for key in CODE_KEYS:
+        value = env.get(key)
+        if value:
+            shown = json.dumps(value, default=str)
+            cut = shown if len(shown) <= SHOWN_CHARS else shown[: SHOWN_CHARS - 3] + "..."
+            out.append(f"env.{key}={cut}")
+    env_id = env.get("id")
+    if isinstance(env_id, str) and imported_module(env_id) is not None:
+        out.append(f"env.id={env_id[:SHOWN_CHARS]!r}")
+    return out
+
+
+def strip_code(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a config mapping) with the code-bearing lists emptied, for publishing."""
+    out = dict(data)
+    if isinstance(out.get("env"), dict):
+        out["env"] = {**out["env"], **{key: [] for key in CODE_KEYS}}
+    return out
+
+
+def published_json(cfg: Config) -> str:
+    """The config the training node publishes: data only (no code keys, no credentials)."""
+    return json.dumps(strip_code(cfg.model_dump(mode="json")))
+
+
+def local_source(cfg: Config, key: str) -> str:
+    """The file (or `--set`) that set `env.<key>` in a config from load_config."""
+    return cfg.env.sources.get(key) or "the local config"
+
+
+def check_env_id(env_id: str, local_id: str | None, where: str, hint: str) -> None:
+    """Refuse an env id that imports a module unless the local config names the same id."""
+    module = imported_module(env_id)
+    if module is not None and env_id != local_id:
+        raise ConfigError(
+            f"{where} names env.id {env_id[:SHOWN_CHARS]!r}, which imports module "
+            f"{module[:SHOWN_CHARS]!r}: only ids the local config names may import code; "
+            f"{hint}"
+        )
+
+
+def with_local_code(received: Config, local: Config) -> Config:
+    """`received` with the code-bearing keys of `local` (env.imports, env.wrappers)."""
+    env = received.env.model_copy(
+        update={
+            "imports": list(local.env.imports),
+            "wrappers": [w.model_copy(deep=True) for w in local.env.wrappers],
+        }
+    )
+    env._sources = dict(local.env.sources)
+    return received.model_copy(update={"env": env})
+
+
+def received_config(raw: str | bytes, local: Config) -> Config:
+    """The config a client downloaded from Redis, with the code keys of its local config.
+
+    What the published config asks for in code is logged, never imported; an env id that
+    imports a module is refused unless the local config names the same id.
+    """
+    from soulsai.config.loader import config_from_json
+
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    asked = code_asked(data)
+    cfg = config_from_json(raw)
+    check_env_id(
+        cfg.env.id,
+        local.env.id,
+        "the config published in Redis",
+        f"set env.id: {cfg.env.id[:SHOWN_CHARS]} in {local_source(local, 'id')} to allow it",
+    )
+    ignored = [a for a in asked if not a.startswith("env.id=")]
+    if ignored:
+        log.warning(
+            "the config published in Redis asks for %s: ignored (code-bearing keys come from "
+            "this machine's config only; set them in %s to use them)",
+            ", ".join(ignored),
+            local_source(local, "wrappers"),
+        )
+    return with_local_code(cfg, local)
