@@ -340,7 +340,7 @@ def node(
 
         if run_dir is None:
             run_dir = point.run_dir if point else _announced_run_dir(cfg, target)
-        TelemetryNode(cfg, target, run_dir, stop).run()
+        TelemetryNode(cfg, target, run_dir, stop, config_dir=cdir).run()
 
 
 def _announced_run_dir(cfg: Config, target: Any) -> Path:

@@ -6,6 +6,7 @@ stop rule (max steps or target rolling return), then an orderly shutdown and sum
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +28,7 @@ from soulsai.errors import SoulsaiError
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.codec import encode_command
 from soulsai.transport.connection import PASSWORD_ENV, SECRET_NAME, connect, reachable
-from soulsai.transport.embedded import EmbeddedRedis, die_with_parent
+from soulsai.transport.embedded import EmbeddedRedis, die_with_parent, redis_limits
 from soulsai.transport.links import TRANSIENT, as_int
 
 if TYPE_CHECKING:
@@ -54,6 +56,13 @@ def pick_port(port: int) -> int:
         return int(s.getsockname()[1])
 
 
+def _url_host(host: str) -> str:
+    """How to reach a server bound to `host` from this machine."""
+    return "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
+
+
+CLIENT_STOP = 5.0  # seconds a client gets to stop after SIGTERM before SIGKILL
+NODE_STOP = 30.0  # seconds a node gets (the training node writes a final checkpoint)
 CLIENT_GIVE_UP = 5  # a client that dies this many times in a row within FAST_DEATH is not restarted
 FAST_DEATH = 20.0  # seconds
 
@@ -177,7 +186,9 @@ class LocalStack:
         ):
             self.console.print(f"using Redis at {configured.describe()}")
             return None, configured
-        redis = EmbeddedRedis().start()
+        t = self.cfg.training
+        bulk, memory = redis_limits(t.max_message_bytes, t.max_weights_bytes)
+        redis = EmbeddedRedis(max_bulk=bulk, maxmemory=memory).start()
         self.console.print(f"started embedded redis-server on 127.0.0.1:{redis.port}")
         return redis, redis.target
 
@@ -204,11 +215,13 @@ class LocalStack:
                 "redis_url=null",
             ]
         if mport:
-            self.console.print(f"training node metrics: http://localhost:{mport}/metrics")
+            where = _url_host(self.cfg.training.metrics_host)
+            self.console.print(f"training node metrics: http://{where}:{mport}/metrics")
         if hport:
+            where = _url_host(self.cfg.telemetry.http_host)
             self.console.print(
-                f"telemetry: http://localhost:{hport}/  (Grafana source: "
-                f"http://localhost:{hport}/grafana, metrics: /metrics)"
+                f"telemetry: http://{where}:{hport}/  (Grafana source: "
+                f"http://{where}:{hport}/grafana, metrics: /metrics)"
             )
         return ["--config-dir", str(self.config_dir), *sets]
 
@@ -339,10 +352,10 @@ class LocalStack:
             link.r.publish(link.keys.commands, encode_command("shutdown"))
         except (SoulsaiError, *TRANSIENT):
             pass
-        clients = [c for c in self.children if not c.critical]
-        nodes = [c for c in self.children if c.critical]
-        _terminate(clients, 5.0)
-        _terminate(nodes, 30.0)
+        clients = [(c.name, c.proc) for c in self.children if not c.critical]
+        nodes = [(c.name, c.proc) for c in self.children if c.critical]
+        for procs, timeout in ((clients, CLIENT_STOP), (nodes, NODE_STOP)):
+            stop_processes(procs, timeout, lambda line: self.console.print(f"[red]{line}[/]"))
         final: tuple[dict, dict] = ({}, {})
         if link is not None:
             try:
@@ -370,14 +383,44 @@ def _remove_local_file(path: Path) -> None:
         pass
 
 
-def _terminate(children: list[Child], timeout: float) -> None:
-    for c in children:
-        if c.proc.poll() is None:
-            c.proc.send_signal(signal.SIGTERM)
+def stop_processes(
+    procs: Sequence[tuple[str, subprocess.Popen]],
+    timeout: float,
+    say: Callable[[str], None] = print,
+) -> list[str]:
+    """SIGTERM every running process, give them `timeout` seconds together, then SIGKILL
+    whatever still runs (with its process group when it leads one, so nothing it started is
+    left behind), saying which. Ctrl-C or SIGTERM while waiting cuts the wait short: a stop
+    always ends. Returns the names of the processes killed."""
+    for _, proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    for c in children:
+    try:
+        for _, proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        say("interrupted while waiting for processes to stop: killing the rest")
+    killed = []
+    for name, proc in procs:
+        if proc.poll() is None:
+            _kill(proc)
+            killed.append(name)
+            say(f"{name} (pid {proc.pid}) did not stop within {timeout:g} s of SIGTERM: killed")
+    for _, proc in procs:
+        proc.wait()
+    return killed
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a process that has not been reaped (so its pid is still its own), and its
+    process group when it leads one (children start in their own session)."""
+    if hasattr(os, "killpg"):
         try:
-            c.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            c.proc.kill()
-            c.proc.wait()
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+        except ProcessLookupError:
+            return
+    proc.kill()

@@ -34,12 +34,13 @@ class NodeMetrics:
                 self.rejected.labels(reason=reason).inc(delta)
                 self._rejected_seen[reason] = total
 
-    def serve(self, port: int, setting: str) -> None:
-        """Serve /metrics on `port` (0 = off); a busy port is an error naming the setting."""
+    def serve(self, port: int, setting: str, host: str = "127.0.0.1") -> None:
+        """Serve /metrics on `host`:`port` (0 = off; loopback unless the config says otherwise);
+        a busy port is an error naming the setting."""
         if port == 0:
             return
         try:
-            start_http_server(port, addr="0.0.0.0", registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)
         except OSError as e:
             raise ConfigError(
                 f"{setting}={port}: cannot serve /metrics there ({e.strerror}); "

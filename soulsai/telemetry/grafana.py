@@ -13,6 +13,11 @@ payload picks min, max or last). An ad hoc filter on `client_id` restricts episo
 those clients, moving averages recomputed over what is left. Best-model saves and client
 joins/leaves are annotations (and the `annotations` target, for the newer plugin's
 annotation queries, which go through /query).
+
+Nothing a request sends is compiled as a regular expression: targets and `=~` filters are
+exact names or shell-style globs (`*`, `?`), matched in linear time, so no request can hold
+the interpreter (Python's `re` keeps the GIL while it backtracks). A query names at most
+MAX_SERIES series and a response holds at most MAX_RESPONSE_POINTS points.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, HTTPException
 
 from soulsai.telemetry.stats import (
     AGGREGATES,
@@ -43,7 +48,11 @@ SYSTEM_SERIES = ("steps_per_s", "clients")
 TAG_KEYS = ("client_id",)
 ANNOTATIONS = "annotations"
 DEFAULT_POINTS = 1000
-MAX_POINTS = 100_000
+MAX_POINTS = 100_000  # maxDataPoints of one series at most
+MAX_SERIES = 100  # series one query names at most, after expanding globs and variables
+MAX_RESPONSE_POINTS = 200_000  # points of one response at most, all its series together
+MAX_PATTERN = 256  # characters of one target or filter value at most
+MAX_LISTED = 1000  # clients or events one answer lists at most (the newest)
 
 
 # ---------------------------------------------------------------------- request parsing
@@ -95,43 +104,91 @@ def _payload(target: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+class QueryError(HTTPException):
+    """A query outside the limits: 400 with a message saying which."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(400, detail)
+
+
+def glob_match(pattern: str, name: str) -> bool:
+    """Whether `pattern` matches all of `name`: `*` any run of characters, `?` one character,
+    anything else itself. A scan that only ever backtracks to the last `*`, so its work is at
+    most len(pattern) * len(name) steps whatever the pattern (unlike a backtracking regex)."""
+    p = n = 0
+    star, mark = -1, 0
+    while n < len(name):
+        if p < len(pattern) and pattern[p] in ("?", name[n]):
+            p, n = p + 1, n + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, n, p + 1
+        elif star >= 0:
+            p, mark = star + 1, mark + 1
+            n = mark
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
+
+
+def _unescape(text: str) -> str:
+    """A value in the plugins' regex formatting ("info\\.hp") back to the name it escapes."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
 def expand_target(name: str, known: list[str]) -> list[str]:
     """The series a target names: a series itself; a multi-value variable, which arrives as
-    "{a,b}" or, in the plugins' regex formatting, as "(a|b)" with escaped dots; or any regular
-    expression matching whole names ("info\\..*_avg"). Unknown names come back as they are."""
+    "{a,b}" or, in the plugins' regex formatting, as "(a|b)" with escaped dots; or a glob
+    matching whole names ("info.*_avg"). Unknown names come back as they are. Never a regex:
+    "(a|b)" is split on "|" and each part taken literally (after removing escapes)."""
     name = name.strip()
+    if len(name) > MAX_PATTERN:
+        raise QueryError(f"a target is {len(name)} characters; at most {MAX_PATTERN}")
     if not name or name in known:
         return [name] if name else []
     if name.startswith("{") and name.endswith("}"):
-        return [part.strip() for part in name[1:-1].split(",") if part.strip()]
-    try:
-        rx = re.compile(name)
-    except re.error:
-        return [name]
-    matched = [k for k in known if rx.fullmatch(k)]
-    return matched or [name]
+        parts = name[1:-1].split(",")
+    elif name.startswith("(") and name.endswith(")"):
+        parts = [_unescape(p) for p in name[1:-1].split("|")]
+    else:
+        parts = [_unescape(name)]
+    out: list[str] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if part in known or not any(c in part for c in "*?"):
+            out.append(part)
+        else:
+            out += [k for k in known if glob_match(part, k)] or [part]
+    return out
 
 
 def client_filter(stats: EpisodeStats, filters: Any) -> list[str] | None:
-    """Clients selected by ad hoc filters on client_id (None: no such filter)."""
+    """Clients selected by ad hoc filters on client_id (None: no such filter). `=~` and `!~`
+    take a glob ("gpu-*"), not a regex."""
     if not isinstance(filters, list):
         return None
     selected: list[str] | None = None
-    for f in filters:
+    for f in filters[:MAX_SERIES]:
         if not isinstance(f, dict) or f.get("key") != "client_id":
             continue
         op, value = str(f.get("operator", "=")), str(f.get("value", ""))
+        if len(value) > MAX_PATTERN:
+            raise QueryError(f"a filter value is {len(value)} characters; at most {MAX_PATTERN}")
         pool = selected if selected is not None else list(stats.clients)
         if op == "=":
             selected = [c for c in pool if c == value]
         elif op == "!=":
             selected = [c for c in pool if c != value]
         elif op in ("=~", "!~"):
-            try:
-                rx = re.compile(value)
-            except re.error:
-                continue
-            selected = [c for c in pool if bool(rx.search(c)) == (op == "=~")]
+            selected = [c for c in pool if glob_match(value, c) == (op == "=~")]
     return selected
 
 
@@ -162,14 +219,15 @@ class GrafanaSource:
             t, values = self.system.arrays()
             y = values[name]
         else:
-            with self.stats.lock:
+            with self.stats.lock:  # views only: the intake waits on this lock
                 tv, yv = self.stats.view("t"), self.stats.view(name)
-                mask = None if clients is None else self.stats.client_mask(clients)
+                codes = self.stats.view("client"), self.stats.client_codes(clients or [])
                 raw = self.stats.view(name[: -len(AVG)]) if name.endswith(AVG) else None
             if tv is None or yv is None:
                 return np.zeros(0), np.zeros(0)
             t, y = tv, yv
-            if mask is not None:
+            if clients is not None:
+                mask = np.isin(codes[0], codes[1])
                 t = t[mask]
                 y = y[mask] if raw is None else moving_average(raw[mask], self.stats.window)
         keep = in_range(t, lo, hi)
@@ -203,15 +261,17 @@ class GrafanaSource:
         return {"type": "table", "columns": columns, "rows": rows}
 
     def events(self, lo: float | None, hi: float | None, kinds: set[str]) -> list[Event]:
+        """The newest MAX_LISTED events of these kinds within [lo, hi]."""
         with self.stats.lock:
             events = list(self.stats.events)
-        return [
+        chosen = [
             e
             for e in events
             if (not kinds or e.kind in kinds)
             and (lo is None or e.time >= lo)
             and (hi is None or e.time <= hi)
         ]
+        return chosen[-MAX_LISTED:]
 
 
 def _num(v: float) -> float | None:
@@ -266,7 +326,7 @@ def make_router(source: GrafanaSource) -> APIRouter:
         target = payload.get("target", "") if isinstance(payload, dict) else payload
         target = str(target or "").strip()
         if target in ("clients", "client_id"):
-            values = list(source.stats.clients)
+            values = source.stats.clients[:MAX_LISTED]
         else:
             values = [n for n in source.names() if target.lower() in n.lower()]
         return [{"__text": v, "__value": v} for v in values]
@@ -278,34 +338,27 @@ def make_router(source: GrafanaSource) -> APIRouter:
     @router.post("/tag-values")
     def tag_values(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, str]]:
         if body.get("key") == "client_id":
-            return [{"text": c} for c in source.stats.clients]
+            return [{"text": c} for c in source.stats.clients[:MAX_LISTED]]
         return []
 
     @router.post("/query")
     def query(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, Any]]:
         lo, hi = time_range(body)
-        points = max_points(body)
         clients = client_filter(source.stats, body.get("adhocFilters"))
+        wanted = plan_query(body, [*source.names(), ANNOTATIONS])
+        # the response's point budget, shared by its series
+        points = min(max_points(body), max(1, MAX_RESPONSE_POINTS // max(1, len(wanted))))
         out: list[dict[str, Any]] = []
-        for target in body.get("targets") or []:
-            if not isinstance(target, dict) or target.get("hide") is True:
-                continue
-            payload = _payload(target)
-            how = str(payload.get("aggregate") or "mean")
-            how = how if how in AGGREGATES else "mean"
-            known = [*source.names(), ANNOTATIONS]
-            for name in expand_target(str(target.get("target") or ""), known):
-                if name.split(".")[0] == ANNOTATIONS:
-                    out.append(annotation_table(source, lo, hi, name))
-                elif target.get("type") == "table":
-                    out.append(source.table(name, lo, hi, points, how))
-                else:
-                    t, y = source.series(name, lo, hi, points, how, clients)
-                    ms = np.round(t * 1000).astype(np.int64).tolist()
-                    datapoints = [list(p) for p in zip(y.tolist(), ms, strict=True)]
-                    out.append(
-                        {"target": name, "refId": target.get("refId"), "datapoints": datapoints}
-                    )
+        for target, name, how in wanted:
+            if name.split(".")[0] == ANNOTATIONS:
+                out.append(annotation_table(source, lo, hi, name))
+            elif target.get("type") == "table":
+                out.append(source.table(name, lo, hi, points, how))
+            else:
+                t, y = source.series(name, lo, hi, points, how, clients)
+                ms = np.round(t * 1000).astype(np.int64).tolist()
+                datapoints = [list(p) for p in zip(y.tolist(), ms, strict=True)]
+                out.append({"target": name, "refId": target.get("refId"), "datapoints": datapoints})
         return out
 
     @router.post("/annotations")
@@ -325,6 +378,26 @@ def make_router(source: GrafanaSource) -> APIRouter:
         ]
 
     return router
+
+
+def plan_query(body: dict[str, Any], known: list[str]) -> list[tuple[dict[str, Any], str, str]]:
+    """(target, series name, aggregate) for each series a /query asks for; QueryError when
+    that is more than MAX_SERIES."""
+    targets = body.get("targets")
+    targets = targets if isinstance(targets, list) else []
+    if len(targets) > MAX_SERIES:
+        raise QueryError(f"a query has {len(targets)} targets; at most {MAX_SERIES}")
+    wanted: list[tuple[dict[str, Any], str, str]] = []
+    for target in targets:
+        if not isinstance(target, dict) or target.get("hide") is True:
+            continue
+        how = str(_payload(target).get("aggregate") or "mean")
+        how = how if how in AGGREGATES else "mean"
+        for name in expand_target(str(target.get("target") or ""), known):
+            wanted.append((target, name, how))
+        if len(wanted) > MAX_SERIES:
+            raise QueryError(f"a query names more than {MAX_SERIES} series")
+    return wanted
 
 
 def annotation_table(

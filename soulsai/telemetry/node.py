@@ -71,9 +71,15 @@ def load_records(path: Path) -> list[dict[str, Any]]:
 
 class TelemetryNode:
     def __init__(
-        self, cfg: Config, target: RedisTarget, run_dir: Path, stop: threading.Event
+        self,
+        cfg: Config,
+        target: RedisTarget,
+        run_dir: Path,
+        stop: threading.Event,
+        config_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self.config_dir = config_dir  # where the Grafana routes' token file may be
         self.tcfg = cfg.telemetry
         self.run_dir = run_dir
         self.stop = stop
@@ -152,8 +158,9 @@ class TelemetryNode:
         port = self.tcfg.http_port
         if port == 0:
             return
-        from soulsai.telemetry.web import HttpServer, WebState, make_app
+        from soulsai.telemetry.web import HttpServer, WebState, make_app, read_token
 
+        token = read_token(self.config_dir)
         state = WebState(
             stats=self.stats,
             system=self.system,
@@ -163,12 +170,14 @@ class TelemetryNode:
             title=self._title(),
             registry=self.metrics.registry,
         )
-        self.http = HttpServer(make_app(state), port, "telemetry.http_port").start()
+        app = make_app(state, token=token, cors_origins=self.tcfg.cors_origins)
+        host = self.tcfg.http_host
+        self.http = HttpServer(app, port, "telemetry.http_port", host=host).start()
         log.info(
-            "live page http://localhost:%d/  Grafana source http://localhost:%d/grafana  "
-            "metrics /metrics",
+            "live page http://%s:%d/  Grafana source /grafana%s  metrics /metrics",
+            host,
             self.http.port,
-            self.http.port,
+            " (bearer token)" if token else "",
         )
 
     def poll(self, block_ms: int = 200) -> int:

@@ -254,12 +254,12 @@ class EpisodeStats:
     def best_value(self) -> float | None:
         return None if self.best.best == -math.inf else self.best.best
 
-    def client_mask(self, clients: Iterable[str]) -> np.ndarray:
-        codes = [self._client_code[c] for c in clients if c in self._client_code]
-        col = self.view("client")
-        if col is None:
-            return np.zeros(0, bool)
-        return np.isin(col, np.asarray(codes, dtype=float))
+    def client_codes(self, clients: Iterable[str]) -> np.ndarray:
+        """The values of column `client` that stand for these clients. Readers take them with
+        `view("client")` under the lock and match (np.isin) outside it."""
+        with self.lock:
+            codes = [self._client_code[c] for c in clients if c in self._client_code]
+        return np.asarray(codes, dtype=float)
 
 
 def _best_event(t: float, value: float, episode: int, key: str) -> Event:

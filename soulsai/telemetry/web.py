@@ -6,29 +6,45 @@
 - `/api/summary`: the latest numbers; `/api/events`: best-model saves, client joins/leaves;
 - `/grafana/...`: the JSON / SimpleJSON data source (grafana.py);
 - `/metrics`: Prometheus text of the node's registry.
+
+Hostile requests are bounded: bodies over MAX_BODY_BYTES get 413 before they are read whole,
+queries are capped in series and points (grafana.py), handlers hold the statistics' lock only
+to take views, so the episode intake never waits on a request. The server binds loopback
+unless `telemetry.http_host` says otherwise, sends no CORS headers unless
+`telemetry.cors_origins` lists origins, and with a token file in the config folder the Grafana
+routes (/grafana, /api/series) want `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from soulsai.errors import ConfigError
-from soulsai.telemetry.grafana import GrafanaSource, make_router, parse_time
+from soulsai.telemetry.grafana import (
+    MAX_RESPONSE_POINTS,
+    MAX_SERIES,
+    GrafanaSource,
+    make_router,
+    parse_time,
+)
 from soulsai.telemetry.stats import (
     AVG,
     EpisodeStats,
@@ -42,6 +58,9 @@ from soulsai.telemetry.stats import (
 log = logging.getLogger(__name__)
 
 ROW_KEYS = ("episode", "env_steps", "wall_time")  # always in /api/series rows
+MAX_BODY_BYTES = 1 << 20  # request bodies larger than this get 413 (a Grafana query is ~1 kB)
+MAX_CONNECTIONS = 64  # concurrent connections; more get 503
+TOKEN_NAME = "telemetry.token"  # in the config folder: the bearer token of the Grafana routes
 
 
 @dataclass
@@ -107,14 +126,15 @@ def series_payload(
     """Columns (time in ms, episode, env_steps, wall_time and `keys`) of the episodes within
     [lo, hi], bucket-averaged to at most `points` rows."""
     stats = state.stats
-    with stats.lock:
+    with stats.lock:  # views only: the intake waits on this lock
         t = stats.view("t")
         if t is None:
             return {}
         cols = {k: stats.view(k) for k in (*ROW_KEYS, *keys)}
-        mask = in_range(t, lo, hi)
-        if client is not None:
-            mask &= stats.client_mask([client])
+        client_col, codes = stats.view("client"), stats.client_codes([client] if client else [])
+    mask = in_range(t, lo, hi)
+    if client is not None:
+        mask &= np.isin(client_col, codes)
     out: dict[str, np.ndarray] = {}
     edges = bucket_edges(int(mask.sum()), points)
     if len(edges) < 2:
@@ -128,21 +148,104 @@ def series_payload(
     return out
 
 
-def make_app(state: WebState) -> FastAPI:
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 before it is read whole.
+
+    A declared Content-Length over the limit is refused unread; otherwise the body is counted
+    as it streams in (chunked bodies declare no length) and handed on once complete."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                chunks = [message]
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(message)
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict:
+            return chunks.pop(0) if chunks else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Callable) -> None:
+        body = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def read_token(config_dir: Path | None) -> str | None:
+    """The Grafana routes' bearer token from `<config-dir>/telemetry.token` (None: no file, so
+    no token). An empty file is a ConfigError rather than a silently open server."""
+    if config_dir is None:
+        return None
+    path = Path(config_dir) / TOKEN_NAME
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the telemetry token ({e})") from None
+    if not text or any(c.isspace() for c in text):
+        raise ConfigError(f"{path}: the telemetry token must be one word on one line")
+    return text
+
+
+def bearer_check(token: str | None) -> Callable[[Request], None]:
+    """A dependency that wants `Authorization: Bearer <token>` (nothing when token is None)."""
+
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise HTTPException(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def make_app(
+    state: WebState, token: str | None = None, cors_origins: Sequence[str] = ()
+) -> FastAPI:
+    """The app; `token` guards the Grafana routes, `cors_origins` may call it from a browser
+    page of another origin (Grafana's "browser" access mode; the provisioned data sources use
+    "proxy" and need none)."""
     # No /docs: Swagger UI loads its scripts from a CDN. The schema is at /openapi.json.
     app = FastAPI(title="soulsai telemetry", docs_url=None, redoc_url=None)
-    # Grafana's "browser" access mode calls the data source from the user's browser.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["accept", "content-type"],
-    )
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["accept", "content-type", "authorization"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)  # outermost: before anything reads
+    grafana_auth = [Depends(bearer_check(token))]
     page = resources.files("soulsai.telemetry").joinpath("page.html").read_text("utf-8")
     router = make_router(GrafanaSource(state.stats, state.system))
-    app.include_router(router, prefix="/grafana")
+    app.include_router(router, prefix="/grafana", dependencies=grafana_auth)
 
-    @app.get("/grafana", include_in_schema=False)
+    @app.get("/grafana", include_in_schema=False, dependencies=grafana_auth)
     def grafana_health() -> dict[str, Any]:
         return {"status": "ok", "episodes": state.stats.n}
 
@@ -167,7 +270,7 @@ def make_app(state: WebState) -> FastAPI:
             for e in events
         ]
 
-    @app.get("/api/series")
+    @app.get("/api/series", dependencies=grafana_auth)
     def api_series(
         keys: str = Query("return,return_avg", description="comma-separated series names"),
         start: str | None = Query(None, alias="from", description="ms since epoch or ISO 8601"),
@@ -176,12 +279,15 @@ def make_app(state: WebState) -> FastAPI:
         client: str | None = Query(None, description="only this client's episodes"),
         format: str = Query("rows", pattern="^(rows|columns)$"),
     ) -> Any:
-        wanted = [k.strip() for k in keys.split(",") if k.strip()]
+        wanted = list(dict.fromkeys(k.strip() for k in keys.split(",") if k.strip()))
+        if len(wanted) > MAX_SERIES:
+            raise HTTPException(400, f"{len(wanted)} series asked for; at most {MAX_SERIES}")
         known = set(state.stats.series_names())
         unknown = [k for k in wanted if k not in known]
         if unknown and state.stats.n:
-            raise HTTPException(404, f"unknown series {unknown}; known: {sorted(known)}")
-        cols = series_payload(state, wanted, parse_time(start), parse_time(end), max_points, client)
+            raise HTTPException(404, f"unknown series {unknown[:10]}; known: {sorted(known)}")
+        points = min(max_points, MAX_RESPONSE_POINTS // (len(wanted) + len(ROW_KEYS) + 1))
+        cols = series_payload(state, wanted, parse_time(start), parse_time(end), points, client)
         clean = {k: _clean(v) for k, v in cols.items()}
         if format == "columns":
             return clean
@@ -196,9 +302,10 @@ def make_app(state: WebState) -> FastAPI:
     return app
 
 
-def bind(port: int, setting: str, host: str = "0.0.0.0") -> socket.socket:
-    """A listening socket on `port`; a busy port is a ConfigError naming the setting."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def bind(port: int, setting: str, host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on `host`:`port`; a busy port is a ConfigError naming the setting."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -206,7 +313,7 @@ def bind(port: int, setting: str, host: str = "0.0.0.0") -> socket.socket:
     except OSError as e:
         sock.close()
         raise ConfigError(
-            f"{setting}={port}: cannot serve HTTP there ({e.strerror}); "
+            f"{setting}={port}: cannot serve HTTP on {host} there ({e.strerror}); "
             f"choose another port with --set {setting}=PORT"
         ) from None
     return sock
@@ -215,10 +322,15 @@ def bind(port: int, setting: str, host: str = "0.0.0.0") -> socket.socket:
 class HttpServer:
     """uvicorn in a daemon thread, on a socket bound up front (so errors surface at once)."""
 
-    def __init__(self, app: FastAPI, port: int, setting: str, host: str = "0.0.0.0") -> None:
+    def __init__(self, app: FastAPI, port: int, setting: str, host: str = "127.0.0.1") -> None:
         self.sock = bind(port, setting, host)
         config = uvicorn.Config(
-            app, log_config=None, log_level="warning", access_log=False, lifespan="off"
+            app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            limit_concurrency=MAX_CONNECTIONS,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -242,5 +354,6 @@ class HttpServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout)
+        if self.thread.ident is not None:  # started
+            self.thread.join(timeout)
         self.sock.close()

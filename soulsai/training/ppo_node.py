@@ -147,7 +147,9 @@ class PPOTrainingNode:
 
     def run(self) -> None:
         cfg = self.cfg
-        self.metrics.serve(cfg.training.metrics_port, "training.metrics_port")
+        self.metrics.serve(
+            cfg.training.metrics_port, "training.metrics_port", cfg.training.metrics_host
+        )
         announce_run(self.link, cfg, self.run_dir)
         self._publish()
         self.intake.start()

@@ -137,10 +137,10 @@ def test_query_aggregate_payload_and_multi_value_target(client: TestClient) -> N
 
 
 def test_targets_in_the_plugins_regex_formatting(client: TestClient) -> None:
-    # a multi-value variable $series is sent as "(a|b)", values regex-escaped
+    # a multi-value variable $series is sent as "(a|b)", values regex-escaped; globs match
     targets = [
         {"target": "(return_avg|info\\.hp_avg)", "refId": "A"},
-        {"target": "length.*", "refId": "B"},
+        {"target": "length*", "refId": "B"},
         {"target": "info\\.hp", "refId": "C"},
     ]
     got = client.post("/grafana/query", json=simpod_query(targets, T0, T0 + N, 5)).json()
@@ -298,12 +298,17 @@ def test_openapi_schema_and_no_cdn_docs(client: TestClient) -> None:
     assert client.get("/docs").status_code == 404  # Swagger UI would load scripts from a CDN
 
 
-def test_cors_for_grafana_browser_access(client: TestClient) -> None:
-    r = client.options(
-        "/grafana/query",
-        headers={"Origin": "http://grafana:3000", "Access-Control-Request-Method": "POST"},
-    )
-    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+def test_no_cors_unless_origins_are_configured(client: TestClient, state: WebState) -> None:
+    preflight = {"Origin": "http://grafana:3000", "Access-Control-Request-Method": "POST"}
+    r = client.options("/grafana/query", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+    r = client.post("/grafana/query", json={}, headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+    listed = TestClient(make_app(state, cors_origins=["http://grafana:3000"]))
+    r = listed.options("/grafana/query", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://grafana:3000"
+    r = listed.options("/grafana/query", headers={**preflight, "Origin": "http://evil.example"})
+    assert r.headers.get("access-control-allow-origin") != "*"
 
 
 # ---------------------------------------------------------------- serving
