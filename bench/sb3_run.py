@@ -123,8 +123,22 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--delay", type=float, default=0.0, help="seconds slept per env step")
     ap.add_argument("--n-envs", type=int, default=None, help="override the zoo's env count")
+    ap.add_argument(
+        "--vec-env",
+        choices=["auto", "dummy", "subproc"],
+        default="auto",
+        help="auto: SubprocVecEnv for PPO on a delayed env, else DummyVecEnv (faster for cheap "
+        "envs on few cores: see BENCHMARKS.md)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0 = torch's default: every core, as a user of SB3 gets)",
+    )
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     hp = dict(ZOO[(args.algo, args.env)])
     # Schedules run over the zoo's budget of steps, as in RL-Zoo, even though we may let the
     # run go on past it to reach the target: SB3 scales them by total_timesteps.
@@ -138,9 +152,11 @@ def main() -> None:
     n_envs = args.n_envs or hp.pop("n_envs")
     hp.pop("n_envs", None)
     wrapper = (lambda e: StepDelay(e, args.delay)) if args.delay > 0 else None
-    vec_cls = (
-        SubprocVecEnv if (args.algo == "ppo" and n_envs > 1 and args.delay > 0) else DummyVecEnv
-    )
+    if args.vec_env == "auto":  # processes pay off only when stepping costs more than IPC
+        subproc = args.algo == "ppo" and n_envs > 1 and args.delay > 0
+    else:
+        subproc = args.vec_env == "subproc"
+    vec_cls = SubprocVecEnv if subproc else DummyVecEnv
     env = make_vec_env(
         args.env, n_envs=n_envs, seed=args.seed, wrapper_class=wrapper, vec_env_cls=vec_cls
     )
@@ -165,6 +181,7 @@ def main() -> None:
                 "wall_seconds": round(time.time() - T0, 2),
                 "vec_env": vec_cls.__name__,
                 "n_envs": n_envs,
+                "torch_threads": torch.get_num_threads(),
             }
         )
     )

@@ -75,18 +75,25 @@ def solve_ours(
     target: float,
     max_seconds: float,
     sets: list[str],
+    seed: int,
 ) -> dict:
     extra = [x for s in [f"env.step_delay={delay}", *sets] for x in ("--set", s)]
-    return run_ours(algo, env_id, 0, 0, max_seconds, extra, clients=clients, target=target)
+    return run_ours(algo, env_id, seed, 0, max_seconds, extra, clients=clients, target=target)
 
 
 def solve_sb3(
-    algo: str, env_id: str, delay: float, clients: int, target: float, max_seconds: float
+    algo: str,
+    env_id: str,
+    delay: float,
+    clients: int,
+    target: float,
+    max_seconds: float,
+    seed: int,
 ) -> dict:
     """SB3's best single-machine set-up on the delayed env: DummyVecEnv (one env, the zoo's
     DQN) or SubprocVecEnv with one env per client (PPO)."""
     n_envs = clients if algo == "ppo" else None
-    return run_sb3(algo, env_id, 0, None, max_seconds, target, delay, n_envs)
+    return run_sb3(algo, env_id, seed, None, max_seconds, target, delay, n_envs)
 
 
 def main() -> None:
@@ -99,6 +106,7 @@ def main() -> None:
     ap.add_argument("--solve", action="store_true", help="also time to solve, ours vs SB3")
     ap.add_argument("--target", type=float, default=475.0)
     ap.add_argument("--max-seconds", type=float, default=1800.0)
+    ap.add_argument("--seed", type=int, default=101, help="with --solve (101+: never tuned on)")
     ap.add_argument("--ours-only", action="store_true", help="with --solve: skip the SB3 run")
     ap.add_argument(
         "--set", dest="sets", action="append", default=[], help="config override for ours"
@@ -117,12 +125,14 @@ def main() -> None:
     if args.solve:
         n = max(args.clients)
         ours = solve_ours(
-            args.algo, args.env, args.delay, n, args.target, args.max_seconds, args.sets
+            args.algo, args.env, args.delay, n, args.target, args.max_seconds, args.sets, args.seed
         )
         print(f"soulsai, {n} clients: {json.dumps(ours)}", flush=True)
         if args.ours_only:
             return
-        peer = solve_sb3(args.algo, args.env, args.delay, n, args.target, args.max_seconds)
+        peer = solve_sb3(
+            args.algo, args.env, args.delay, n, args.target, args.max_seconds, args.seed
+        )
         print(f"sb3 ({peer.get('vec_env')}, {peer.get('n_envs')} envs): {json.dumps(peer)}")
         if ours.get("solved") and peer.get("solved"):
             print(f"time to solve ours/sb3: {ours['wall_seconds'] / peer['wall_seconds']:.2f}")
