@@ -239,3 +239,13 @@ def test_both_http_servers_listen_on_loopback_by_default(state: WebState) -> Non
         port = s.getsockname()[1]
     NodeMetrics("training", {}).serve(port, "training.metrics_port")  # a daemon thread
     assert listen_address(port) == "127.0.0.1"
+
+
+def test_the_compose_stack_listens_on_every_interface_inside_its_containers() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    for name in ("docker-compose.yaml", "docker-compose.tls.yaml"):
+        services = yaml.safe_load((root / name).read_text())["services"]
+        assert "telemetry.http_host=0.0.0.0" in services["telemetry_node"]["command"], name
+        assert "training.metrics_host=0.0.0.0" in services["training_node"]["command"], name
