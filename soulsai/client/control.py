@@ -3,6 +3,11 @@
 Weights are downloaded and decoded here, into a fresh policy object; the env loop only swaps
 a reference, so a broadcast never stalls the env. A missed pub/sub notification is caught by
 polling the model id; a dropped connection is re-opened with backoff.
+
+Sampling is allowed (`may_sample`) unless the training node asks for a pause (throttle) or
+Redis has been out of reach for longer than `offline_grace` seconds: whatever a client samples
+then would be stale by the time it arrives, so it stops stepping (a game client stops pressing
+keys) and resumes by itself once Redis answers and a model is published again.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Control:
         max_bytes: int,
         status: Callable[[], dict],
         stop: threading.Event,
+        offline_grace: float = 30.0,
     ) -> None:
         self.link = link
         self.client_id = client_id
@@ -54,8 +60,12 @@ class Control:
         self.latest: tuple[int, Any, dict] | None = None  # (model_id, policy, meta) to swap in
         self.rejected_weights = 0
         self.shutdown_requested = False
-        self.may_sample = threading.Event()  # cleared while the training node asks for a pause
+        self.offline_grace = offline_grace
+        self.may_sample = threading.Event()  # cleared while paused: throttled or offline
         self.may_sample.set()
+        self.throttled = False  # the training node asks for a pause
+        self.offline = False  # Redis out of reach for longer than offline_grace
+        self.offline_pauses = 0
         self._thread = threading.Thread(target=self._run, name="control", daemon=True)
 
     def start(self) -> None:
@@ -66,10 +76,10 @@ class Control:
 
     def load_current(self) -> bool:
         """Fetch and decode the current weights now; True when a policy is ready."""
-        blob = self.link.fetch_weights()
-        if blob is None:
-            return False
         try:
+            blob = self.link.fetch_weights(self.max_bytes)  # refused unread beyond max_bytes
+            if blob is None:
+                return False
             # the model we already run (a late or repeated notice): no need to decode it again
             if weights_metadata(blob, self.max_bytes)["model_id"] == self.model_id:
                 return True
@@ -88,6 +98,7 @@ class Control:
         pubsub = None
         next_beat = next_poll = 0.0
         backoff = 0.1
+        lost_at: float | None = None  # when the connection was lost (None: connected)
         while not self.stop.is_set():
             try:
                 if pubsub is None:
@@ -97,9 +108,14 @@ class Control:
                     self.link.heartbeat(self.client_id, self.status(), self.heartbeat_timeout)
                     next_beat = now + self.heartbeat_interval
                 if now >= next_poll:
-                    if self.link.model_id() not in (None, self.model_id):
+                    current = self.link.model_id()
+                    if current not in (None, self.model_id):
                         self.load_current()
                     self._set_paused(self.link.throttled())
+                    if self.offline and current is not None:  # Redis and a trainer are back
+                        self.offline = False
+                        log.info("Redis is back and a model is published: sampling again")
+                        self._apply()
                     next_poll = now + min(self.poll_interval, 0.5)
                 # everything queued, then one download: a burst of notices costs one GET
                 new_model, handled = False, 0
@@ -110,13 +126,23 @@ class Control:
                     msg = pubsub.get_message(timeout=0.0) if handled < MAX_DRAIN else None
                 if new_model:
                     self.load_current()
-                backoff = 0.1
+                backoff, lost_at = 0.1, None
             except TRANSIENT as e:
-                self.may_sample.set()  # without a server, keep sampling into the outbox
-                log.warning(
-                    "control connection lost (%s); retrying in %.1fs", type(e).__name__, backoff
-                )
-                pubsub = None
+                now = time.monotonic()
+                if lost_at is None:
+                    lost_at = now
+                    log.warning("control connection lost (%s); retrying", type(e).__name__)
+                self.throttled = False  # no one can lift a pause we cannot hear
+                if not self.offline and now - lost_at >= self.offline_grace:
+                    self.offline = True
+                    self.offline_pauses += 1
+                    log.warning(
+                        "Redis out of reach for %.0fs (client.offline_grace): pausing sampling "
+                        "until it is back",
+                        now - lost_at,
+                    )
+                self._apply()  # within the grace: keep sampling into the outbox
+                pubsub, next_poll = None, 0.0
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         if pubsub is not None:
@@ -149,7 +175,11 @@ class Control:
         return False
 
     def _set_paused(self, paused: bool) -> None:
-        if paused:
+        self.throttled = paused
+        self._apply()
+
+    def _apply(self) -> None:
+        if (self.throttled or self.offline) and not self.stop.is_set():
             self.may_sample.clear()
         else:
             self.may_sample.set()

@@ -13,6 +13,12 @@
 - The clients number their episodes, so a gap in one client's numbers is an episode that
   never arrived (trimmed from the stream while this node was down, or dropped by the client):
   counted as `missing`, never silently.
+- A stream whose ids ran out cannot take a record any more: anyone may XADD an entry with an
+  explicit id, and one near 2^64 leaves no id for the clients' `XADD *`. An id beyond any
+  clock (`usable_id`) ends the reading at the entry before it; once everything before it is
+  read, the stream is deleted and the clients' next XADD starts a fresh one (their outboxes
+  keep refused records and resend them). Records written after such an id are lost with it
+  and show up as `missing`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,17 @@ from soulsai.transport.links import TelemetryLink
 log = logging.getLogger(__name__)
 
 START = "0-0"
+MAX_USABLE_MS = 1 << 47  # about the year 6429: no clock writes stream ids beyond this
+MAX_USABLE_SEQ = 1 << 63
+
+
+def usable_id(stream_id: str) -> bool:
+    """False for an id that no clock makes and that leaves (almost) no ids after it."""
+    try:
+        ms, seq = parse_id(stream_id)
+    except ValueError:
+        return False
+    return ms < MAX_USABLE_MS and seq < MAX_USABLE_SEQ
 
 
 def parse_id(stream_id: str) -> tuple[int, int]:
@@ -83,13 +100,19 @@ class StreamCursor:
         self.link = link
         self.cursor = cursor or START
         self.resets = 0
+        self.repairs = 0
 
     def check(self) -> None:
         """Start over from the beginning if the stream cannot contain what follows the cursor
-        any more (Redis restarted empty or replaced). Warn about trimmed records."""
+        any more (Redis restarted empty or replaced). Warn about trimmed records. Repair a
+        stream whose ids ran out once nothing is left to read before the bad id."""
+        bounds = self.link.stream_bounds()
+        if bounds is not None and not usable_id(bounds[1]):
+            if not self.link.read_episodes(self.cursor, count=1, block_ms=None):
+                self.repair(bounds[1])
+            return  # else `read` stops at the bad id and repairs when it gets there
         if self.cursor == START:
             return
-        bounds = self.link.stream_bounds()
         if bounds is None:
             log.warning("episode stream is gone (Redis restarted empty?): reading from the start")
             self._reset()
@@ -115,7 +138,28 @@ class StreamCursor:
         self.cursor = START
         self.resets += 1
 
-    def read(self, count: int, block_ms: int) -> list[tuple[str, Any]]:
-        """Entries after the cursor. The caller moves `cursor` past each entry it handled, so
-        an error half-way through a batch loses nothing."""
-        return self.link.read_episodes(self.cursor, count=count, block_ms=block_ms)
+    def read(self, count: int, block_ms: int | None) -> list[tuple[str, Any]]:
+        """Entries after the cursor (`block_ms` None: do not wait). The caller moves `cursor`
+        past each entry it handled, so an error half-way through a batch loses nothing.
+
+        Entries stop before the first unusable id; reaching one repairs the stream."""
+        entries = self.link.read_episodes(self.cursor, count=count, block_ms=block_ms)
+        for i, (entry_id, _) in enumerate(entries):
+            if not usable_id(entry_id):
+                if i == 0:
+                    self.repair(entry_id)
+                return entries[:i]
+        return entries
+
+    def repair(self, bad_id: str) -> None:
+        """Delete a stream with an unusable id (everything before it was read) and read the
+        fresh one the clients create from its start."""
+        dropped = self.link.drop_episode_stream()
+        log.warning(
+            "episode stream holds id %s, which no clock makes (written by hand?) and which "
+            "leaves clients no ids: deleted it with %d entries; clients start a fresh one",
+            bad_id,
+            dropped,
+        )
+        self.repairs += 1
+        self._reset()

@@ -5,7 +5,8 @@
 - `client` (sampling clients): exactly what a client does, each command tied to its keys with
   ACL selectors (Redis >= 7.0): push experience and episodes, read config, weights and model
   id, heartbeat, take an index, see the throttle, subscribe to the model and commands channels.
-  It cannot overwrite weights or config, read stats, flush or reconfigure Redis.
+  It cannot overwrite weights or config, read stats, flush or reconfigure Redis, switch
+  databases (SELECT) or bump the index counter by more than one (INCRBY).
 - `admin` (optional): everything, for maintenance by hand.
 
 User names are a role optionally followed by `-`, `_` or `.` and a suffix (`client-pc2`), so
@@ -48,11 +49,11 @@ class Grant:
 CLIENT_GRANTS: dict[str, Grant] = {
     "samples": Grant(("lpush", "ltrim"), "W"),  # LTRIM: clients bound the queue (max_queue)
     "episodes": Grant(("xadd",), "W"),
-    "weights": Grant(("get",), "R"),
+    "weights": Grant(("strlen", "getrange", "get"), "R"),  # size first, then a bounded read
     "model_id": Grant(("get",), "R"),
-    "config": Grant(("get",), "R"),
+    "config": Grant(("getrange",), "R"),  # bounded read (MAX_CONFIG_BYTES)
     "heartbeat": Grant(("set",), "W"),  # SET ... PX on <p>:client:<id>
-    "client_seq": Grant(("incr", "incrby"), "RW"),  # redis-py sends INCRBY for incr()
+    "client_seq": Grant(("incr",), "RW"),  # INCR only: INCRBY would let one exhaust it
     "throttle": Grant(("exists",), "R"),
 }
 CLIENT_CHANNELS: tuple[str, ...] = ("model_channel", "commands")
@@ -67,8 +68,9 @@ TRAINER_ONLY: frozenset[str] = frozenset(
         "heartbeat_pattern",  # SCAN MATCH by the training node; clients write heartbeat(id)
     }
 )
-# Commands every user needs to log in, check the link and use pub/sub.
-CONNECTION_COMMANDS = ("ping", "hello", "select")
+# Commands a client needs to log in and check the link (AUTH is always allowed). No SELECT:
+# another database would be memory that no node sees or trims.
+CONNECTION_COMMANDS = ("ping", "hello")
 CLIENT_PUBSUB_COMMANDS = ("subscribe", "unsubscribe")
 TRAINER_CATEGORIES = (
     "+@read",
@@ -80,6 +82,8 @@ TRAINER_CATEGORIES = (
     "-@dangerous",
     "-@admin",
     "-@scripting",  # no EVAL or FUNCTION LOAD: data commands only
+    "-select",  # one database: no memory in another that nothing trims
+    "-move",
 )
 
 

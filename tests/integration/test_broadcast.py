@@ -105,10 +105,10 @@ def test_a_burst_of_notices_costs_one_decode(links, monkeypatch, redis_server) -
     fetches, decodes, release = [], [], threading.Event()
     real_fetch, real_decode = client.fetch_weights, control_mod.decode_weights
 
-    def slow_fetch():
+    def slow_fetch(*args):
         fetches.append(1)
         release.wait(10)  # the first download takes until the whole burst is out
-        return real_fetch()
+        return real_fetch(*args)
 
     def counting_decode(*args, **kwargs):
         decodes.append(1)

@@ -23,13 +23,13 @@ def test_eager_outbox_sends_at_once_batched_one_ships_a_round_in_one_push(
 ) -> None:
     link = open_link(ClientLink, redis_server.target, prefix)
     pushes: list[int] = []
-    real_push = link.push
+    real_deliver = link.deliver
 
-    def counting_push(samples, *args):
+    def counting_deliver(samples, *args):
         pushes.append(len(samples))
-        return real_push(samples, *args)
+        return real_deliver(samples, *args)
 
-    link.push = counting_push  # type: ignore[method-assign]
+    link.deliver = counting_deliver  # type: ignore[method-assign]
     # An hour between rounds: not woken per message, it ships the three on close, in one push.
     batched = Outbox(link, 100, 1000, 1000, interval=3600.0)
     for i in range(3):

@@ -138,9 +138,10 @@ def test_client_user_can_do_its_job_and_nothing_else(acl_setup) -> None:
         # what a sampling client does
         assert c.lpush(K.samples, b"a", b"b") == 2 and c.ltrim(K.samples, 0, 9)
         assert c.xadd(K.episodes, {"m": b"e"}, maxlen=100, approximate=True)
-        assert c.get(K.weights) == b"w" and c.get(K.config) == b"{}" and c.get(K.model_id) == b"3"
+        assert c.strlen(K.weights) == 1 and c.getrange(K.weights, 0, 9) == b"w"
+        assert c.getrange(K.config, 0, 9) == b"{}" and c.get(K.model_id) == b"3"
         assert c.set(K.heartbeat("pc1"), "{}", px=5000)
-        assert c.incr(K.client_seq) == 1 and c.exists(K.throttle) == 0
+        assert c.execute_command("INCR", K.client_seq) == 1 and c.exists(K.throttle) == 0
         ps = c.pubsub()
         ps.subscribe(K.model_channel, K.commands)
         assert ps.get_message(timeout=2)["type"] == "subscribe"
@@ -163,6 +164,9 @@ def test_client_user_can_do_its_job_and_nothing_else(acl_setup) -> None:
             lambda: c.keys("*"),
             lambda: c.eval("return 1", 0),
             lambda: c.xadd(K.samples, {"m": b"x"}),  # a command on a key it was not given for
+            lambda: c.execute_command("SELECT", 1),  # memory in a database no node trims
+            lambda: c.incrby(K.client_seq, 2**62),  # INCR only: the index cannot be exhausted
+            lambda: c.get(K.config),  # bounded reads only (GETRANGE)
         ]
         for i, call in enumerate(refused):
             with pytest.raises(redis.exceptions.NoPermissionError):
@@ -181,6 +185,7 @@ def test_client_user_can_do_its_job_and_nothing_else(acl_setup) -> None:
             lambda: t.keys("*"),
             lambda: t.eval("return 1", 0),
             lambda: t.get("otherexp:weights"),
+            lambda: t.execute_command("SELECT", 1),
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 call()
@@ -370,7 +375,8 @@ def redis_entrypoint(tmp: Path, conf_text: str) -> tuple[list[str], Path]:
         .replace("-o redis -g redis ", "")
         .replace("docker-entrypoint.sh redis-server", f"docker-entrypoint.sh {REDIS}")
     )
-    return [sh, flag, script, name, *map(str, svc["command"])], bin_dir
+    command = [re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(c)) for c in svc["command"]]
+    return [sh, flag, script, name, *command], bin_dir
 
 
 @pytest.mark.parametrize(
@@ -417,6 +423,8 @@ def test_compose_redis_loads_the_secret_as_its_config(tmp_path: Path, mode: str)
         assert r.set(K.weights, b"w")
         if user is None:  # the shared password's user is all-powerful; compose's flags arrived
             assert r.config_get("appendonly") == {"appendonly": "yes"}
+            assert r.config_get("maxmemory") == {"maxmemory": str(4 << 30)}
+            assert r.config_get("proto-max-bulk-len") == {"proto-max-bulk-len": str(65 << 20)}
         else:
             with pytest.raises(redis.exceptions.NoPermissionError):
                 r.config_get("appendonly")

@@ -223,7 +223,8 @@ def test_rendered_acl() -> None:
     assert "~exp1:* &exp1:* ~exp2:* &exp2:*" in trainer and "-@dangerous" in trainer
     client = next(line for line in lines if line.startswith("user client "))
     assert "(%W~exp1:samples +lpush +ltrim)" in client
-    assert "(%R~exp2:weights +get)" in client and "&exp2:commands" in client
+    assert "(%R~exp2:weights +strlen +getrange +get)" in client and "&exp2:commands" in client
+    assert "+select" not in client and "+incrby" not in client and "-select" in trainer
     assert "(%W~exp1:client:* +set)" in client
     assert "~exp1:*" not in client and "+@all" not in client
     assert any(line.startswith("user client-pc2 ") for line in lines)
