@@ -76,11 +76,12 @@ def _split(obj: Any, path: str, tensors: dict, arrays: dict) -> Any:
 
 
 def _join(obj: Any, tensors: dict, arrays: dict) -> Any:
+    """The state `_split` took apart; a placeholder naming nothing stored is a KeyError."""
     if isinstance(obj, dict):
         if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
+            return tensors[_placeholder(obj["__tensor__"], tensors, "tensor")]
         if "__array__" in obj:
-            return arrays[obj["__array__"]]
+            return arrays[_placeholder(obj["__array__"], arrays, "array")]
         return {
             (int(k[len(_INT_KEY) :]) if k.startswith(_INT_KEY) else k): _join(v, tensors, arrays)
             for k, v in obj.items()
@@ -88,6 +89,36 @@ def _join(obj: Any, tensors: dict, arrays: dict) -> Any:
     if isinstance(obj, list):
         return [_join(v, tensors, arrays) for v in obj]
     return obj
+
+
+def _placeholder(name: Any, stored: dict, what: str) -> str:
+    if not isinstance(name, str) or name not in stored:
+        raise KeyError(f"{TREE} names {what} {str(name)[:80]!r}, which the checkpoint lacks")
+    return name
+
+
+def first_nonfinite(obj: Any, path: str = "") -> str | None:
+    """The path of the first tensor or array in a nested state holding NaN or inf (None when
+    all are finite). Weights, normalizer statistics and optimizer moments must pass this
+    before they are published, saved or resumed from; plain numbers are not checked (JSON
+    holds them, and a checkpoint may keep an inf there on purpose)."""
+    if isinstance(obj, torch.Tensor):
+        ok = not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+        return None if ok else path
+    if isinstance(obj, np.ndarray):
+        ok = obj.dtype.kind not in "fc" or bool(np.isfinite(obj).all())
+        return None if ok else path
+    if isinstance(obj, dict):
+        items: Any = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = first_nonfinite(v, f"{path}.{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 def _sha256(path: Path) -> str:
@@ -153,9 +184,33 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         arrays = load_np(str(folder / ARRAYS))
         tree = json.loads((folder / TREE).read_text())
         summary = json.loads((folder / STATE).read_text())
-    except Exception as e:  # checksums matched, so this is a format bug, still say it clearly
-        raise CheckpointError(f"cannot read checkpoint {folder}: {e}") from None
-    return _join(tree, tensors, arrays), summary
+        state = _join(tree, tensors, arrays)
+    except Exception as e:  # checksums matched: a format bug or a crafted folder; one line
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {folder}: {first}") from None
+    if not isinstance(state, dict) or not isinstance(summary, dict):
+        raise CheckpointError(f"cannot read checkpoint {folder}: {TREE} or {STATE} is not a map")
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {folder} holds NaN or inf in {bad[:120]}: refusing to load it "
+            "(use an earlier one, e.g. from checkpoints/)"
+        )
+    return state, summary
+
+
+def counter(counters: dict[str, Any], key: str, folder: Path, default: int | None = None) -> int:
+    """A non-negative integer counter of a checkpoint (`node` part or state.json); anything
+    else is a CheckpointError naming it."""
+    value = counters.get(key, default)
+    if value is None and default is not None:
+        value = default
+    if type(value) is not int or value < 0:  # not a bool, a float, a string or a list
+        raise CheckpointError(
+            f"checkpoint {folder}: counter {key!r} is {str(value)[:40]!r}, "
+            "not a non-negative integer"
+        )
+    return value
 
 
 def verify_checkpoint(folder: Path) -> Path:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from soulsai.errors import ProtocolError
+from soulsai.training.shares import ClientShares
 from soulsai.transport.codec import (
     Experience,
     ExperienceSpec,
@@ -69,11 +70,13 @@ class Intake:
         pop_count: int,
         stop: threading.Event,
         accept_rows: Callable[[dict[str, np.ndarray]], None] | None = None,
+        shares: ClientShares | None = None,
     ) -> None:
         self.link = link
         self.spec = spec
         self.accept = accept
         self.accept_rows = accept_rows
+        self.shares = shares  # per-client cap on the update debt (batch path only)
         self.current_model = current_model
         self.max_delay = max_delay
         self.pop_count = pop_count
@@ -159,13 +162,36 @@ class Intake:
             mid, n = int(mids[stale][0]), int(counts[stale].sum())
             self._reject("stale_model", f"model id {mid} lags newest {newest}", n)
         fresh = ~(future | stale)
+        fresh_counts = np.where(fresh, counts, 0)
+        allowed = self._within_shares(rows.client_ids, fresh_counts)
         fields = rows.fields
-        if not fresh.all():
-            keep = np.repeat(fresh, counts)
-            fields = {name: value[keep] for name, value in fields.items()}
-        if fresh.any():
+        if allowed is not fresh_counts:  # a client's share cut envelopes short: their first rows
+            starts = np.cumsum(counts) - counts
+            within = np.arange(int(counts.sum())) - np.repeat(starts, counts)
+            mask = within < np.repeat(allowed, counts)
+            fields = {name: value[mask] for name, value in fields.items()}
+        elif not fresh.all():
+            mask = np.repeat(fresh, counts)
+            fields = {name: value[mask] for name, value in fields.items()}
+        accepted = int((allowed > 0).sum())
+        if accepted:
             self.accept_rows(fields)
-        return int(fresh.sum())
+        return accepted
+
+    def _within_shares(self, client_ids: np.ndarray, fresh_counts: np.ndarray) -> np.ndarray:
+        """Rows to keep of each envelope: `fresh_counts` itself unless a client's share of the
+        update debt caps some (the excess is counted as over_share, in transitions)."""
+        if self.shares is None:
+            return fresh_counts
+        allowed = self.shares.admit(client_ids, fresh_counts)
+        cut = fresh_counts - allowed
+        if not cut.any():
+            return fresh_counts
+        cid = str(client_ids[int(np.argmax(cut))])[:64]
+        self._reject(
+            "over_share", f"client {cid!r} is at its share of the update debt", int(cut.sum())
+        )
+        return allowed
 
     def queued_steps(self) -> float:
         """Env steps waiting in Redis's queue, estimated from the mean envelope so far."""

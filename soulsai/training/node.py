@@ -24,7 +24,7 @@ from soulsai.config import Config
 from soulsai.metrics import NodeMetrics
 from soulsai.training.algorithms.dqn import DQNLearner
 from soulsai.training.algorithms.schedules import epsilon
-from soulsai.training.checkpoint import rng_state, set_rng_state
+from soulsai.training.checkpoint import first_nonfinite, rng_state, set_rng_state
 from soulsai.training.common import (
     STATS_INTERVAL,
     Rates,
@@ -33,9 +33,10 @@ from soulsai.training.common import (
     run_command,
     telemetry_episodes,
 )
-from soulsai.training.intake import Intake
+from soulsai.training.intake import Intake, RateLimitedLog
 from soulsai.training.replay import ReplayBuffer
 from soulsai.training.saves import Saves, describe
+from soulsai.training.shares import ClientShares
 from soulsai.transport import RedisTarget, TrainerLink, open_link
 from soulsai.transport.codec import Experience, encode_command, encode_weights_parts
 from soulsai.transport.links import TRANSIENT
@@ -62,6 +63,8 @@ METRICS = {
     "samples_per_s": "accepted transitions per second (last interval)",
     "updates_per_s": "gradient updates per second (last interval)",
     "loss": "last TD loss",
+    "nonfinite_updates": "gradient steps and normalizer merges skipped: NaN or inf",
+    "nonfinite_blocked": "publishes and checkpoints refused: the model held NaN or inf",
 }
 
 
@@ -88,6 +91,8 @@ class DQNTrainingNode:
             cfg.dqn.n_step,
             cfg.training.max_batch,
             cfg.training.max_message_bytes,
+            max_abs_obs=cfg.training.max_abs_obs,
+            max_abs_reward=cfg.training.max_abs_reward,
         )
         d = cfg.dqn
         self.learner = DQNLearner(
@@ -114,6 +119,9 @@ class DQNTrainingNode:
             cfg.training.intake_batch,
             stop,
             accept_rows=self._accept_rows,
+            shares=ClientShares(
+                d.max_client_debt * d.batch_size / d.replay_ratio, self._settled, self._learning
+            ),
         )
         self.metrics = NodeMetrics("trainer", METRICS)
         self.last_info: dict[str, float] = {}
@@ -124,6 +132,8 @@ class DQNTrainingNode:
         self._paused_at = 0.0
         self.forgiven = 0.0  # accepted transitions whose updates were forgiven (_ignored_pause)
         self.throttle_count = 0
+        self.blocked = 0  # publishes refused: the weights held NaN or inf
+        self._log = RateLimitedLog(log, cfg.training.log_interval)
         self.episodes_at_start = 0  # the telemetry node's count may lag after a resume
         self.saves = Saves(cfg, run_dir, self)
         if resume is not None:
@@ -196,8 +206,10 @@ class DQNTrainingNode:
                     and self.learner.updates > published_updates
                 ):
                     published_at, published_updates = self.accepted, self.learner.updates
-                    self.model_id += 1
-                    self._publish()
+                    state = self._finite_policy()
+                    if state is not None:
+                        self.model_id += 1
+                        self._publish(state)
                 now = time.monotonic()
                 if now >= next_stats:
                     next_stats = now + STATS_INTERVAL
@@ -275,6 +287,11 @@ class DQNTrainingNode:
             self._throttle_renew = now + 1.0
             self.throttle_count += int(want)
 
+    def _settled(self) -> float:
+        """Accepted transitions whose updates are paid or forgiven (for ClientShares)."""
+        d = self.cfg.dqn
+        return self.debt_base + self._paid * d.batch_size / d.replay_ratio
+
     @property
     def _paid(self) -> int:
         """Updates done by this node since it started (or resumed)."""
@@ -287,15 +304,27 @@ class DQNTrainingNode:
             chunks, self.new_obs = self.new_obs, []
         self.learner.update_normalizer(np.concatenate(chunks))
 
-    def _publish(self) -> None:
+    def _finite_policy(self) -> dict[str, torch.Tensor] | None:
+        """The policy's tensors, or None (logged, counted) when any holds NaN or inf: clients
+        would reject such weights, and keep sampling with the last good ones."""
+        state = self.learner.policy_state()
+        bad = first_nonfinite(state)
+        if bad is None:
+            return state
+        self.blocked += 1
+        self._log.warning("nonfinite", f"weights NOT published: {bad} holds NaN or inf")
+        return None
+
+    def _publish(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        state = state if state is not None else self._finite_policy()
+        if state is None:
+            return
         meta = {
             "env_steps": self.env_steps,
             "num_clients": max(1, self.clients),
             "updates": self.learner.updates,
         }
-        blob = encode_weights_parts(
-            self.learner.policy_state(), self.model_id, meta, self.cfg.training.weights_dtype
-        )
+        blob = encode_weights_parts(state, self.model_id, meta, self.cfg.training.weights_dtype)
         try:
             self.link.publish_weights(blob, self.model_id)
         except TRANSIENT as e:
@@ -315,6 +344,8 @@ class DQNTrainingNode:
             "debt": int(self._debt()) if self._learning() else 0,
             "rejected": sum(self.intake.rejected.values()),
             "rejected_by_reason": json.dumps(dict(self.intake.rejected)),
+            "nonfinite_updates": self.learner.nonfinite_updates,
+            "nonfinite_blocked": self.blocked + self.saves.refused,
             "loss": round(self.last_info.get("loss", float("nan")), 6),
             "time": time.time(),
         }

@@ -32,7 +32,7 @@ from soulsai.config import Config
 from soulsai.config.schema import check_ppo_config
 from soulsai.metrics import NodeMetrics
 from soulsai.training.algorithms.ppo import PPOLearner
-from soulsai.training.checkpoint import rng_state, set_rng_state
+from soulsai.training.checkpoint import first_nonfinite, rng_state, set_rng_state
 from soulsai.training.common import (
     STATS_INTERVAL,
     Rates,
@@ -71,6 +71,8 @@ METRICS = {
     "entropy": "policy entropy of the last minibatch",
     "explained_variance": "explained variance of the value function (last iteration)",
     "lr": "learning rate of the last iteration",
+    "nonfinite_updates": "minibatch steps and statistics merges skipped: NaN or inf",
+    "nonfinite_blocked": "publishes and checkpoints refused: the model held NaN or inf",
 }
 
 
@@ -93,7 +95,13 @@ class PPOTrainingNode:
         self.link = open_link(TrainerLink, target, cfg.key_prefix, wait=cfg.connect_wait)
         obs_space, act_space = env_spaces(cfg.env)
         self.spec = ppo_experience_spec(
-            obs_space, act_space, cfg.training.max_batch, cfg.training.max_message_bytes
+            obs_space,
+            act_space,
+            cfg.training.max_batch,
+            cfg.training.max_message_bytes,
+            max_abs_obs=cfg.training.max_abs_obs,
+            max_abs_reward=cfg.training.max_abs_reward,
+            gamma=cfg.ppo.gamma,
         )
         p = cfg.ppo
         self.learner = PPOLearner(p, obs_space, act_space, cfg.seed, cfg.training.device)
@@ -122,6 +130,7 @@ class PPOTrainingNode:
         self.waiting = ""  # why the node is not training yet although clients seem gone
         self._log = RateLimitedLog(log, cfg.training.log_interval)
         self._saved_updates = 0
+        self.blocked = 0  # publishes refused: the weights held NaN or inf
         self.saves = Saves(cfg, run_dir, self)
         if resume is not None:
             self._restore(resume)
@@ -243,11 +252,13 @@ class PPOTrainingNode:
             iteration_seconds=now - self.iteration_started,
         )
         self.last_info = info
+        state = self._finite_policy()
         with self.lock:
-            self.model_id += 1
+            self.model_id += state is not None  # else model k stays, its clients sample on
             self.collecting = True
             self.iteration_started = self.last_sample = now
-        self._publish()
+        if state is not None:
+            self._publish(state)
         self._pause_clients(False)
         log.debug(
             "iteration %d: collected %d transitions in %.3f s, trained in %.3f s, published in "
@@ -279,16 +290,27 @@ class PPOTrainingNode:
             return
         self.paused = on
 
-    def _publish(self) -> None:
+    def _finite_policy(self) -> dict[str, torch.Tensor] | None:
+        """The policy's tensors, or None (logged, counted) when any holds NaN or inf."""
+        state = self.learner.policy_state()
+        bad = first_nonfinite(state)
+        if bad is None:
+            return state
+        self.blocked += 1
+        self._log.warning("nonfinite", f"weights NOT published: {bad} holds NaN or inf")
+        return None
+
+    def _publish(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        state = state if state is not None else self._finite_policy()
+        if state is None:
+            return
         meta = {
             "env_steps": self.env_steps,
             "num_clients": max(1, self.clients),
             "updates": self.learner.updates,
             "iterations": self.learner.iterations,
         }
-        blob = encode_weights_parts(
-            self.learner.policy_state(), self.model_id, meta, self.cfg.training.weights_dtype
-        )
+        blob = encode_weights_parts(state, self.model_id, meta, self.cfg.training.weights_dtype)
         try:
             self.link.publish_weights(blob, self.model_id)
         except TRANSIENT as e:
@@ -313,6 +335,8 @@ class PPOTrainingNode:
             "rejected": sum(self.intake.rejected.values()),
             "rejected_by_reason": json.dumps(dict(self.intake.rejected)),
             "waiting": self.waiting,
+            "nonfinite_updates": self.learner.nonfinite_updates,
+            "nonfinite_blocked": self.blocked + self.saves.refused,
             **{
                 k: round(float(info.get(k, float("nan"))), 6)
                 for k in (

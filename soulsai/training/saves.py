@@ -31,7 +31,9 @@ from soulsai.errors import CheckpointError, ConfigError
 from soulsai.training.checkpoint import (
     CONFIG,
     archive,
+    counter,
     disk_usage,
+    first_nonfinite,
     load_checkpoint,
     read_summary,
     save_checkpoint,
@@ -109,6 +111,7 @@ class Saves:
         self.run_dir = Path(run_dir)
         self.node = node
         self.config_json = cfg.model_dump_json(indent=2).encode()
+        self.refused = 0  # saves refused because the state held NaN or inf
 
     def folder(self, kind: str) -> Path:
         return self.run_dir / FOLDERS[kind]
@@ -127,6 +130,11 @@ class Saves:
             with_buffer = self.cfg.checkpoint.save_buffer
         t0 = time.monotonic()
         state, counters = self.node.checkpoint_state(with_buffer)
+        bad = first_nonfinite(state)
+        if bad is not None:  # a NaN model must never replace a good checkpoint
+            self.refused += 1
+            log.error("%s checkpoint NOT written to %s: %s holds NaN or inf", kind, folder, bad)
+            return SaveResult(kind, folder, False, reason=f"non-finite values in {bad}")
         summary = {
             **counters,
             "kind": kind,
@@ -223,21 +231,27 @@ class Saves:
                 f"checkpoint {folder} was trained with algo={saved[0]} env={saved[1]}; "
                 f"the config asks for algo={self.cfg.algo} env={self.cfg.env.id}"
             )
-        counters = dict(state.get("node") or summary)
+        node_counters = state.get("node") or summary
+        if not isinstance(node_counters, dict):
+            raise CheckpointError(f"checkpoint {folder}: its counters are not a map")
+        counters = dict(node_counters)
+        for key in ("env_steps", "model_id", "accepted"):
+            counters[key] = counter(counters, key, folder)
+        counters["episodes"] = counter(counters, "episodes", folder, default=0)
         steps, model = recorded_progress(self.run_dir)
-        if steps > int(counters["env_steps"]) or model > int(counters["model_id"]):
+        if steps > counters["env_steps"] or model > counters["model_id"]:
             log.info(
                 "episodes recorded after the checkpoint reach env_steps=%d, model_id=%d: "
                 "counting on from there (the experience since the checkpoint is lost)",
                 steps,
                 model,
             )
-            counters["env_steps"] = max(int(counters["env_steps"]), steps)
-            counters["model_id"] = max(int(counters["model_id"]), model)
+            counters["env_steps"] = max(counters["env_steps"], steps)
+            counters["model_id"] = max(counters["model_id"], model)
         state["node"] = counters
         try:
             self.node.restore_state(state, summary)
-        except (KeyError, ValueError, RuntimeError) as e:
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(
                 f"checkpoint {folder} does not fit this configuration: {first[:300]}"

@@ -235,15 +235,17 @@ def _decode_field(name: str, item: Any, fs: FieldSpec, n: int) -> np.ndarray:
 def _check_values(name: str, arr: np.ndarray, fs: FieldSpec) -> None:
     """Finite floats and the spec's bounds. min/max propagate NaN and show inf, so two
     reductions cover both checks without allocating a mask."""
-    if arr.size == 0 or arr.dtype.kind == "b":
+    floats = arr.dtype.kind == "f"
+    unbounded = fs.low is None and fs.high is None
+    if arr.size == 0 or arr.dtype.kind == "b" or (unbounded and not floats):
         return
     lo, hi = arr.min(), arr.max()
-    if arr.dtype.kind == "f" and not (math.isfinite(lo) and math.isfinite(hi)):
+    if floats and not (math.isfinite(lo) and math.isfinite(hi)):
         raise ProtocolError("non_finite", f"{name} holds NaN or inf")
     if fs.low is not None and lo < fs.low:
-        raise ProtocolError("out_of_range", f"{name} below {fs.low}")
+        raise ProtocolError("out_of_range", f"{name} below {fs.low:g}")
     if fs.high is not None and hi > fs.high:
-        raise ProtocolError("out_of_range", f"{name} above {fs.high}")
+        raise ProtocolError("out_of_range", f"{name} above {fs.high:g}")
 
 
 # ---------------------------------------------------------------- experience rows (hot path)
@@ -255,14 +257,16 @@ _MAX_SHAPE_MISSES = 8  # layouts per popped batch that matched only their own en
 class ExperienceRows:
     """The transitions of many envelopes, one array per field: no Python object per envelope.
 
-    `model_ids` and `counts` hold, per accepted envelope in row order, its model id and its
-    number of rows; `errors` the rejected envelopes' errors.
+    `model_ids`, `counts` and `client_ids` hold, per accepted envelope in row order, its model
+    id, its number of rows and its client id (an object array of str); `errors` the rejected
+    envelopes' errors.
     """
 
     fields: dict[str, np.ndarray]
     model_ids: np.ndarray
     counts: np.ndarray
     errors: list[ProtocolError]
+    client_ids: np.ndarray = field(default_factory=lambda: np.empty(0, object))
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,7 @@ class _Shape:
     payloads: tuple[tuple[int, int], ...]  # (start, end) in the envelope, in spec field order
     frame: np.ndarray  # byte positions outside the payloads
     frame_bytes: np.ndarray  # the envelope's bytes there
+    client_id: str = ""  # in the frame, so every envelope of this layout has it
 
 
 class LayoutCache:
@@ -335,6 +340,7 @@ class _Plan:
     payloads: tuple[tuple[int, int], ...]
     model_ids: np.ndarray
     n: int
+    client_ids: np.ndarray  # object array of str, one per row of `rows`
 
 
 def decode_experience_rows(
@@ -399,7 +405,10 @@ def decode_experience_rows(
         [np.full(len(p.model_ids), p.n, np.int64) for p in plans]
         + [np.array([e.n for e in single_exps], np.int64)]
     )
-    return _check_rows(ExperienceRows(fields, model_ids, counts, errors), spec)
+    singles_ids = np.empty(len(single_exps), object)
+    singles_ids[:] = [e.client_id for e in single_exps]
+    client_ids = np.concatenate([*(p.client_ids for p in plans), singles_ids])
+    return _check_rows(ExperienceRows(fields, model_ids, counts, errors, client_ids), spec)
 
 
 def _plan_group(
@@ -416,6 +425,7 @@ def _plan_group(
     updated count of layouts that matched only their own envelope."""
     k = len(group)
     model_ids = np.empty(k, np.int64)
+    client_ids = np.empty(k, object)
     by_payloads: dict[tuple[tuple[int, int], ...], tuple[list[np.ndarray], int]] = {}
     pending = np.arange(k)
     # Every row's bytes at one layout's frame positions, gathered once: clients whose ids have
@@ -443,6 +453,7 @@ def _plan_group(
         rows, pending = pending[same], pending[~same]
         misses += len(rows) == 1 and len(pending) > 0
         model_ids[rows] = shape.model_id
+        client_ids[rows] = shape.client_id
         by_payloads.setdefault(shape.payloads, ([], shape.n))[0].append(rows)
         if misses >= _MAX_SHAPE_MISSES:
             singles.extend(group[i] for i in pending)
@@ -450,7 +461,9 @@ def _plan_group(
     for payloads, (parts, n) in by_payloads.items():
         rows = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
         whole = len(rows) == k
-        plans.append(_Plan(block, None if whole else rows, payloads, model_ids[rows], n))
+        plans.append(
+            _Plan(block, None if whole else rows, payloads, model_ids[rows], n, client_ids[rows])
+        )
     return misses
 
 
@@ -474,7 +487,9 @@ def _check_rows(rows: ExperienceRows, spec: ExperienceSpec) -> ExperienceRows:
             good[i] = False
     keep = np.repeat(good, rows.counts)
     fields = {name: value[keep] for name, value in rows.fields.items()}
-    return ExperienceRows(fields, rows.model_ids[good], rows.counts[good], rows.errors)
+    return ExperienceRows(
+        fields, rows.model_ids[good], rows.counts[good], rows.errors, rows.client_ids[good]
+    )
 
 
 def _shape_of(raw: bytes, spec: ExperienceSpec) -> _Shape | None:
@@ -523,7 +538,7 @@ def _locate_payloads(raw: bytes, spec: ExperienceSpec, exp: Experience) -> _Shap
     frame = np.flatnonzero(~inside)
     frame_bytes = np.frombuffer(raw, np.uint8)[frame]
     spans = tuple(payloads[name] for name in spec.fields)
-    return _Shape(exp.model_id, exp.n, spans, frame, frame_bytes)
+    return _Shape(exp.model_id, exp.n, spans, frame, frame_bytes, exp.client_id)
 
 
 # ---------------------------------------------------------------- episodes
@@ -545,22 +560,35 @@ def encode_episode(record: EpisodeRecord) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 
-def _finite(value: Any, what: str) -> float:
+MAX_ABS_RETURN = 1e9  # default of telemetry.max_abs_return
+MAX_ABS_TIME = 1e11  # unix seconds of an episode's end: about the year 5100
+
+
+def _finite(value: Any, what: str, max_abs: float = math.inf) -> float:
     if type(value) not in (int, float) or not math.isfinite(value):
         raise ProtocolError("non_finite" if isinstance(value, float) else "bad_structure", what)
+    if abs(value) > max_abs:
+        raise ProtocolError("out_of_range", f"{what}: beyond +-{max_abs:g}")
     return float(value)
 
 
-def decode_episode(raw: Any, max_bytes: int = 65536) -> EpisodeRecord:
+def decode_episode(
+    raw: Any, max_bytes: int = 65536, max_abs: float = MAX_ABS_RETURN
+) -> EpisodeRecord:
+    """Validate an episode record. Return, length and every numeric extra are bounded by
+    `max_abs` (telemetry.max_abs_return): a forged record of return 1e300 must not become the
+    best moving average for good, nor mark a run solved."""
     msg = _unpack(raw, max_bytes)
     _header(msg, KIND_EPISODE)
     client_id = _client_id(msg)
     model_id = _model_id(msg)
-    ret = _finite(msg.get("return"), "return must be a finite number")
+    ret = _finite(msg.get("return"), "return must be a finite number", max_abs)
     length = msg.get("length")
-    if type(length) is not int or not 0 < length <= INT64_MAX:
+    if type(length) is not int or length <= 0:
         raise ProtocolError("bad_structure", "length must be a positive integer")
-    t = _finite(msg.get("time"), "time must be a finite number")
+    if length > max_abs:
+        raise ProtocolError("out_of_range", f"length beyond {max_abs:g}")
+    t = _finite(msg.get("time"), "time must be a finite number", MAX_ABS_TIME)
     info = msg.get("info", {})
     if not isinstance(info, dict) or len(info) > MAX_INFO_KEYS:
         raise ProtocolError("bad_structure", f"info must be a map of at most {MAX_INFO_KEYS}")
@@ -568,7 +596,7 @@ def decode_episode(raw: Any, max_bytes: int = 65536) -> EpisodeRecord:
     for k, v in info.items():
         if not isinstance(k, str) or not 0 < len(k) <= 64:
             raise ProtocolError("bad_structure", "info keys must be short strings")
-        clean[k] = _finite(v, f"info {k[:20]} must be a finite number")
+        clean[k] = _finite(v, f"info {k[:20]} must be a finite number", max_abs)
     seq = msg.get("client_episode")  # optional within protocol v1; older clients omit it
     if seq is not None and (type(seq) is not int or not 0 < seq <= INT64_MAX):
         raise ProtocolError("bad_structure", "client_episode must be a positive integer")

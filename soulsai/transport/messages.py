@@ -8,6 +8,7 @@ worked out without torch, so that a client machine needs numpy only.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -22,27 +23,75 @@ NORM_EPS = 1e-8
 NORM_CLIP = 10.0
 
 
-def space_field(space: gym.Space, what: str) -> FieldSpec:
-    """FieldSpec for one item of `space` (Box: its dtype and shape; Discrete: an int64)."""
+# Defaults of training.max_abs_obs / training.max_abs_reward (see config_d.yaml): what no
+# honest env sends, and far enough from float32's 3.4e38 that sums, squares and running
+# variances of bounded values stay finite.
+MAX_ABS_OBS = 1e6
+MAX_ABS_REWARD = 1e6
+
+
+def box_bounds(space: gym.spaces.Box, max_abs: float) -> tuple[float | None, float | None]:
+    """(low, high) every element of a received observation of `space` must lie within.
+
+    One pair per leaf (two reductions per field on the intake's hot path): the lowest and
+    highest of the Box's bounds, each side widened by the Box's widest interval, since envs
+    overstep their declared bounds a little (LunarLander's angle is not wrapped). A side with
+    an infinite bound, or one beyond +-`max_abs` (some envs declare float32's max), is
+    +-`max_abs`. An integer Box whose dtype cannot leave the bounds needs no check.
+    """
+    lo = np.asarray(space.low, np.float64).reshape(-1)
+    hi = np.asarray(space.high, np.float64).reshape(-1)
+    if lo.size == 0:
+        return -max_abs, max_abs
+    lo_ok = bool(np.isfinite(lo).all() and np.abs(lo).max() <= max_abs)
+    hi_ok = bool(np.isfinite(hi).all() and np.abs(hi).max() <= max_abs)
+    width = float((hi - lo).max()) if lo_ok and hi_ok else 0.0
+    low = float(lo.min()) - width if lo_ok else -max_abs
+    high = float(hi.max()) + width if hi_ok else max_abs
+    if np.issubdtype(space.dtype, np.integer):
+        info = np.iinfo(space.dtype)
+        if low <= info.min and high >= info.max:
+            return None, None
+    return low, high
+
+
+def space_field(space: gym.Space, what: str, max_abs: float = MAX_ABS_OBS) -> FieldSpec:
+    """FieldSpec for one item of `space` (Box: its dtype and shape, values within
+    `box_bounds`; Discrete: an int64 in range)."""
     if isinstance(space, gym.spaces.Box):
-        return FieldSpec(space.dtype, tuple(space.shape))
+        low, high = box_bounds(space, max_abs)
+        return FieldSpec(space.dtype, tuple(space.shape), low=low, high=high)
     if isinstance(space, gym.spaces.Discrete):
         return FieldSpec(np.int64, (), low=int(space.start), high=int(space.start + space.n - 1))
     raise ConfigError(f"env: {what} space {type(space).__name__} is not supported (Box, Discrete)")
 
 
+def _magnitude(limit: float, dtype: Any = np.float32, shape: tuple[int, ...] = ()) -> FieldSpec:
+    return FieldSpec(dtype, shape, low=-limit, high=limit)
+
+
 def dqn_experience_spec(
-    obs_space: gym.Space, action_space: gym.Space, n_step: int, max_batch: int, max_bytes: int
+    obs_space: gym.Space,
+    action_space: gym.Space,
+    n_step: int,
+    max_batch: int,
+    max_bytes: int,
+    max_abs_obs: float = MAX_ABS_OBS,
+    max_abs_reward: float = MAX_ABS_REWARD,
 ) -> ExperienceSpec:
-    """n-step transitions: obs, action, n-step reward, obs k steps later, terminated, k."""
+    """n-step transitions: obs, action, n-step reward, obs k steps later, terminated, k.
+
+    Observations lie within `box_bounds(obs_space, max_abs_obs)`; the reward, a discounted sum
+    of at most `n_step` rewards, within +-`n_step * max_abs_reward`.
+    """
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
-    obs = space_field(obs_space, "observation")
+    obs = space_field(obs_space, "observation", max_abs_obs)
     return ExperienceSpec(
         fields={
             "obs": obs,
             "action": FieldSpec(np.int64, (), low=0, high=int(action_space.n) - 1),
-            "reward": FieldSpec(np.float32),
+            "reward": _magnitude(n_step * max_abs_reward),
             "next_obs": obs,
             "terminated": FieldSpec(np.uint8, (), low=0, high=1),
             "steps": FieldSpec(np.uint8, (), low=1, high=n_step),
@@ -53,7 +102,13 @@ def dqn_experience_spec(
 
 
 def ppo_experience_spec(
-    obs_space: gym.Space, action_space: gym.Space, max_batch: int, max_bytes: int
+    obs_space: gym.Space,
+    action_space: gym.Space,
+    max_batch: int,
+    max_bytes: int,
+    max_abs_obs: float = MAX_ABS_OBS,
+    max_abs_reward: float = MAX_ABS_REWARD,
+    gamma: float = 0.99,
 ) -> ExperienceSpec:
     """Rollout fragments: per row one env step of one env copy, rows of a copy in time order.
 
@@ -61,24 +116,29 @@ def ppo_experience_spec(
     value of the true final observation on truncation, of the observation after the fragment's
     last step at its end), and a trajectory continues into the next row unless `terminated`,
     `truncated` or `last` is set.
+
+    Bounds: observations as for DQN; rewards +-`max_abs_reward`; values and discounted returns
+    +-`max_abs_reward / (1 - gamma)` (the largest discounted return; 1 - gamma taken as at
+    least 1e-3); log-probabilities and raw Gaussian actions +-`max_abs_obs`.
     """
     if isinstance(action_space, gym.spaces.Discrete):
         action = FieldSpec(np.int64, (), low=0, high=int(action_space.n) - 1)
     else:  # the raw Gaussian sample
-        action = FieldSpec(np.float32, action_shape(action_space))
+        action = _magnitude(max_abs_obs, np.float32, action_shape(action_space))
     flag = FieldSpec(np.uint8, (), low=0, high=1)
+    max_return = max_abs_reward / max(1.0 - gamma, 1e-3)
     return ExperienceSpec(
         fields={
-            "obs": space_field(obs_space, "observation"),
+            "obs": space_field(obs_space, "observation", max_abs_obs),
             "action": action,
-            "reward": FieldSpec(np.float32),
+            "reward": _magnitude(max_abs_reward),
             "terminated": flag,
             "truncated": flag,
             "last": flag,
-            "logprob": FieldSpec(np.float32),
-            "value": FieldSpec(np.float32),
-            "next_value": FieldSpec(np.float32),
-            "disc_return": FieldSpec(np.float32),
+            "logprob": _magnitude(max_abs_obs),
+            "value": _magnitude(max_return),
+            "next_value": _magnitude(max_return),
+            "disc_return": _magnitude(max_return),
         },
         max_batch=max_batch,
         max_bytes=max_bytes,

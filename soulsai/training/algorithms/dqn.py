@@ -6,6 +6,9 @@ Design choices:
   update; Polyak averaging touches parameters only, never the normalizer buffers.
 - Adam uses eps=1.5e-4 (as in Rainbow/Dopamine) instead of torch's 1e-8, which keeps steps
   bounded when the second-moment estimate is tiny.
+- A step whose loss or gradient norm is NaN or inf is skipped (counted in `nonfinite_updates`),
+  and so is a normalizer merge that would leave NaN or inf statistics: no batch can poison the
+  weights that clients get.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from soulsai.config.schema import DQNConfig
 from soulsai.nets import QNetwork, adam, cpu_state
+from soulsai.training.algorithms.guards import finite, guarded_update
 from soulsai.training.replay import ReplayBatch
 
 ADAM_EPS = 1.5e-4
@@ -45,6 +49,7 @@ class DQNLearner:
         self.target.requires_grad_(False)
         self.optimizer = adam(self.online.parameters(), cfg.lr, ADAM_EPS)
         self.updates = 0
+        self.nonfinite_updates = 0  # steps and normalizer merges skipped: NaN or inf
 
     def update(self, batch: ReplayBatch) -> dict[str, float]:
         """One double-DQN gradient step on `batch`, then the target-network update."""
@@ -59,6 +64,10 @@ class DQNLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
+        if not finite(loss, grad_norm):  # one bad batch must not turn the weights into NaN
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_updates += 1
+            return {"loss": float("nan"), "q_mean": float("nan"), "grad_norm": float("nan")}
         self.optimizer.step()
         self.updates += 1
 
@@ -81,7 +90,8 @@ class DQNLearner:
         """Merge a batch of observations into the running statistics (no-op if disabled)."""
         if not self.cfg.normalize_obs:
             return
-        self.online.obs_norm.update(obs)
+        if not guarded_update(self.online.obs_norm, obs):
+            self.nonfinite_updates += 1
         self._sync_target_normalizer()
 
     def _sync_target_normalizer(self) -> None:

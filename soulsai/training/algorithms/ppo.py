@@ -8,6 +8,8 @@ Design choices:
 - The observation normalizer is frozen while an iteration trains and updated afterwards with
   the iteration's observations, so the log-probabilities recomputed here use exactly the
   normalization the clients sampled with (the first epoch's ratio is 1).
+- A minibatch step whose loss or gradient norm is NaN or inf is skipped, and so is a merge
+  that would leave NaN or inf in the observation or return statistics (`nonfinite_updates`).
 - Reward scaling (optional) happens on the node: rewards travel raw, and each client sends the
   discounted return of its episode so far; the node keeps their running variance and divides
   rewards by its square root. Clients never need the statistic.
@@ -28,6 +30,7 @@ from soulsai.config import Config
 from soulsai.config.schema import PPOConfig
 from soulsai.errors import CheckpointError
 from soulsai.nets import ActorCritic, ObsNormalizer, adam, cpu_state
+from soulsai.training.algorithms.guards import finite, guarded_update
 from soulsai.training.policies import EvalPolicy, register_policy
 from soulsai.training.rollout import RolloutBatch
 from soulsai.transport.messages import action_shape
@@ -109,12 +112,14 @@ class PPOLearner:
         self.return_stats = ObsNormalizer((), enabled=cfg.scale_rewards)
         self.updates = 0
         self.iterations = 0
+        self.nonfinite_updates = 0  # minibatch steps and statistics merges skipped: NaN or inf
 
     def reward_scale(self, disc_returns: np.ndarray) -> float:
         """Merge the discounted returns into their statistics; 1 / their running std (or 1)."""
         if not self.cfg.scale_rewards:
             return 1.0
-        self.return_stats.update(disc_returns.astype(np.float64))
+        if not guarded_update(self.return_stats, disc_returns.astype(np.float64)):
+            self.nonfinite_updates += 1
         return float(1.0 / np.sqrt(self.return_stats.var.item() + REWARD_EPS))
 
     def update(self, batch: RolloutBatch, lr_frac: float = 1.0) -> dict[str, float]:
@@ -154,12 +159,16 @@ class PPOLearner:
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+                if not finite(loss, grad_norm):  # skipped: the weights must stay finite
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.nonfinite_updates += 1
+                    continue
                 self.optimizer.step()
                 self.updates += 1
                 clipfracs.append(clipfrac.item())
                 approx_kls.append(approx_kl.item())
-            if cfg.target_kl is not None and approx_kls[-1] > cfg.target_kl:
+            if cfg.target_kl is not None and approx_kls and approx_kls[-1] > cfg.target_kl:
                 break
         self.iterations += 1
 
@@ -171,16 +180,16 @@ class PPOLearner:
             "policy_loss": pg_loss.item(),
             "value_loss": v_loss.item(),
             "entropy": entropy_loss.item(),
-            "approx_kl": approx_kls[-1],
-            "clipfrac": float(np.mean(clipfracs)),
+            "approx_kl": approx_kls[-1] if approx_kls else float("nan"),
+            "clipfrac": float(np.mean(clipfracs)) if clipfracs else float("nan"),
             "explained_variance": explained_var,
             "lr": lr,
         }
 
     def update_normalizer(self, obs: np.ndarray) -> None:
         """Merge an iteration's observations into the running statistics (no-op if disabled)."""
-        if self.cfg.normalize_obs:
-            self.net.obs_norm.update(obs)
+        if self.cfg.normalize_obs and not guarded_update(self.net.obs_norm, obs):
+            self.nonfinite_updates += 1
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """Detached, contiguous CPU copies of the net's state_dict (for broadcasting)."""
