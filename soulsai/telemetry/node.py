@@ -192,7 +192,8 @@ class TelemetryNode:
         for entry_id, fields in entries:
             raw = fields.get(b"m") if isinstance(fields, dict) else None
             try:
-                rec = decode_episode(raw, self.tcfg.max_record_bytes).as_dict()
+                bounds = (self.tcfg.max_record_bytes, self.tcfg.max_abs_return)
+                rec = decode_episode(raw, *bounds).as_dict()
             except ProtocolError as e:
                 self.rejected[e.reason] = self.rejected.get(e.reason, 0) + 1
                 self._log.warning(e.reason, f"rejected episode record: {e}")
