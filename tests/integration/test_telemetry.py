@@ -12,10 +12,13 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -63,12 +66,15 @@ def lines(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def http(port: int, path: str, body: dict | None = None) -> bytes:
+def http(
+    port: int, path: str, body: dict | None = None, timeout: float = 5, token: str | None = None
+) -> bytes:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=data, headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=5) as r:
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.read()
 
 
@@ -232,6 +238,121 @@ def test_busy_http_port_is_a_one_line_config_error(
     out = read_log(node).strip()
     assert "Traceback" not in out and f"telemetry.http_port={port}" in out, out
     assert len(out.splitlines()) == 1
+
+
+def post_declaring(port: int, length: int) -> bytes:
+    """The status line the node answers to a POST that declares `length` bytes and sends none."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        head = (
+            f"POST /grafana/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        )
+        s.sendall(head.encode())
+        return s.recv(4096).split(b"\r\n")[0]
+
+
+def post_streaming(port: int, total: int) -> int | None:
+    """POST a JSON body of about `total` bytes, chunked (no Content-Length); the status, or None
+    when the node hung up mid-body."""
+    piece = b'{"target": "x"},' * 4096
+
+    def body():
+        yield b'{"targets": ['
+        for _ in range(total // len(piece)):
+            yield piece
+        yield b"{}]}"
+
+    conn = HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/grafana/query", body=body(), encode_chunked=True)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def listen_address(port: int) -> str | None:
+    """The local address a TCP socket listens on at `port`, from /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, hexport = local.split(":")
+        if state == "0A" and int(hexport, 16) == port:
+            return socket.inet_ntoa(bytes.fromhex(addr)[::-1])
+    return None
+
+
+def test_regex_and_huge_bodies_neither_freeze_nor_bloat_the_node(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    """Issue 15: a 45-byte query with a catastrophic regex froze HTTP, /metrics and the
+    episode intake for a minute (Python's re holds the GIL), a 54 MB body took the node to
+    20 GB. Now the regex is a name that matches nothing, and bodies over 1 MiB get 413."""
+    run_dir, port = tmp_path / "run", free_port()
+    run_dir.mkdir()
+    node = start_node(procs, redis_server, config_dir, prefix, run_dir, port)
+    wait_until(lambda: http_up(port), 30, f"HTTP up\n{read_log(node)}")
+    assert listen_address(port) == "127.0.0.1"  # loopback unless telemetry.http_host says
+    for i in range(1, 11):
+        rclient.xadd(keys.episodes, {"m": episode("c1", i, float(i))})
+    wait_until(lambda: len(lines(run_dir)) == 10, 20, f"10 records\n{read_log(node)}")
+    rss_before = psutil.Process(node.pid).memory_info().rss
+    evil = {"targets": [{"target": "(((\\w*)*)*)*!", "refId": "A"}]}
+    evil_filter = {
+        "targets": [{"target": "return"}],
+        "adhocFilters": [{"key": "client_id", "operator": "=~", "value": "(((\\w*)*)*)*!"}],
+    }
+    answers: list[bytes | Exception] = []
+
+    def attack(body: dict) -> None:
+        try:
+            answers.append(http(port, "/grafana/query", body, timeout=10))
+        except OSError as e:  # a timeout: the request hung (as every one did before)
+            answers.append(e)
+
+    attackers = [threading.Thread(target=attack, args=(b,)) for b in (evil, evil_filter) * 2]
+    for t in attackers:
+        t.start()
+    for i in range(11, 41):  # episodes keep being consumed meanwhile
+        rclient.xadd(keys.episodes, {"m": episode("c1", i, float(i))})
+    wait_until(lambda: len(lines(run_dir)) == 40, 20, f"intake went on\n{read_log(node)}")
+    for t in attackers:
+        t.join(15)
+    assert len(answers) == 4 and all(isinstance(a, bytes) for a in answers), answers
+    assert json.loads(answers[0])[0]["datapoints"] == []
+    # 54 MB: refused from its Content-Length, unread; then streamed without one, cut off
+    assert b" 413 " in post_declaring(port, 54_000_000)
+    assert post_streaming(port, 54_000_000) in (413, None)
+    assert http_up(port)
+    grown = psutil.Process(node.pid).memory_info().rss - rss_before
+    assert grown < 200 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
+    node.terminate()
+    assert node.wait(20) == 0
+
+
+def test_token_file_guards_the_grafana_routes(redis_server, prefix, config_dir, procs, tmp_path):
+    (config_dir / "telemetry.token").write_text("")
+    node = start_node(procs, redis_server, config_dir, prefix, tmp_path, free_port())
+    assert node.wait(30) == 2  # an empty token file is a config error, not an open server
+    out = read_log(node).strip()
+    assert "telemetry.token" in out and len(out.splitlines()) == 1, out
+    (config_dir / "telemetry.token").write_text("grafana-reads-this-token\n")
+    port = free_port()
+    node = start_node(procs, redis_server, config_dir, prefix, tmp_path, port)
+    wait_until(lambda: http_summary(port), 30, f"HTTP up\n{read_log(node)}")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        http(port, "/grafana/")
+    assert err.value.code == 401
+    assert b'"ok"' in http(port, "/grafana/", token="grafana-reads-this-token")
+    node.terminate()
+    assert node.wait(20) == 0
+
+
+def http_summary(port: int) -> bool:
+    try:
+        return "episodes" in json.loads(http(port, "/api/summary"))
+    except OSError:
+        return False
 
 
 def chromium() -> str | None:
