@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 ROW_KEYS = ("episode", "env_steps", "wall_time")  # always in /api/series rows
 MAX_BODY_BYTES = 1 << 20  # request bodies larger than this get 413 (a Grafana query is ~1 kB)
 MAX_CONNECTIONS = 64  # concurrent connections; more get 503
-TOKEN_NAME = "telemetry.token"  # in the config folder: the bearer token of the Grafana routes
+TOKEN_NAME = "telemetry.secret"  # in the config folder: the bearer token of the Grafana routes
 
 
 @dataclass
@@ -193,7 +193,7 @@ class BodyLimit:
 
 
 def read_token(config_dir: Path | None) -> str | None:
-    """The Grafana routes' bearer token from `<config-dir>/telemetry.token` (None: no file, so
+    """The Grafana routes' bearer token from `<config-dir>/telemetry.secret` (None: no file, so
     no token). An empty file is a ConfigError rather than a silently open server."""
     if config_dir is None:
         return None

@@ -331,12 +331,12 @@ def test_regex_and_huge_bodies_neither_freeze_nor_bloat_the_node(
 
 
 def test_token_file_guards_the_grafana_routes(redis_server, prefix, config_dir, procs, tmp_path):
-    (config_dir / "telemetry.token").write_text("")
+    (config_dir / "telemetry.secret").write_text("")
     node = start_node(procs, redis_server, config_dir, prefix, tmp_path, free_port())
     assert node.wait(30) == 2  # an empty token file is a config error, not an open server
     out = read_log(node).strip()
-    assert "telemetry.token" in out and len(out.splitlines()) == 1, out
-    (config_dir / "telemetry.token").write_text("grafana-reads-this-token\n")
+    assert "telemetry.secret" in out and len(out.splitlines()) == 1, out
+    (config_dir / "telemetry.secret").write_text("grafana-reads-this-token\n")
     port = free_port()
     node = start_node(procs, redis_server, config_dir, prefix, tmp_path, port)
     wait_until(lambda: http_summary(port), 30, f"HTTP up\n{read_log(node)}")

@@ -212,12 +212,12 @@ def test_a_failing_wrapper_names_its_key_and_file(cdir: Path, wrapper: str, reas
 # ---------------------------------------------------------------- run folders
 
 
-def _run_with_code(tmp_path: Path, cdir: Path, module: str) -> Path:
+def _run_with_code(tmp_path: Path, cdir: Path, module: str, *sets: str) -> Path:
     """A run folder with a checkpoint whose config.json names the marker module as code."""
     from soulsai.training.saves import Saves
     from tests.unit.test_saves import FakeNode
 
-    base = load_config(cdir, ["dqn.hidden=[16, 16]"])
+    base = load_config(cdir, ["dqn.hidden=[16, 16]", *sets])
     crafted = Config.model_validate(hostile(base, module))
     run = tmp_path / "saves" / "2026-01-01_00-00-00_dqn_x"
     run.mkdir(parents=True)
@@ -245,14 +245,14 @@ def test_resume_refuses_a_saved_env_id_that_imports_a_module(
     tmp_path: Path, cdir: Path, marker: tuple[str, Path]
 ) -> None:
     module, flag = marker
-    run = _run_with_code(tmp_path, cdir, module)
-    for path in (run / "config.json", run / "checkpoint" / "config.json"):
-        data = json.loads(path.read_text())
-        data["env"]["id"] = f"{module}:Foo-v0"
-        path.write_text(json.dumps(data))
-    (run / "checkpoint" / "summary.json").unlink(missing_ok=True)
-    with pytest.raises(ConfigError, match=f"{module}:Foo-v0"):
-        resume.resume_config(load_config(cdir), cdir, [], resume.find(run, "x"))
+    env_id = f"{module}:Foo-v0"
+    run = _run_with_code(tmp_path, cdir, module, f"env.id={env_id}")
+    point = resume.find(run, "x")
+    with pytest.raises(ConfigError) as info:
+        resume.resume_config(load_config(cdir), cdir, [], point)
+    assert env_id in str(info.value) and "imports module" in str(info.value)
+    sets = [f"env.id={env_id}"]  # named on this machine: taken
+    assert resume.resume_config(load_config(cdir, sets), cdir, sets, point)[0].env.id == env_id
     assert not flag.exists()
 
 
