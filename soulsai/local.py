@@ -344,6 +344,9 @@ class LocalStack:
                     return "max_steps"
                 time.sleep(0.25)
 
+    def _say_killed(self, line: str) -> None:
+        self.console.print(f"[red]{line}[/]")
+
     def _shutdown(self, target: RedisTarget) -> tuple[dict, dict]:
         """Clients first, then the nodes (which write their final files); returns final stats."""
         link = None
@@ -354,8 +357,12 @@ class LocalStack:
             pass
         clients = [(c.name, c.proc) for c in self.children if not c.critical]
         nodes = [(c.name, c.proc) for c in self.children if c.critical]
+        hurry = False  # after a second Ctrl-C or SIGTERM, nothing more is waited for
         for procs, timeout in ((clients, CLIENT_STOP), (nodes, NODE_STOP)):
-            stop_processes(procs, timeout, lambda line: self.console.print(f"[red]{line}[/]"))
+            try:
+                stop_processes(procs, 0.0 if hurry else timeout, self._say_killed)
+            except KeyboardInterrupt:
+                hurry = True
         final: tuple[dict, dict] = ({}, {})
         if link is not None:
             try:
@@ -390,26 +397,27 @@ def stop_processes(
 ) -> list[str]:
     """SIGTERM every running process, give them `timeout` seconds together, then SIGKILL
     whatever still runs (with its process group when it leads one, so nothing it started is
-    left behind), saying which. Ctrl-C or SIGTERM while waiting cuts the wait short: a stop
-    always ends. Returns the names of the processes killed."""
+    left behind), saying which. Returns the names of the processes killed. A Ctrl-C (or
+    SIGTERM, which `soulsai train` turns into one) while waiting kills the rest at once and
+    is raised again after, so the caller can hurry too."""
     for _, proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    killed: list[str] = []
     try:
         for _, proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-    except KeyboardInterrupt:
-        say("interrupted while waiting for processes to stop: killing the rest")
-    killed = []
-    for name, proc in procs:
-        if proc.poll() is None:
-            _kill(proc)
-            killed.append(name)
-            say(f"{name} (pid {proc.pid}) did not stop within {timeout:g} s of SIGTERM: killed")
-    for _, proc in procs:
-        proc.wait()
+                proc.wait(max(0.0, start + timeout - time.monotonic()))
+    finally:
+        for name, proc in procs:
+            if proc.poll() is None:
+                _kill(proc)
+                killed.append(name)
+                waited = time.monotonic() - start
+                say(f"{name} (pid {proc.pid}) still running {waited:.0f} s after SIGTERM: killed")
+        for _, proc in procs:
+            proc.wait()
     return killed
 
 

@@ -4,10 +4,12 @@ request ignored SIGTERM for 24 minutes). Real subprocesses, no mocks."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import psutil
 import pytest
@@ -82,3 +84,35 @@ def test_a_process_that_leads_no_group_is_killed_alone() -> None:
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     assert stop_processes([("same-group", proc)], 0.5, lambda _: None) == ["same-group"]
     assert proc.returncode == -signal.SIGKILL  # and this test process is still here
+
+
+def ctrl_c_once_waiting(done: threading.Event) -> None:
+    """SIGINT to this process once its main thread waits inside stop_processes."""
+    main = threading.main_thread().ident
+    while not done.is_set():
+        frame, names = sys._current_frames().get(main), set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        if {"stop_processes", "wait"} <= names:
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        done.wait(0.01)
+
+
+def test_a_second_ctrl_c_while_waiting_kills_at_once_and_is_raised_again() -> None:
+    stubborn, grandchild = start(STUBBORN)
+    said: list[str] = []
+    done = threading.Event()
+    interrupter = threading.Thread(target=ctrl_c_once_waiting, args=(done,))
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stop_processes([("training", stubborn)], 600.0, said.append)  # not waited out
+    finally:
+        done.set()
+        interrupter.join()
+        if stubborn.poll() is None:
+            stubborn.kill()
+    assert stubborn.returncode == -signal.SIGKILL and "training" in said[0]
+    wait_until(lambda: gone(int(grandchild)), 10, "the stubborn child's own child killed too")
