@@ -221,13 +221,14 @@ class GrafanaSource:
         else:
             with self.stats.lock:  # views only: the intake waits on this lock
                 tv, yv = self.stats.view("t"), self.stats.view(name)
-                codes = self.stats.view("client"), self.stats.client_codes(clients or [])
+                client_col = self.stats.view("client")
+                codes = self.stats.client_codes(clients or [])
                 raw = self.stats.view(name[: -len(AVG)]) if name.endswith(AVG) else None
             if tv is None or yv is None:
                 return np.zeros(0), np.zeros(0)
             t, y = tv, yv
-            if clients is not None:
-                mask = np.isin(codes[0], codes[1])
+            if clients is not None and client_col is not None:
+                mask = np.isin(client_col, codes)
                 t = t[mask]
                 y = y[mask] if raw is None else moving_average(raw[mask], self.stats.window)
         keep = in_range(t, lo, hi)

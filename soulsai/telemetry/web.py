@@ -133,7 +133,7 @@ def series_payload(
         cols = {k: stats.view(k) for k in (*ROW_KEYS, *keys)}
         client_col, codes = stats.view("client"), stats.client_codes([client] if client else [])
     mask = in_range(t, lo, hi)
-    if client is not None:
+    if client is not None and client_col is not None:
         mask &= np.isin(client_col, codes)
     out: dict[str, np.ndarray] = {}
     edges = bucket_edges(int(mask.sum()), points)
