@@ -41,5 +41,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     stats = terminalreporter.stats
-    line = ", ".join(f"{len(stats.get(k, []))} {k}" for k in ("passed", "failed", "skipped", "error"))
+    line = ", ".join(
+        f"{len(stats.get(k, []))} {k}" for k in ("passed", "failed", "skipped", "error")
+    )
     terminalreporter.write_line(f"test summary: {line}" + (" (CI: skips fail)" if in_ci() else ""))
