@@ -221,9 +221,11 @@ def test_replaced_redis_with_lower_stream_ids_is_read_from_the_start_without_dup
     for i in range(36, 41):
         rclient.xadd(keys.episodes, {"m": episode("a", i, float(i))})
     wait_until(lambda: len(lines(run_dir)) == 40, 20, f"5 more\n{read_log(node)}")
-    time.sleep(1.0)
+    # one more record, read after all before it: anything written twice would come first
+    rclient.xadd(keys.episodes, {"m": episode("a", 41, 41.0)})
+    wait_until(lambda: len(lines(run_dir)) >= 41, 20, f"the last one\n{read_log(node)}")
     recs = lines(run_dir)
-    assert [r["client_episode"] for r in recs] == list(range(1, 41))
+    assert [r["client_episode"] for r in recs] == list(range(1, 42))
 
 
 def test_busy_http_port_is_a_one_line_config_error(
@@ -370,7 +372,12 @@ def test_live_page_draws_the_curve_in_headless_chromium(
     for i in range(1, 61):
         if i % 10 == 1:  # the training node's step count moves on between batches
             rclient.hset(keys.trainer_stats, mapping={"env_steps": 500 * i})
-            time.sleep(0.6)
+            steps = 500 * i
+            wait_until(
+                lambda steps=steps: json.loads(http(port, "/api/summary"))["env_steps"] == steps,
+                20,
+                "the node read the training node's step count",
+            )
         rclient.xadd(keys.episodes, {"m": episode("c1", i, float(i % 20 * i))})
     wait_until(lambda: json.loads(http(port, "/api/summary"))["episodes"] == 60, 20, "records")
     url = f"http://127.0.0.1:{port}/"
