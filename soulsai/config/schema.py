@@ -80,7 +80,6 @@ class ClientConfig(_Strict):
 class TrainingConfig(_Strict):
     metrics_port: int = Field(ge=0, le=65535)
     metrics_host: str = Field(min_length=1)
-    metrics_host: str = Field(min_length=1)
     max_message_bytes: int = Field(ge=1024, le=1 << 30)
     # a default only so that configs saved or published before the key existed still load
     max_weights_bytes: int = Field(default=64 << 20, ge=1 << 20, le=1 << 30)
@@ -169,8 +168,6 @@ class WinsConfig(_Strict):
 
 class TelemetryConfig(_Strict):
     http_port: int = Field(ge=0, le=65535)
-    http_host: str = Field(min_length=1)
-    cors_origins: list[str] = Field(max_length=32)
     http_host: str = Field(min_length=1)
     cors_origins: list[str] = Field(max_length=32)
     update_interval: int = Field(ge=1)
