@@ -186,7 +186,8 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         summary = json.loads((folder / STATE).read_text())
         state = _join(tree, tensors, arrays)
     except Exception as e:  # checksums matched: a format bug or a crafted folder; one line
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # no repr quotes
+        first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {folder}: {first}") from None
     if not isinstance(state, dict) or not isinstance(summary, dict):
         raise CheckpointError(f"cannot read checkpoint {folder}: {TREE} or {STATE} is not a map")

@@ -333,7 +333,7 @@ def test_a_tree_naming_a_missing_tensor_is_one_clear_error(tmp_path) -> None:
     _rewrite(folder, TREE, tree)
     with pytest.raises(CheckpointError, match="names tensor 's.policy.nothing'") as e:
         load_checkpoint(folder)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and not str(e.value).endswith('"')  # no KeyError repr
     tree["policy"]["w"] = {"__array__": ["not", "a", "name"]}
     _rewrite(folder, TREE, tree)
     with pytest.raises(CheckpointError, match="names array"):
