@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from soulsai.errors import ConfigError
 
@@ -28,16 +28,28 @@ log = logging.getLogger(__name__)
 # The keys under `env` that name code; `env.id` names code only with a ':' (see imports_module).
 CODE_KEYS = ("imports", "wrappers")
 SHOWN_CHARS = 200  # what a foreign source asked for is shown, cut to this length
+# query arguments of a redis URL that redis-py logs in with (redis://host/0?password=pw)
+CREDENTIAL_ARGS = ("password", "username")
 
 
 def redact_url(url: str | None) -> str | None:
-    """`url` without the user and password part (redis://user:pw@host -> redis://host)."""
+    """`url` without credentials: the user and password part (redis://user:pw@host ->
+    redis://host), `password` and `username` query arguments (redis-py takes those too:
+    redis://host/0?password=pw), and the fragment. An '@' after the host part (a password
+    with a bare '#' or '?' in it) is taken for the end of a userinfo: what precedes it goes."""
     if not url:
         return url
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest and "@" not in urlsplit(url).netloc:  # the '@' of a mangled userinfo
+        url = f"{scheme}{sep}{rest.rsplit('@', 1)[1]}"
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k.lower() not in CREDENTIAL_ARGS
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query), fragment=""))
 
 
 def imported_module(env_id: str) -> str | None:

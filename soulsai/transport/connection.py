@@ -25,6 +25,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from soulsai.config.schema import Config
+from soulsai.config.trust import redact_url
 from soulsai.errors import ConfigError, ConnectionFailed
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class RedisTarget:
 
     def describe(self) -> str:
         if self.url:
-            return self.url.split("@")[-1]  # never print credentials embedded in a URL
+            return redact_url(self.url) or self.url  # never print credentials in a URL
         return f"{self.host}:{self.port}"
 
 
@@ -282,9 +283,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _url_password(url: str | None) -> str | None:
+    """A password written into a redis URL, as userinfo or as redis-py's `?password=`."""
+    if not url:
+        return None
+    try:
+        return redis.connection.parse_url(url).get("password")
+    except ValueError:
+        return urlsplit(url).password
+
+
 def check_exposure(target: RedisTarget, allow_insecure: bool) -> None:
     """Refuse a Redis on another host without a password (ConfigError, exit 2)."""
-    url_password = urlsplit(target.url).password if target.url else None
+    url_password = _url_password(target.url)
     if target.password or url_password or allow_insecure or is_loopback(target.hostname):
         return
     raise ConfigError(
@@ -354,7 +365,7 @@ def _is_tls_failure(e: BaseException) -> bool:
 
 def _auth_failure(target: RedisTarget, e: BaseException) -> ConnectionFailed:
     where = target.describe()
-    url_password = urlsplit(target.url).password if target.url else None
+    url_password = _url_password(target.url)
     if target.password is None and url_password is None:
         return ConnectionFailed(
             f"Redis at {where} needs a password: put 'requirepass <password>' in "

@@ -119,11 +119,26 @@ def test_the_published_config_is_data_without_credentials(cdir: Path) -> None:
         ("redis://:pw@h:1/0", "redis://h:1/0"),
         ("rediss://u:p@ss@h", "rediss://h"),
         ("redis://h:1", "redis://h:1"),
+        ("redis://h:1/0?password=pw-q&db=2", "redis://h:1/0?db=2"),  # redis-py logs in with it
+        ("redis://h/0?username=u&password=pw-q", "redis://h/0"),
+        ("redis://u:pw#q@h:1/0", "redis://h:1/0"),  # a bare '#' in the password
+        ("redis://h:1/0?socket_timeout=5#x", "redis://h:1/0?socket_timeout=5"),
         (None, None),
     ],
 )
 def test_redact_url(url: str | None, want: str | None) -> None:
     assert redact_url(url) == want
+
+
+def test_a_password_in_the_url_query_is_neither_published_nor_printed(cdir: Path) -> None:
+    from soulsai.transport.connection import RedisTarget, check_exposure
+
+    url = "redis://db.example:6380/0?password=hunter2-in-query"
+    cfg = load_config(cdir, [f"redis_url={url}"])
+    assert "hunter2" not in published_json(cfg) + cfg.model_dump_json()
+    target = RedisTarget(url=cfg.redis_url)
+    assert "hunter2" not in target.describe()
+    check_exposure(target, allow_insecure=False)  # it is a password: not "none configured"
 
 
 def test_no_file_of_a_run_folder_holds_the_redis_password(tmp_path: Path, cdir: Path) -> None:
