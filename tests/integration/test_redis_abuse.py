@@ -207,6 +207,31 @@ def test_an_exhausted_episode_stream_is_repaired_and_nothing_is_sent_twice(
         link.close()
 
 
+def test_a_stream_id_far_ahead_of_the_clock_is_repaired(redis_server, rclient, keys, prefix):
+    """An id in the future leaves ids for XADD *, but pins every later record's time to it."""
+    from soulsai.telemetry.stream import StreamCursor
+    from soulsai.transport import TelemetryLink
+
+    link = open_link(TelemetryLink, redis_server.target, prefix)
+    try:
+        rclient.xadd(keys.episodes, {"m": b"honest"})
+        ahead = int(time.time() * 1000) + 30 * 86_400_000  # a month ahead, below 2^47 ms
+        rclient.xadd(keys.episodes, {"m": b"x"}, id=f"{ahead}-0")
+        later = rclient.xadd(keys.episodes, {"m": b"pinned"})  # Redis takes the bad id's time
+        assert int(later.split(b"-")[0]) == ahead
+        cursor = StreamCursor(link)
+        cursor.check()
+        first = cursor.read(10, None)
+        assert [f[b"m"] for _, f in first] == [b"honest"]  # reading stops before the bad id
+        cursor.cursor = first[-1][0]
+        assert cursor.read(10, None) == [] and cursor.repairs == 1
+        assert not rclient.exists(keys.episodes)
+        fresh = rclient.xadd(keys.episodes, {"m": b"new"})
+        assert int(fresh.split(b"-")[0]) < ahead  # the clock's time again
+    finally:
+        link.close()
+
+
 def test_deliver_resends_only_what_redis_refused(redis_server, rclient, keys, prefix) -> None:
     link = open_link(ClientLink, redis_server.target, prefix)
     try:
