@@ -10,8 +10,9 @@ keeps what it holds and retries with backoff; only when the queue is full is the
 experience dropped (and counted). Each command's reply is checked on its own: what Redis
 stored leaves the queue, only what it refused is sent again (no duplicates when, say, the
 episode stream refuses its XADDs while the samples' LPUSH went through). The queue is bounded
-in messages and in bytes (`max_bytes`); beyond that the oldest experience goes first, then
-the oldest episode records, each counted and said once in the log.
+in messages and in bytes (`max_bytes`), episode records also to `stream_maxlen` (what the stream
+keeps); beyond that the oldest experience goes first, then the oldest episode records, each
+counted and said once in the log.
 """
 
 from __future__ import annotations
@@ -73,9 +74,14 @@ class Outbox:
             self._wake.set()
 
     def put_episode(self, blob: bytes) -> None:
+        """Queue an episode record; beyond `stream_maxlen` held (more than the stream keeps:
+        a refusing stream must not make each round resend millions) the oldest goes."""
         with self._lock:
             self._episodes.append(blob)
             self._bytes += len(blob)
+            while len(self._episodes) > self.stream_maxlen:
+                self._bytes -= len(self._episodes.popleft())
+                self.dropped_episodes += 1
             self._bound_bytes()
 
     def _bound_bytes(self) -> None:

@@ -232,6 +232,25 @@ def test_a_stream_id_far_ahead_of_the_clock_is_repaired(redis_server, rclient, k
         link.close()
 
 
+def test_a_refusing_stream_holds_at_most_stream_maxlen_records_in_the_outbox(
+    redis_server, rclient, keys, prefix
+) -> None:
+    link = open_link(ClientLink, redis_server.target, prefix)
+    outbox = Outbox(link, 10_000, 100, 100_000, interval=0.05)
+    try:
+        rclient.xadd(keys.episodes, {"m": b"x"}, id=MAX_STREAM_ID)  # every XADD * refused
+        for i in range(1000):
+            outbox.put_episode(b"e%d" % i)
+        assert outbox.pending() == 100 and outbox.dropped_episodes == 900
+        rclient.delete(keys.episodes)
+        wait_until(lambda: outbox.pending() == 0, 10, "the outbox empty")
+        got = [f[b"m"] for _, f in rclient.xrange(keys.episodes)]
+        assert got == [b"e%d" % i for i in range(900, 1000)]  # the newest, once each
+    finally:
+        outbox.close()
+        link.close()
+
+
 def test_deliver_resends_only_what_redis_refused(redis_server, rclient, keys, prefix) -> None:
     link = open_link(ClientLink, redis_server.target, prefix)
     try:
