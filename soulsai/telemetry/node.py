@@ -112,6 +112,8 @@ class TelemetryNode:
     @staticmethod
     def _start_time(first: dict[str, Any]) -> float | None:
         received = stream_seconds(first.get("stream_id")) or first.get("time")
+        if isinstance(received, (int, float)):
+            received = min(received, time.time())  # as in _add
         wall = first.get("wall_time")
         if isinstance(received, (int, float)):
             return float(received) - (float(wall) if isinstance(wall, (int, float)) else 0.0)
@@ -230,7 +232,11 @@ class TelemetryNode:
         return self.record_steps
 
     def _add(self, rec: dict[str, Any], entry_id: str, env_steps: int) -> None:
-        received = stream_seconds(entry_id) or time.time()
+        # Redis's clock stamps the id (one clock for every client), but never past this node's
+        # now: anyone may XADD an id in the future, and Redis then gives every later record
+        # that time, which would pin the time axis there.
+        now = time.time()
+        received = min(stream_seconds(entry_id) or now, now)
         self.episodes += 1
         rec = {
             "episode": self.episodes,

@@ -14,10 +14,8 @@
   never arrived (trimmed from the stream while this node was down, or dropped by the client):
   counted as `missing`, never silently.
 - A stream whose ids ran out cannot take a record any more: anyone may XADD an entry with an
-  explicit id, and one near 2^64 leaves no id for the clients' `XADD *`. One far in the future
-  leaves ids, but Redis gives every later record that id's time (never its own clock's), so
-  the time axis stays stuck there. An id beyond any clock, or more than MAX_AHEAD_MS ahead of
-  this node's (`usable_id`), ends the reading at the entry before it; once everything before it is
+  explicit id, and one near 2^64 leaves no id for the clients' `XADD *`. An id beyond any
+  clock (`usable_id`) ends the reading at the entry before it; once everything before it is
   read, the stream is deleted and the clients' next XADD starts a fresh one (their outboxes
   keep refused records and resend them). Records written after such an id are lost with it
   and show up as `missing`.
@@ -26,7 +24,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -38,24 +35,15 @@ log = logging.getLogger(__name__)
 START = "0-0"
 MAX_USABLE_MS = 1 << 47  # about the year 6429: no clock writes stream ids beyond this
 MAX_USABLE_SEQ = 1 << 63
-# Ids this far ahead of this node's clock are written by hand: Redis runs on this machine (the
-# embedded server, the compose stack) or on one whose clock is set, never a day ahead.
-MAX_AHEAD_MS = 86_400_000
 
 
-def usable_id(stream_id: str, now_ms: int | None = None) -> bool:
-    """False for an id that no clock makes and that leaves (almost) no ids after it, or (with
-    `now_ms`, this node's clock) one more than MAX_AHEAD_MS ahead of now."""
+def usable_id(stream_id: str) -> bool:
+    """False for an id that no clock makes and that leaves (almost) no ids after it."""
     try:
         ms, seq = parse_id(stream_id)
     except ValueError:
         return False
-    limit = MAX_USABLE_MS if now_ms is None else min(MAX_USABLE_MS, now_ms + MAX_AHEAD_MS)
-    return ms < limit and seq < MAX_USABLE_SEQ
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return ms < MAX_USABLE_MS and seq < MAX_USABLE_SEQ
 
 
 def parse_id(stream_id: str) -> tuple[int, int]:
@@ -119,7 +107,7 @@ class StreamCursor:
         any more (Redis restarted empty or replaced). Warn about trimmed records. Repair a
         stream whose ids ran out once nothing is left to read before the bad id."""
         bounds = self.link.stream_bounds()
-        if bounds is not None and not usable_id(bounds[1], _now_ms()):
+        if bounds is not None and not usable_id(bounds[1]):
             if not self.link.read_episodes(self.cursor, count=1, block_ms=None):
                 self.repair(bounds[1])
             return  # else `read` stops at the bad id and repairs when it gets there
@@ -156,9 +144,8 @@ class StreamCursor:
 
         Entries stop before the first unusable id; reaching one repairs the stream."""
         entries = self.link.read_episodes(self.cursor, count=count, block_ms=block_ms)
-        now_ms = _now_ms()
         for i, (entry_id, _) in enumerate(entries):
-            if not usable_id(entry_id, now_ms):
+            if not usable_id(entry_id):
                 if i == 0:
                     self.repair(entry_id)
                 return entries[:i]
@@ -170,8 +157,7 @@ class StreamCursor:
         dropped = self.link.drop_episode_stream()
         log.warning(
             "episode stream holds id %s, which no clock makes (written by hand?) and which "
-            "leaves clients no ids or pins their records' time: deleted it with %d entries; "
-            "clients start a fresh one",
+            "leaves clients no ids: deleted it with %d entries; clients start a fresh one",
             bad_id,
             dropped,
         )

@@ -207,29 +207,32 @@ def test_an_exhausted_episode_stream_is_repaired_and_nothing_is_sent_twice(
         link.close()
 
 
-def test_a_stream_id_far_ahead_of_the_clock_is_repaired(redis_server, rclient, keys, prefix):
-    """An id in the future leaves ids for XADD *, but pins every later record's time to it."""
-    from soulsai.telemetry.stream import StreamCursor
-    from soulsai.transport import TelemetryLink
+def test_a_stream_id_far_ahead_of_the_clock_does_not_pin_the_time_axis(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+) -> None:
+    """An id a month ahead leaves ids for XADD *, but Redis gives every later record its time:
+    the node never places a record after its own clock (a Redis whose clock really runs ahead
+    is test_telemetry's replaced-Redis case: records are kept, not repaired away)."""
+    from tests.integration.test_telemetry import episode, lines
 
-    link = open_link(TelemetryLink, redis_server.target, prefix)
-    try:
-        rclient.xadd(keys.episodes, {"m": b"honest"})
-        ahead = int(time.time() * 1000) + 30 * 86_400_000  # a month ahead, below 2^47 ms
-        rclient.xadd(keys.episodes, {"m": b"x"}, id=f"{ahead}-0")
-        later = rclient.xadd(keys.episodes, {"m": b"pinned"})  # Redis takes the bad id's time
-        assert int(later.split(b"-")[0]) == ahead
-        cursor = StreamCursor(link)
-        cursor.check()
-        first = cursor.read(10, None)
-        assert [f[b"m"] for _, f in first] == [b"honest"]  # reading stops before the bad id
-        cursor.cursor = first[-1][0]
-        assert cursor.read(10, None) == [] and cursor.repairs == 1
-        assert not rclient.exists(keys.episodes)
-        fresh = rclient.xadd(keys.episodes, {"m": b"new"})
-        assert int(fresh.split(b"-")[0]) < ahead  # the clock's time again
-    finally:
-        link.close()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    args = node_args(redis_server, config_dir, prefix, tmp_path, "telemetry.update_interval=1")
+    telemetry = procs.start(
+        "node", "telemetry", *args, "--run-dir", str(run_dir), password=redis_server.password
+    )
+    rclient.xadd(keys.episodes, {"m": episode("c1", 1, 1.0)})
+    wait_until(lambda: len(lines(run_dir)) == 1, 30, f"the first\n{read_log(telemetry)}")
+    ahead = int(time.time() * 1000) + 30 * 86_400_000  # a month ahead, below 2^47 ms
+    rclient.xadd(keys.episodes, {"m": episode("c1", 2, 2.0)}, id=f"{ahead}-0")
+    for i in range(3, 8):
+        later = rclient.xadd(keys.episodes, {"m": episode("c1", i, float(i))})
+        assert int(later.split(b"-")[0]) == ahead  # Redis stamps honest records with it
+    wait_until(lambda: len(lines(run_dir)) == 7, 30, f"all seven\n{read_log(telemetry)}")
+    recs = lines(run_dir)
+    assert [r["client_episode"] for r in recs] == list(range(1, 8))
+    assert max(r["wall_time"] for r in recs) < 3600, recs  # not a month into the run
+    assert telemetry.poll() is None
 
 
 def test_a_refusing_stream_holds_at_most_stream_maxlen_records_in_the_outbox(
