@@ -53,6 +53,7 @@ MAX_SERIES = 100  # series one query names at most, after expanding globs and va
 MAX_RESPONSE_POINTS = 200_000  # points of one response at most, all its series together
 MAX_PATTERN = 256  # characters of one target or filter value at most
 MAX_LISTED = 1000  # clients or events one answer lists at most (the newest)
+MAX_CLIENT_FILTERS = 8  # client_id filters one query applies at most (each scans every client)
 
 
 # ---------------------------------------------------------------------- request parsing
@@ -176,9 +177,10 @@ def client_filter(stats: EpisodeStats, filters: Any) -> list[str] | None:
     if not isinstance(filters, list):
         return None
     selected: list[str] | None = None
-    for f in filters[:MAX_SERIES]:
-        if not isinstance(f, dict) or f.get("key") != "client_id":
-            continue
+    mine = [f for f in filters[:MAX_SERIES] if isinstance(f, dict) and f.get("key") == "client_id"]
+    if len(mine) > MAX_CLIENT_FILTERS:
+        raise QueryError(f"{len(mine)} client_id filters; at most {MAX_CLIENT_FILTERS}")
+    for f in mine:
         op, value = str(f.get("operator", "=")), str(f.get("value", ""))
         if len(value) > MAX_PATTERN:
             raise QueryError(f"a filter value is {len(value)} characters; at most {MAX_PATTERN}")

@@ -133,6 +133,14 @@ def test_too_many_targets_or_series_or_too_long_a_pattern_is_400(client: TestCli
     assert client.post("/grafana/query", json={"targets": long}).status_code == 400
     keys = ",".join(f"k{i}" for i in range(MAX_SERIES + 1))
     assert client.get("/api/series", params={"keys": keys}).status_code == 400
+    # each client_id filter scans every client id ever seen (forgeable): a handful per query
+    flt = [{"key": "client_id", "operator": "!~", "value": "*" + "a" * 200 + "b"}] * 9
+    r = client.post("/grafana/query", json={"targets": [{"target": "return"}], "adhocFilters": flt})
+    assert r.status_code == 400 and "client_id filters" in r.json()["detail"]
+    r = client.post(
+        "/grafana/query", json={"targets": [{"target": "return"}], "adhocFilters": flt[:8]}
+    )
+    assert r.status_code == 200
 
 
 def test_series_of_one_response_share_its_point_budget(

@@ -306,7 +306,9 @@ def test_no_cors_unless_origins_are_configured(client: TestClient, state: WebSta
     assert "access-control-allow-origin" not in r.headers
     listed = TestClient(make_app(state, cors_origins=["http://grafana:3000"]))
     r = listed.options("/grafana/query", headers=preflight)
-    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://grafana:3000"
+    assert (
+        r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://grafana:3000"
+    )
     r = listed.options("/grafana/query", headers={**preflight, "Origin": "http://evil.example"})
     assert r.headers.get("access-control-allow-origin") != "*"
 
