@@ -18,6 +18,7 @@ from typing import Any
 from soulsai.config import Config
 from soulsai.config.trust import published_json
 from soulsai.errors import ProtocolError
+from soulsai.training.checkpoint import first_nonfinite
 from soulsai.training.saves import Saves, answer_json
 from soulsai.transport import TrainerLink
 from soulsai.transport.codec import decode_command
@@ -27,6 +28,16 @@ log = logging.getLogger(__name__)
 
 TRAINER_COMMANDS = frozenset({"save_best", "quicksave", "shutdown"})
 STATS_INTERVAL = 0.5  # seconds between stats rounds (also how often commands are read)
+
+
+def publishable(state: dict[str, Any], rlog: Any) -> dict[str, Any] | None:
+    """`state` (a policy's tensors), or None (logged through the rate-limited `rlog`) when any
+    holds NaN or inf: clients would reject such weights and keep the last good ones."""
+    bad = first_nonfinite(state)
+    if bad is None:
+        return state
+    rlog.warning("nonfinite", f"weights NOT published: {bad} holds NaN or inf")
+    return None
 
 
 def announce_run(link: TrainerLink, cfg: Config, run_dir: Path) -> None:

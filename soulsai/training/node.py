@@ -24,12 +24,13 @@ from soulsai.config import Config
 from soulsai.metrics import NodeMetrics
 from soulsai.training.algorithms.dqn import DQNLearner
 from soulsai.training.algorithms.schedules import epsilon
-from soulsai.training.checkpoint import first_nonfinite, rng_state, set_rng_state
+from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.common import (
     STATS_INTERVAL,
     Rates,
     announce_run,
     exchange_stats,
+    publishable,
     run_command,
     telemetry_episodes,
 )
@@ -305,15 +306,10 @@ class DQNTrainingNode:
         self.learner.update_normalizer(np.concatenate(chunks))
 
     def _finite_policy(self) -> dict[str, torch.Tensor] | None:
-        """The policy's tensors, or None (logged, counted) when any holds NaN or inf: clients
-        would reject such weights, and keep sampling with the last good ones."""
-        state = self.learner.policy_state()
-        bad = first_nonfinite(state)
-        if bad is None:
-            return state
-        self.blocked += 1
-        self._log.warning("nonfinite", f"weights NOT published: {bad} holds NaN or inf")
-        return None
+        """The policy's tensors, or None (counted) when any holds NaN or inf."""
+        state = publishable(self.learner.policy_state(), self._log)
+        self.blocked += state is None
+        return state
 
     def _publish(self, state: dict[str, torch.Tensor] | None = None) -> None:
         state = state if state is not None else self._finite_policy()

@@ -261,3 +261,42 @@ def test_resume_from_a_crafted_checkpoint_is_one_line_and_exit_1(
     assert "Traceback" not in out, out
     errors = [line for line in out.splitlines() if line.startswith("soulsai: error:")]
     assert len(errors) == 1 and says in errors[0], out
+
+
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
+def test_a_non_finite_policy_is_never_published(
+    redis_server, rclient, keys, prefix, config_dir, tmp_path, algo
+) -> None:
+    """Weights with a NaN stay off Redis: the published model keeps its id and its values,
+    and the node counts the blocked publish."""
+    import threading
+
+    from soulsai.training.node import DQNTrainingNode
+    from soulsai.training.ppo_node import PPOTrainingNode
+    from soulsai.transport import RedisTarget
+
+    cfg = load_config(
+        config_dir,
+        [
+            f"algo={algo}",
+            "redis_address=127.0.0.1",
+            f"redis_port={redis_server.port}",
+            f"key_prefix={prefix}",
+            "training.metrics_port=0",
+        ],
+    )
+    target = RedisTarget("127.0.0.1", redis_server.port, password=redis_server.password)
+    cls = DQNTrainingNode if algo == "dqn" else PPOTrainingNode
+    node = cls(cfg, target, tmp_path / "run", threading.Event())
+    try:
+        node._publish()  # the first model, as the node publishes it at start
+        good = rclient.get(keys.weights)
+        assert good and node.blocked == 0
+        net = node.learner.online if algo == "dqn" else node.learner.net
+        with torch.no_grad():
+            next(net.parameters()).view(-1)[0] = float("nan")
+        assert node._finite_policy() is None and node.blocked == 1
+        node._publish()
+        assert rclient.get(keys.weights) == good and node.blocked == 2
+    finally:
+        node.link.close()
