@@ -56,6 +56,8 @@ def main() -> None:
                 "training.metrics_port=0",
                 f"env.id={ENV}",
                 f"dqn.buffer_size={capacity}",
+                # no learner pays the debt here: one client's share would stop the fill
+                "dqn.max_client_debt=0",
             ]
             target = RedisTarget("127.0.0.1", server.port, password=server.password)
             run = Path(tmp) / f"run{capacity}"
