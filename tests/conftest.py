@@ -117,6 +117,33 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     pr.stop_all()
 
 
+def node_args(
+    redis_server: EmbeddedRedis,
+    config_dir: Path,
+    prefix: str,
+    tmp_path: Path,
+    *sets: str,
+    **named: object,
+) -> list[str]:
+    """`--config-dir` and `--set`s that put a `soulsai node`/`client` on the test Redis under
+    `prefix`, HTTP off and run folders under tmp_path/saves; then `sets` ("key=value") and
+    `named` (dotted keys through a dict: **{"dqn.lr": 0.1}), later ones winning."""
+    items = [
+        f"redis_port={redis_server.port}",
+        "redis_address=127.0.0.1",
+        f"key_prefix={prefix}",
+        f"save_dir={tmp_path / 'saves'}",
+        "training.metrics_port=0",
+        "telemetry.http_port=0",
+        *sets,
+        *(f"{k}={v}" for k, v in named.items()),
+    ]
+    out = ["--config-dir", str(config_dir)]
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
 def wait_until(fn: Callable[[], object], timeout: float, what: str) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,29 +11,14 @@ import numpy as np
 import pytest
 
 from soulsai.transport.codec import encode_experience
-from tests.conftest import read_log, wait_until
+from tests.conftest import node_args, read_log, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def _node_args(redis_server, config_dir: Path, prefix: str, tmp_path: Path, *extra: str):
-    return [
-        "--config-dir",
-        str(config_dir),
-        "--set",
-        f"redis_port={redis_server.port}",
-        "--set",
-        "redis_address=127.0.0.1",
-        "--set",
-        f"key_prefix={prefix}",
-        "--set",
-        f"save_dir={tmp_path / 'saves'}",
-        "--set",
-        "training.metrics_port=0",
-        "--set",
-        "telemetry.http_port=0",
-        *extra,
-    ]
+    """The test stack's arguments, then `extra` ("--set", "key=value" pairs)."""
+    return [*node_args(redis_server, config_dir, prefix, tmp_path), *extra]
 
 
 def _stats(rclient, key: str) -> dict[str, str]:

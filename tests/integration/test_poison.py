@@ -18,25 +18,9 @@ from soulsai.config import load_config
 from soulsai.training.checkpoint import MANIFEST, TENSORS, TREE, _sha256
 from soulsai.transport.codec import decode_weights, encode_experience
 from soulsai.transport.messages import dqn_weight_shapes, ppo_weight_shapes
-from tests.conftest import read_log, wait_until
+from tests.conftest import node_args, read_log, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def node_args(redis_server, config_dir: Path, prefix: str, tmp_path: Path, **sets) -> list[str]:
-    base = {
-        "redis_port": redis_server.port,
-        "redis_address": "127.0.0.1",
-        "key_prefix": prefix,
-        "save_dir": tmp_path / "saves",
-        "training.metrics_port": 0,
-        "telemetry.http_port": 0,
-        **sets,
-    }
-    args = ["--config-dir", str(config_dir)]
-    for key, value in base.items():
-        args += ["--set", f"{key}={value}"]
-    return args
 
 
 def trainer_stats(rclient, keys) -> dict[str, str]:

@@ -14,29 +14,23 @@ import numpy as np
 import pytest
 
 from soulsai.transport.codec import encode_experience
-from tests.conftest import read_log, wait_until
+from tests.conftest import node_args, read_log, wait_until
 
 pytestmark = pytest.mark.integration
 PIPE = {"capture_output": True, "text": True}
 
 
 def _args(redis_server, config_dir: Path, prefix: str, tmp_path: Path, **ppo) -> list[str]:
-    sets = {
-        "algo": "ppo",
-        "redis_port": redis_server.port,
-        "redis_address": "127.0.0.1",
-        "key_prefix": prefix,
-        "save_dir": tmp_path / "saves",
-        "training.metrics_port": 0,
-        "telemetry.http_port": 0,
-        "training.log_interval": 1.0,
-        "ppo.update_epochs": 2,
+    return node_args(
+        redis_server,
+        config_dir,
+        prefix,
+        tmp_path,
+        "algo=ppo",
+        "training.log_interval=1.0",
+        "ppo.update_epochs=2",
         **{f"ppo.{k}": v for k, v in ppo.items()},
-    }
-    out = ["--config-dir", str(config_dir)]
-    for k, v in sets.items():
-        out += ["--set", f"{k}={v}"]
-    return out
+    )
 
 
 def _stats(rclient, keys) -> dict[str, str]:

@@ -19,6 +19,7 @@ from soulsai.transport import ClientLink, TrainerLink, open_link
 from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.heartbeats import MAX_HEARTBEATS, read_heartbeats
 from soulsai.transport.links import CLIENT_INDEX_BOUND
+from tests.conftest import node_args as stack_args
 from tests.conftest import read_log, wait_until
 
 pytestmark = pytest.mark.integration
@@ -28,23 +29,18 @@ MAX_STREAM_ID = "18446744073709551615-18446744073709551615"
 
 
 def node_args(redis_server, config_dir: Path, prefix: str, tmp: Path, *extra: str) -> list[str]:
-    sets = [
-        "redis_address=127.0.0.1",
-        f"redis_port={redis_server.port}",
-        f"key_prefix={prefix}",
-        f"save_dir={tmp / 'saves'}",
-        "training.metrics_port=0",
-        "telemetry.http_port=0",
+    """The test stack's arguments for a node that learns early and never stops by itself."""
+    return stack_args(
+        redis_server,
+        config_dir,
+        prefix,
+        tmp,
         "checkpoint.every=0",
         "dqn.learning_starts=200",
         "target_return=null",
         "max_steps=0",
         *extra,
-    ]
-    out = ["--config-dir", str(config_dir)]
-    for item in sets:
-        out += ["--set", item]
-    return out
+    )
 
 
 def trainer_stats(r: redis.Redis, keys) -> dict[str, str]:
