@@ -26,7 +26,7 @@ from soulsai import run as runfolder
 from soulsai.client.envs import make_single_env
 from soulsai.config import Config
 from soulsai.config.loader import parse_set
-from soulsai.config.trust import CODE_KEYS, check_env_id, code_asked, local_source
+from soulsai.config.trust import check_env_id, local_source, take_local_code
 from soulsai.errors import ConfigError
 from soulsai.training.checkpoint import MANIFEST, load_checkpoint, read_config
 from soulsai.training.policies import build_policy
@@ -94,12 +94,7 @@ def checkpoint_config(
             raise ConfigError(f"evaluate: no config.json in {folder} or its run folder") from None
     if not isinstance(data, dict):
         raise ConfigError(f"evaluate: the config.json of {folder} is not a mapping")
-    asked = code_asked(data)
-    env = data.get("env")
-    if isinstance(env, dict):
-        env.update({k: [] for k in CODE_KEYS})
-        if local is not None:
-            env.update(local.model_dump(include={"env": set(CODE_KEYS)})["env"])
+    asked = take_local_code(data, local)
     for item in sets:
         keys, value = parse_set(item)
         node = data

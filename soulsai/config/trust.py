@@ -76,17 +76,26 @@ def code_asked(data: Any) -> list[str]:
     return out
 
 
-def strip_code(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` (a config mapping) with the code-bearing lists emptied, for publishing."""
-    out = dict(data)
-    if isinstance(out.get("env"), dict):
-        out["env"] = {**out["env"], **{key: [] for key in CODE_KEYS}}
-    return out
+def take_local_code(data: Any, local: Config | None) -> list[str]:
+    """Set the code-bearing keys of `data` (a raw config mapping from Redis or a run folder;
+    changed in place) to `local`'s (this machine's config; none without it). Returns what
+    `data` asked for in code besides an env id and what `local` repeats: to be shown, never
+    imported."""
+    env = data.get("env") if isinstance(data, dict) else None
+    if not isinstance(env, dict):
+        return []
+    mine = local.model_dump(mode="json")["env"] if local is not None else {}
+    same = {f"env.{k}" for k in CODE_KEYS if local is not None and env.get(k) == mine[k]}
+    asked = [a for a in code_asked(data) if a.split("=", 1)[0] not in same | {"env.id"}]
+    env.update({k: mine.get(k, []) for k in CODE_KEYS})
+    return asked
 
 
 def published_json(cfg: Config) -> str:
     """The config the training node publishes: data only (no code keys, no credentials)."""
-    return json.dumps(strip_code(cfg.model_dump(mode="json")))
+    data = cfg.model_dump(mode="json")
+    take_local_code(data, None)
+    return json.dumps(data)
 
 
 def local_source(cfg: Config, key: str) -> str:
@@ -105,18 +114,6 @@ def check_env_id(env_id: str, local_id: str | None, where: str, hint: str) -> No
         )
 
 
-def with_local_code(received: Config, local: Config) -> Config:
-    """`received` with the code-bearing keys of `local` (env.imports, env.wrappers)."""
-    env = received.env.model_copy(
-        update={
-            "imports": list(local.env.imports),
-            "wrappers": [w.model_copy(deep=True) for w in local.env.wrappers],
-        }
-    )
-    env._sources = dict(local.env.sources)
-    return received.model_copy(update={"env": env})
-
-
 def received_config(raw: str | bytes, local: Config) -> Config:
     """The config a client downloaded from Redis, with the code keys of its local config.
 
@@ -129,15 +126,17 @@ def received_config(raw: str | bytes, local: Config) -> Config:
         data = json.loads(raw)
     except ValueError:
         data = None
-    asked = code_asked(data)
-    cfg = config_from_json(raw)
+    if not isinstance(data, dict):
+        return config_from_json(raw)  # its one-line error
+    ignored = take_local_code(data, local)
+    cfg = config_from_json(json.dumps(data))
+    cfg.env._sources = dict(local.env.sources)
     check_env_id(
         cfg.env.id,
         local.env.id,
         "the config published in Redis",
         f"set env.id: {cfg.env.id[:SHOWN_CHARS]} in {local_source(local, 'id')} to allow it",
     )
-    ignored = [a for a in asked if not a.startswith("env.id=")]
     if ignored:
         log.warning(
             "the config published in Redis asks for %s: ignored (code-bearing keys come from "
@@ -145,4 +144,4 @@ def received_config(raw: str | bytes, local: Config) -> Config:
             ", ".join(ignored),
             local_source(local, "wrappers"),
         )
-    return with_local_code(cfg, local)
+    return cfg

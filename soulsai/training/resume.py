@@ -16,6 +16,7 @@ its files and writes logs into it, which a link would redirect anywhere.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.config.loader import OVERRIDES_NAME, parse_set
-from soulsai.config.trust import CODE_KEYS, check_env_id, code_asked, local_source
+from soulsai.config.trust import check_env_id, local_source, take_local_code
 from soulsai.errors import CheckpointError, ConfigError
 from soulsai.training.checkpoint import MANIFEST, read_config, read_summary
 
@@ -193,10 +194,8 @@ def _changes(old: Any, new: Any, prefix: str = "") -> list[str]:
 def _local_code(fresh: Config, saved: dict, out: dict, point: ResumePoint) -> None:
     """Put this machine's code-bearing keys into `out`; log (never import) what the run
     folder asked for; refuse a `module:Env-v0` id this machine's config does not name."""
-    fresh_env = fresh.model_dump()["env"]
-    for key in CODE_KEYS:
-        out["env"][key] = fresh_env[key]
-    asked = code_asked(saved)
+    asked = take_local_code(copy.deepcopy(saved), fresh)
+    take_local_code(out, fresh)
     env_id = out["env"]["id"]
     if isinstance(env_id, str):
         check_env_id(
@@ -205,25 +204,14 @@ def _local_code(fresh: Config, saved: dict, out: dict, point: ResumePoint) -> No
             f"run folder {point.run_dir}",
             "set env.id (--env) to the same id to allow it, or start a new run",
         )
-    ignored = [
-        a
-        for a in asked
-        if not a.startswith("env.id=") and a.split("=", 1)[0] not in _same_code(fresh_env, saved)
-    ]
-    if ignored:
+    if asked:
         log.warning(
             "run folder %s asks for %s: not imported (code-bearing keys come from this "
             "machine's config only; set them in %s to use them)",
             point.run_dir,
-            ", ".join(ignored),
+            ", ".join(asked),
             local_source(fresh, "wrappers"),
         )
-
-
-def _same_code(fresh_env: dict, saved: dict) -> set[str]:
-    """The code keys whose saved value this machine's config repeats (nothing to warn of)."""
-    saved_env = saved.get("env") if isinstance(saved.get("env"), dict) else {}
-    return {f"env.{k}" for k in CODE_KEYS if saved_env.get(k) == fresh_env[k]}
 
 
 def resume_config(
