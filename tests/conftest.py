@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -142,6 +143,31 @@ def node_args(
     for item in items:
         out += ["--set", item]
     return out
+
+
+def listen_address(port: int) -> str | None:
+    """The local address a TCP socket listens on at `port`, from /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, hexport = local.split(":")
+        if state == "0A" and int(hexport, 16) == port:
+            return socket.inet_ntoa(bytes.fromhex(addr)[::-1])
+    return None
+
+
+def marker_module(tmp_path: Path) -> tuple[str, Path, Path]:
+    """(name, folder, marker file) of a fresh module in `folder` whose import writes the
+    marker file and which defines a gymnasium wrapper `Wrap`: proof that something imported
+    what it must not."""
+    name = f"trustmarker_{uuid.uuid4().hex[:8]}"
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    flag = tmp_path / "imported.flag"
+    (mods / f"{name}.py").write_text(
+        f"import pathlib\npathlib.Path({str(flag)!r}).write_text('imported')\n"
+        "import gymnasium as gym\n\n\nclass Wrap(gym.Wrapper):\n    pass\n"
+    )
+    return name, mods, flag
 
 
 def wait_until(fn: Callable[[], object], timeout: float, what: str) -> object:

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from soulsai.transport.codec import EpisodeRecord, encode_episode
-from tests.conftest import read_log, wait_until
+from tests.conftest import listen_address, read_log, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -272,16 +272,6 @@ def post_streaming(port: int, total: int) -> int | None:
         return None
     finally:
         conn.close()
-
-
-def listen_address(port: int) -> str | None:
-    """The local address a TCP socket listens on at `port`, from /proc/net/tcp."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        addr, hexport = local.split(":")
-        if state == "0A" and int(hexport, 16) == port:
-            return socket.inet_ntoa(bytes.fromhex(addr)[::-1])
-    return None
 
 
 def test_regex_and_huge_bodies_neither_freeze_nor_bloat_the_node(

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from soulsai.config import load_config
 from soulsai.config.trust import published_json
 from soulsai.transport.connection import RedisTarget, connect
 from soulsai.transport.embedded import find_redis_server, free_port
-from tests.conftest import ROOT, read_log, wait_until
+from tests.conftest import ROOT, marker_module, read_log, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def marker(tmp_path: Path) -> tuple[str, Path, dict[str, str]]:
     """(module name, marker file, env for a process that can import the module)."""
-    name = f"trustmarker_{uuid.uuid4().hex[:8]}"
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    flag = tmp_path / "imported.flag"
-    (mods / f"{name}.py").write_text(
-        f"import pathlib\npathlib.Path({str(flag)!r}).write_text('imported')\n"
-        "import gymnasium as gym\n\n\nclass Wrap(gym.Wrapper):\n    pass\n"
-    )
+    name, mods, flag = marker_module(tmp_path)
     return name, flag, {"PYTHONPATH": f"{mods}{os.pathsep}{ROOT}"}
 
 

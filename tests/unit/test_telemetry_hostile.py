@@ -27,6 +27,7 @@ from soulsai.telemetry.web import (
     make_app,
     read_token,
 )
+from tests.conftest import listen_address
 
 T0 = 1_700_000_000.0
 N = 200
@@ -220,16 +221,6 @@ def test_token_file(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as err:
             read_token(tmp_path)
         assert TOKEN_NAME in str(err.value) and "\n" not in str(err.value)
-
-
-def listen_address(port: int) -> str | None:
-    """The local address a TCP socket listens on at `port`, from /proc/net/tcp."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        addr, hexport = local.split(":")
-        if state == "0A" and int(hexport, 16) == port:
-            return socket.inet_ntoa(bytes.fromhex(addr)[::-1])
-    return None
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp")

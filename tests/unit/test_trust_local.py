@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,29 +20,20 @@ from soulsai.config.trust import published_json, received_config, redact_url
 from soulsai.errors import ConfigError
 from soulsai.training import resume
 from soulsai.transport.connection import read_credentials, split_config_line
+from tests.conftest import marker_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def cdir(tmp_path: Path) -> Path:
-    d = tmp_path / "config"
-    d.mkdir()
-    shutil.copy(ROOT / "config" / "config_d.yaml", d / "config_d.yaml")
-    return d
+def cdir(config_dir: Path) -> Path:
+    return config_dir
 
 
 @pytest.fixture
 def marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
     """(module name, marker file): a fresh module on sys.path whose import writes the file."""
-    name = f"trustmarker_{uuid.uuid4().hex[:8]}"
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    flag = tmp_path / "imported.flag"
-    (mods / f"{name}.py").write_text(
-        f"import pathlib\npathlib.Path({str(flag)!r}).write_text('imported')\n"
-        "import gymnasium as gym\n\n\nclass Wrap(gym.Wrapper):\n    pass\n"
-    )
+    name, mods, flag = marker_module(tmp_path)
     monkeypatch.syspath_prepend(str(mods))
     return name, flag
 
