@@ -156,7 +156,7 @@ class Outbox:
             if done.samples_ok:
                 self.trimmed += max(0, done.queued - self.max_queue)
                 for _ in range(max(0, len(samples) - (self.dropped - before[0]))):
-                    self._bytes -= len(self._samples.popleft())
+                    self._samples.popleft()
                 self.sent_samples += len(samples)
             gone = self.dropped_episodes - before[1]
             refused = [
@@ -166,7 +166,7 @@ class Outbox:
             ]
             newer = list(self._episodes)[max(0, len(episodes) - gone) :]
             self._episodes = deque(refused + newer)
-            self._bytes = sum(map(len, self._samples)) + sum(map(len, self._episodes))
+            self._bytes = sum(map(len, self._samples)) + sum(map(len, self._episodes))  # recount
             self.sent_episodes += sum(done.episodes_ok)
 
     def _failed(self, error: Exception, held: int) -> None:
