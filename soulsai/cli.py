@@ -23,7 +23,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import click  # noqa: E402
 
 from soulsai.config import Config, default_config_dir, load_config  # noqa: E402
-from soulsai.errors import ConnectionFailed, SoulsaiError  # noqa: E402
+from soulsai.errors import ConfigError, ConnectionFailed, SoulsaiError  # noqa: E402
 from soulsai.transport.links import TRANSIENT  # noqa: E402
 
 log = logging.getLogger("soulsai")
@@ -351,7 +351,17 @@ def _announced_run_dir(cfg: Config, target: Any) -> Path:
     info = wait_for(link.run_info, 120.0)
     if not info or "run_dir" not in info:
         raise ConnectionFailed("no training node announced a run folder (start it first)")
-    return Path(info["run_dir"])
+    # A path read from Redis: this node writes into it only if it is a run folder directly
+    # under its own save_dir (anyone with the password could announce any folder).
+    run = Path(info["run_dir"])
+    save_dir = Path(cfg.save_dir).resolve()
+    if run.is_symlink() or not run.is_dir() or run.resolve().parent != save_dir:
+        raise ConfigError(
+            f"the run folder announced in Redis ({str(run)[:200]}) is not a folder directly "
+            f"under save_dir ({save_dir}): set save_dir as the training node has it, or pass "
+            "--run-dir"
+        )
+    return run
 
 
 @cli.command()

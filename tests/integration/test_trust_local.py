@@ -19,7 +19,8 @@ from soulsai.config import load_config
 from soulsai.config.trust import published_json
 from soulsai.transport.connection import RedisTarget, connect
 from soulsai.transport.embedded import find_redis_server, free_port
-from tests.conftest import ROOT, marker_module, read_log, wait_until
+from tests.conftest import ROOT, marker_module, node_args, read_log, wait_until
+from tests.integration.test_telemetry import episode
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +266,28 @@ def test_a_secret_file_means_what_redis_reads_in_it(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_telemetry_node_writes_only_into_a_run_folder_under_its_save_dir(
+    redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
+):
+    """The run folder a training node announces is read from Redis: a telemetry node started
+    without --run-dir takes it only when it is a folder directly under its own save_dir."""
+    saves, victim = tmp_path / "saves", tmp_path / "victim"
+    victim.mkdir()
+    (saves / "2026-01-01_00-00-00_dqn_CartPole-v1").mkdir(parents=True)
+    args = node_args(redis_server, config_dir, prefix, tmp_path, "telemetry.update_interval=1")
+    for announced in (victim, saves / ".." / "victim"):
+        rclient.hset(keys.run, mapping={"run_dir": str(announced), "started": "1"})
+        p = procs.start("node", "telemetry", *args, password=redis_server.password)
+        assert p.wait(60) == 2, read_log(p)
+        out = read_log(p).strip()
+        assert "announced in Redis" in out and "Traceback" not in out, out
+        assert len(out.splitlines()) == 1, out
+    assert list(victim.iterdir()) == []
+    honest = saves / "2026-01-01_00-00-00_dqn_CartPole-v1"
+    rclient.hset(keys.run, mapping={"run_dir": str(honest)})
+    p = procs.start("node", "telemetry", *args, password=redis_server.password)
+    rclient.xadd(keys.episodes, {"m": episode("c1", 1, 1.0)})
+    wait_until(lambda: (honest / "episodes.jsonl").exists(), 30, f"episodes\n{read_log(p)}")
+    assert p.poll() is None
