@@ -38,8 +38,8 @@ import redis  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine_line  # noqa: E402
 from soulsai.client.control import Control  # noqa: E402
-from soulsai.client.policy import NumpyQPolicy  # noqa: E402
-from soulsai.nets import QNetwork  # noqa: E402
+from soulsai.model.nets import QNetwork  # noqa: E402
+from soulsai.model.numpy_q import NumpyQPolicy  # noqa: E402
 from soulsai.transport import ClientLink, Keys, TrainerLink  # noqa: E402
 from soulsai.transport.codec import encode_weights_parts  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402

@@ -24,7 +24,7 @@ from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from soulsai.client.envs import StepDelay  # noqa: E402
+from soulsai.envs.make import StepDelay  # noqa: E402
 
 
 def linear(start: float):

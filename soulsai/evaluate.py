@@ -23,10 +23,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from soulsai import run as runfolder
-from soulsai.client.envs import make_single_env
 from soulsai.config import Config
 from soulsai.config.loader import parse_set
 from soulsai.config.trust import check_env_id, local_source, take_local_code
+from soulsai.envs import make_single_env
 from soulsai.errors import ConfigError
 from soulsai.training.checkpoint import MANIFEST, load_checkpoint, read_config
 from soulsai.training.policies import build_policy

@@ -26,12 +26,12 @@ import numpy as np
 
 from soulsai.client.envs import StepRows
 from soulsai.client.nstep import fold_nstep
-from soulsai.client.policy import NumpyQPolicy
-from soulsai.client.ppo_policy import NumpyActorCritic
 from soulsai.config import Config
 from soulsai.errors import ConfigError
-from soulsai.training.algorithms.schedules import epsilon
-from soulsai.transport.messages import action_shape, dqn_weight_shapes, ppo_weight_shapes
+from soulsai.model.numpy_ac import NumpyActorCritic
+from soulsai.model.numpy_q import NumpyQPolicy
+from soulsai.model.schedules import epsilon
+from soulsai.model.shapes import action_shape, dqn_weight_shapes, ppo_weight_shapes
 
 Message = tuple[int, dict[str, np.ndarray]]  # (model id, per-transition fields)
 NO_MESSAGES: list[Message] = []  # what most steps return; never appended to

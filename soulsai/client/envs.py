@@ -1,92 +1,12 @@
-"""The Gymnasium env a client samples from (imports, wrappers, copies, a real-time delay) and
-the preallocated rows its steps are written into."""
+"""The client's vector of env copies and the preallocated rows its steps are written into."""
 
 from __future__ import annotations
-
-import importlib
-import time
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from soulsai.config.schema import EnvConfig
-from soulsai.errors import ConfigError
-
-
-class StepDelay(gym.Wrapper):
-    """Sleeps after every step: stands in for a game that runs in real time."""
-
-    def __init__(self, env: gym.Env, delay: float) -> None:
-        super().__init__(env)
-        self.delay = delay
-
-    def step(self, action: Any) -> Any:
-        out = self.env.step(action)
-        time.sleep(self.delay)
-        return out
-
-
-def _where(cfg: EnvConfig, key: str) -> str:
-    """The local config file that set `env.<key>` (errors name it)."""
-    return cfg.sources.get(key) or "the local config"
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).splitlines()[0][:200] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def import_env_modules(cfg: EnvConfig) -> None:
-    """Import `env.imports` so that packages such as soulsgym register their env ids.
-
-    `cfg` must hold this machine's own env.imports (soulsai/config/trust.py): never a list
-    that came from Redis or a run folder.
-    """
-    for i, name in enumerate(cfg.imports):
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # an import runs code: whatever it raises is this key's fault
-            raise ConfigError(
-                f"config error in {_where(cfg, 'imports')}: key 'env.imports[{i}]' = {name!r}: "
-                f"cannot import it ({_reason(e)})"
-            ) from None
-
-
-def _wrap(env: gym.Env, cfg: EnvConfig, i: int) -> gym.Env:
-    """Apply `env.wrappers[i]`; any failure (no such module or class, a wrong keyword, the
-    wrapper's own check) is one ConfigError naming the wrapper and the file that set it."""
-    w = cfg.wrappers[i]
-    module, _, attr = w.name.rpartition(".")
-    try:
-        wrapper = getattr(importlib.import_module(module), attr)
-        return wrapper(env, **w.kwargs)
-    except Exception as e:
-        env.close()
-        raise ConfigError(
-            f"config error in {_where(cfg, 'wrappers')}: key 'env.wrappers[{i}]' "
-            f"({w.name}): {_reason(e)}"
-        ) from None
-
-
-def make_single_env(cfg: EnvConfig) -> gym.Env:
-    """One env copy with the configured wrappers (and the step delay, outermost)."""
-    import_env_modules(cfg)
-    try:
-        env = gym.make(cfg.id, **cfg.kwargs)
-    except gym.error.Error as e:
-        raise ConfigError(f"config error: env.id {cfg.id!r}: {e}") from None
-    except TypeError as e:
-        raise ConfigError(f"config error: env.kwargs for {cfg.id!r}: {e}") from None
-    except ImportError as e:  # `module:Env-v0` ids import their module
-        raise ConfigError(
-            f"config error in {_where(cfg, 'id')}: key 'env.id' = {cfg.id!r}: {_reason(e)}"
-        ) from None
-    for i in range(len(cfg.wrappers)):
-        env = _wrap(env, cfg, i)
-    if cfg.step_delay > 0:
-        env = StepDelay(env, cfg.step_delay)
-    return env
+from soulsai.envs import make_single_env
 
 
 class StepRows:
@@ -213,12 +133,3 @@ class LocalVectorEnv:
 def make_vector_env(cfg: EnvConfig) -> LocalVectorEnv:
     """The client's env: `env.num_envs` copies of the configured env, batched."""
     return LocalVectorEnv(cfg)
-
-
-def env_spaces(cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:
-    """Observation and action space of one copy (the training node needs them)."""
-    env = make_single_env(cfg)
-    try:
-        return env.observation_space, env.action_space
-    finally:
-        env.close()

@@ -20,11 +20,11 @@ from typing import Any
 from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.errors import ProtocolError
+from soulsai.logs import RateLimitedLog
 from soulsai.metrics import NodeMetrics
 from soulsai.telemetry.figures import draw_stats
 from soulsai.telemetry.stats import EpisodeStats, SystemSeries, stream_seconds
 from soulsai.telemetry.stream import START, SeenRecords, StreamCursor
-from soulsai.training.intake import RateLimitedLog
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.codec import decode_episode, encode_command
 from soulsai.transport.links import TRANSIENT

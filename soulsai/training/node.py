@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from soulsai.client.envs import env_spaces
 from soulsai.config import Config
+from soulsai.envs import env_spaces
+from soulsai.logs import RateLimitedLog
 from soulsai.metrics import NodeMetrics
+from soulsai.model.schedules import epsilon
+from soulsai.model.specs import dqn_experience_spec
 from soulsai.training.algorithms.dqn import DQNLearner
-from soulsai.training.algorithms.schedules import epsilon
 from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.common import (
     STATS_INTERVAL,
@@ -34,14 +36,13 @@ from soulsai.training.common import (
     run_command,
     telemetry_episodes,
 )
-from soulsai.training.intake import Intake, RateLimitedLog
+from soulsai.training.intake import Intake
 from soulsai.training.replay import ReplayBuffer
 from soulsai.training.saves import Saves, describe
 from soulsai.training.shares import ClientShares
 from soulsai.transport import RedisTarget, TrainerLink, open_link
 from soulsai.transport.codec import Experience, encode_command, encode_weights_parts
 from soulsai.transport.links import TRANSIENT
-from soulsai.transport.messages import dqn_experience_spec
 
 log = logging.getLogger(__name__)
 

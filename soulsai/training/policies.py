@@ -57,8 +57,8 @@ def dqn_greedy(
     cfg: Config, state: dict[str, Any], obs_space: gym.Space, act_space: gym.Space
 ) -> EvalPolicy:
     """Greedy actions of the checkpoint's online Q-network (the weights clients act with)."""
-    from soulsai.client.policy import NumpyQPolicy
-    from soulsai.transport.messages import dqn_weight_shapes
+    from soulsai.model.numpy_q import NumpyQPolicy
+    from soulsai.model.shapes import dqn_weight_shapes
 
     if not isinstance(act_space, gym.spaces.Discrete):
         raise CheckpointError(f"DQN acts in a discrete action space, not {act_space}")

@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from soulsai.client.envs import env_spaces
 from soulsai.config import Config
 from soulsai.config.schema import check_ppo_config
+from soulsai.envs import env_spaces
+from soulsai.logs import RateLimitedLog
 from soulsai.metrics import NodeMetrics
+from soulsai.model.specs import ppo_experience_spec
 from soulsai.training.algorithms.ppo import PPOLearner
 from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.common import (
@@ -42,13 +44,12 @@ from soulsai.training.common import (
     run_command,
     telemetry_episodes,
 )
-from soulsai.training.intake import Intake, RateLimitedLog
+from soulsai.training.intake import Intake
 from soulsai.training.rollout import RolloutBuffer
 from soulsai.training.saves import Saves, describe
 from soulsai.transport import RedisTarget, TrainerLink, open_link
 from soulsai.transport.codec import Experience, encode_weights_parts
 from soulsai.transport.links import TRANSIENT
-from soulsai.transport.messages import ppo_experience_spec
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ with atheris.instrument_imports():
     import numpy as np
 
     from soulsai.errors import ProtocolError
+    from soulsai.model.specs import dqn_experience_spec
     from soulsai.transport.codec import (
         LayoutCache,
         decode_command,
@@ -25,7 +26,6 @@ with atheris.instrument_imports():
         decode_weights,
         weights_metadata,
     )
-    from soulsai.transport.messages import dqn_experience_spec
 
 SPEC = dqn_experience_spec(
     gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 4096, 1 << 20

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from soulsai.client.control import Control
-from soulsai.client.policy import NumpyQPolicy
-from soulsai.nets import QNetwork
+from soulsai.model.nets import QNetwork
+from soulsai.model.numpy_q import NumpyQPolicy
 from soulsai.transport import ClientLink, TrainerLink, open_link
 from soulsai.transport.codec import encode_weights, encode_weights_parts
 from soulsai.transport.embedded import EmbeddedRedis

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from soulsai.config import load_config
+from soulsai.model.shapes import dqn_weight_shapes, ppo_weight_shapes
 from soulsai.training.checkpoint import MANIFEST, TENSORS, TREE, _sha256
 from soulsai.transport.codec import decode_weights, encode_experience
-from soulsai.transport.messages import dqn_weight_shapes, ppo_weight_shapes
 from tests.conftest import node_args, read_log, wait_until
 
 pytestmark = pytest.mark.integration

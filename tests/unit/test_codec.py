@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
 from soulsai.errors import ProtocolError
-from soulsai.nets import QNetwork
+from soulsai.model.nets import QNetwork
+from soulsai.model.specs import dqn_experience_spec
 from soulsai.transport import codec
 from soulsai.transport.codec import (
     MAX_CLIENT_ID,
@@ -42,7 +43,6 @@ from soulsai.transport.codec import (
     encode_weights,
     weights_metadata,
 )
-from soulsai.transport.messages import dqn_experience_spec
 
 N_STEP = 3
 MAX_BATCH = 64

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from soulsai.config.schema import DQNConfig
-from soulsai.nets import ObsNormalizer, QNetwork, greedy_actions
+from soulsai.model.nets import ObsNormalizer, QNetwork, greedy_actions
+from soulsai.model.schedules import epsilon
 from soulsai.training.algorithms.dqn import DQNLearner
-from soulsai.training.algorithms.schedules import epsilon
 from soulsai.training.replay import ReplayBatch
 
 torch.set_num_threads(1)

@@ -16,7 +16,7 @@ import pytest
 
 from soulsai.client.actors import DQNActor
 from soulsai.config import load_config
-from soulsai.training.algorithms.schedules import epsilon
+from soulsai.model.schedules import epsilon
 
 ROOT = Path(__file__).resolve().parents[2]
 DECAY = 20_000

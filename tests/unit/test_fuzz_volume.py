@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from soulsai.errors import ProtocolError
+from soulsai.model.specs import dqn_experience_spec
 from soulsai.transport.codec import (
     EpisodeRecord,
     Experience,
@@ -28,7 +29,6 @@ from soulsai.transport.codec import (
     encode_weights,
     weights_metadata,
 )
-from soulsai.transport.messages import dqn_experience_spec
 
 SPEC = dqn_experience_spec(
     gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 4096, 1 << 20

@@ -8,9 +8,9 @@ import threading
 import gymnasium as gym
 import numpy as np
 
+from soulsai.model.specs import dqn_experience_spec
 from soulsai.training.intake import Intake
 from soulsai.transport.codec import encode_experience
-from soulsai.transport.messages import dqn_experience_spec
 
 SPEC = dqn_experience_spec(
     gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Discrete(2), 3, 64, 1 << 20

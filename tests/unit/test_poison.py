@@ -17,7 +17,8 @@ import torch
 
 from soulsai.config import load_config
 from soulsai.errors import CheckpointError, ProtocolError
-from soulsai.nets import ObsNormalizer
+from soulsai.model.nets import ObsNormalizer
+from soulsai.model.specs import dqn_experience_spec, ppo_experience_spec
 from soulsai.training.algorithms.dqn import DQNLearner
 from soulsai.training.algorithms.ppo import PPOLearner
 from soulsai.training.checkpoint import (
@@ -34,7 +35,7 @@ from soulsai.training.rollout import RolloutBuffer
 from soulsai.training.saves import Saves
 from soulsai.training.shares import ClientShares
 from soulsai.transport.codec import EpisodeRecord, decode_episode, encode_episode, encode_experience
-from soulsai.transport.messages import box_bounds, dqn_experience_spec, ppo_experience_spec
+from soulsai.transport.messages import box_bounds
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

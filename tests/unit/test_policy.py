@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from soulsai.client.policy import NumpyQPolicy
 from soulsai.config import load_config
-from soulsai.nets import QNetwork
+from soulsai.model.nets import QNetwork
+from soulsai.model.numpy_q import NumpyQPolicy
+from soulsai.model.shapes import dqn_weight_shapes
 from soulsai.transport.codec import decode_weights, encode_weights
-from soulsai.transport.messages import dqn_weight_shapes
 
 torch.set_num_threads(1)
 

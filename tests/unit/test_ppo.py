@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from soulsai.client.actors import PPOActor
-from soulsai.client.ppo_policy import NumpyActorCritic
 from soulsai.config import load_config
-from soulsai.nets import ActorCritic
+from soulsai.model.nets import ActorCritic
+from soulsai.model.numpy_ac import NumpyActorCritic
+from soulsai.model.specs import ppo_experience_spec
 from soulsai.training.algorithms.ppo import PPOLearner, clipped_surrogate, value_loss
 from soulsai.training.rollout import RolloutBatch, RolloutBuffer, compute_gae
 from soulsai.transport.codec import decode_experience, encode_experience
-from soulsai.transport.messages import ppo_experience_spec
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

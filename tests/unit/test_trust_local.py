@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from soulsai import evaluate as ev
-from soulsai.client.envs import make_single_env
 from soulsai.config import Config, load_config
 from soulsai.config.trust import published_json, received_config, redact_url
+from soulsai.envs import make_single_env
 from soulsai.errors import ConfigError
 from soulsai.training import resume
 from soulsai.transport.connection import read_credentials, split_config_line

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from soulsai.config import Config, default_config_dir, load_config
-from soulsai.nets import ActorCritic, QNetwork
+from soulsai.model.nets import ActorCritic, QNetwork
+from soulsai.model.shapes import dqn_weight_shapes, ppo_weight_shapes
 from soulsai.training.algorithms.ppo import build_actor_critic
-from soulsai.transport.messages import dqn_weight_shapes, ppo_weight_shapes
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_ppo_shapes_equal_actor_critic_state_dict(
 
 def test_weight_specs_import_no_torch() -> None:
     code = (
-        "import sys; import soulsai.transport.messages, soulsai.training.algorithms.schedules; "
+        "import sys; import soulsai.transport.messages, soulsai.model.schedules; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

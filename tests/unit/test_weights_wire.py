@@ -12,7 +12,7 @@ from safetensors.numpy import load as st_load
 from safetensors.torch import save as st_save
 
 from soulsai.errors import ProtocolError
-from soulsai.nets import ActorCritic, QNetwork
+from soulsai.model.nets import ActorCritic, QNetwork
 from soulsai.transport.codec import decode_weights, encode_weights, encode_weights_parts
 
 MAX_BYTES = 1 << 26

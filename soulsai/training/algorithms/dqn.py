@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from soulsai.config.schema import DQNConfig
-from soulsai.nets import QNetwork, adam, cpu_state
+from soulsai.model.nets import QNetwork, adam, cpu_state
 from soulsai.training.algorithms.guards import finite, guarded_update
 from soulsai.training.replay import ReplayBatch
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from soulsai.nets import ObsNormalizer
+from soulsai.model.nets import ObsNormalizer
 
 
 def finite(*values: torch.Tensor) -> bool:

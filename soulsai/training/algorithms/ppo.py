@@ -29,11 +29,11 @@ from torch import nn
 from soulsai.config import Config
 from soulsai.config.schema import PPOConfig
 from soulsai.errors import CheckpointError
-from soulsai.nets import ActorCritic, ObsNormalizer, adam, cpu_state
+from soulsai.model.nets import ActorCritic, ObsNormalizer, adam, cpu_state
+from soulsai.model.shapes import action_shape
 from soulsai.training.algorithms.guards import finite, guarded_update
 from soulsai.training.policies import EvalPolicy, register_policy
 from soulsai.training.rollout import RolloutBatch
-from soulsai.transport.messages import action_shape
 
 ADAM_EPS = 1e-5
 REWARD_EPS = 1e-8
@@ -221,7 +221,7 @@ def ppo_deterministic(
 ) -> EvalPolicy:
     """The checkpoint's policy without sampling: the most likely action (Categorical) or the
     Gaussian mean clipped to the action space (Box)."""
-    from soulsai.client.ppo_policy import NumpyActorCritic
+    from soulsai.model.numpy_ac import NumpyActorCritic
 
     tensors = state.get("policy") or state["learner"]["net"]
     net = build_actor_critic(cfg.ppo, obs_space, act_space)

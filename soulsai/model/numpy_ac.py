@@ -1,6 +1,6 @@
 """The PPO client's policy: an ActorCritic state dict evaluated in numpy.
 
-Computes what `soulsai.nets.ActorCritic` computes (tested): normalize, flatten, an optional
+Computes what `soulsai.model.nets.ActorCritic` computes (tested): normalize, flatten, an optional
 shared torso, then actor and critic MLPs. Sampling uses the client's own numpy generator.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from soulsai.transport.messages import NORM_CLIP, NORM_EPS
+from soulsai.model.shapes import NORM_CLIP, NORM_EPS
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

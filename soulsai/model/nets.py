@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from soulsai.transport.messages import NORM_CLIP, NORM_EPS
+from soulsai.model.shapes import NORM_CLIP, NORM_EPS
 
 
 class ObsNormalizer(nn.Module):

@@ -1,0 +1,73 @@
+"""What a valid model looks like, worked out without torch: the tensor names and shapes of each
+network's state_dict (what the training node broadcasts and a client checks), the action shape,
+and the observation normalizer's constants shared by the torch networks and their numpy twins."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+
+from soulsai.config.schema import DQNConfig, PPOConfig
+from soulsai.errors import ConfigError
+
+# The observation normalizer shipped with the weights: (obs - mean) / sqrt(var + NORM_EPS),
+# clipped to +-NORM_CLIP. The training node's torch module and the clients' numpy use these.
+NORM_EPS = 1e-8
+NORM_CLIP = 10.0
+
+
+def action_shape(action_space: gym.Space) -> tuple[int, ...]:
+    """Shape of one PPO action: () for Discrete, the Box's shape; other spaces: ConfigError."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return ()
+    if isinstance(action_space, gym.spaces.Box):
+        return tuple(action_space.shape)
+    raise ConfigError(
+        f"env: PPO needs a Discrete or Box action space, got {type(action_space).__name__}"
+    )
+
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _normalizer_shapes(obs_shape: tuple[int, ...]) -> Shapes:
+    return {"obs_norm.mean": obs_shape, "obs_norm.var": obs_shape, "obs_norm.count": ()}
+
+
+def _linears(prefix: str, first: int, sizes: list[int]) -> Shapes:
+    """Linear layers of an nn.Sequential that interleaves activations: indices first,
+    first + 2, ...; `sizes` are the features in, then out of each layer."""
+    shapes: Shapes = {}
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        shapes[f"{prefix}.{first + 2 * i}.weight"] = (n_out, n_in)
+        shapes[f"{prefix}.{first + 2 * i}.bias"] = (n_out,)
+    return shapes
+
+
+def dqn_weight_shapes(cfg: DQNConfig, obs_shape: tuple[int, ...], n_actions: int) -> Shapes:
+    """The state_dict of soulsai.model.nets.QNetwork: normalizer, then mlp = Flatten, Linear, ReLU,
+    ..., Linear (so its Linear layers sit at odd indices)."""
+    sizes = [math.prod(obs_shape), *cfg.hidden, n_actions]
+    return {**_normalizer_shapes(tuple(obs_shape)), **_linears("mlp", 1, sizes)}
+
+
+def ppo_weight_shapes(cfg: PPOConfig, obs_space: gym.Space, action_space: gym.Space) -> Shapes:
+    """The state_dict of soulsai.model.nets.ActorCritic for this config and these spaces."""
+    obs_shape = tuple(obs_space.shape or ())
+    if isinstance(action_space, gym.spaces.Discrete):
+        action_dim = int(action_space.n)
+    else:
+        action_dim = math.prod(action_shape(action_space))
+    n_in, hidden = math.prod(obs_shape), list(cfg.hidden)
+    shapes = _normalizer_shapes(obs_shape)
+    if cfg.shared_network:
+        shapes |= _linears("torso", 0, [n_in, *hidden])
+        shapes |= _linears("actor", 0, [hidden[-1], action_dim])
+        shapes |= _linears("critic", 0, [hidden[-1], 1])
+    else:
+        shapes |= _linears("actor", 0, [n_in, *hidden, action_dim])
+        shapes |= _linears("critic", 0, [n_in, *hidden, 1])
+    if not isinstance(action_space, gym.spaces.Discrete):
+        shapes["log_std"] = (action_dim,)
+    return shapes

@@ -1,0 +1,87 @@
+"""The experience each algorithm's clients send, derived from the config and the env's spaces:
+clients encode exactly these fields; the training node validates against the same spec."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from soulsai.errors import ConfigError
+from soulsai.model.shapes import action_shape
+from soulsai.transport.codec import ExperienceSpec, FieldSpec
+from soulsai.transport.messages import MAX_ABS_OBS, MAX_ABS_REWARD, _magnitude, space_field
+
+
+def dqn_experience_spec(
+    obs_space: gym.Space,
+    action_space: gym.Space,
+    n_step: int,
+    max_batch: int,
+    max_bytes: int,
+    max_abs_obs: float = MAX_ABS_OBS,
+    max_abs_reward: float = MAX_ABS_REWARD,
+) -> ExperienceSpec:
+    """n-step transitions: obs, action, n-step reward, obs k steps later, terminated, k.
+
+    Observations lie within `box_bounds(obs_space, max_abs_obs)`; the reward, a discounted sum
+    of at most `n_step` rewards, within +-`n_step * max_abs_reward`.
+    """
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
+    obs = space_field(obs_space, "observation", max_abs_obs)
+    return ExperienceSpec(
+        fields={
+            "obs": obs,
+            "action": FieldSpec(np.int64, (), low=0, high=int(action_space.n) - 1),
+            "reward": _magnitude(n_step * max_abs_reward),
+            "next_obs": obs,
+            "terminated": FieldSpec(np.uint8, (), low=0, high=1),
+            "steps": FieldSpec(np.uint8, (), low=1, high=n_step),
+        },
+        max_batch=max_batch,
+        max_bytes=max_bytes,
+    )
+
+
+def ppo_experience_spec(
+    obs_space: gym.Space,
+    action_space: gym.Space,
+    max_batch: int,
+    max_bytes: int,
+    max_abs_obs: float = MAX_ABS_OBS,
+    max_abs_reward: float = MAX_ABS_REWARD,
+    gamma: float = 0.99,
+) -> ExperienceSpec:
+    """Rollout fragments: per row one env step of one env copy, rows of a copy in time order.
+
+    GAE is exact from these fields alone: `next_value` is V(s_{t+1}) under the same model (the
+    value of the true final observation on truncation, of the observation after the fragment's
+    last step at its end), and a trajectory continues into the next row unless `terminated`,
+    `truncated` or `last` is set.
+
+    Bounds: observations as for DQN; rewards +-`max_abs_reward`; values and discounted returns
+    +-`max_abs_reward / (1 - gamma)` (the largest discounted return; 1 - gamma taken as at
+    least 1e-3); log-probabilities and raw Gaussian actions +-`max_abs_obs`.
+    """
+    if isinstance(action_space, gym.spaces.Discrete):
+        action = FieldSpec(np.int64, (), low=0, high=int(action_space.n) - 1)
+    else:  # the raw Gaussian sample
+        action = _magnitude(max_abs_obs, np.float32, action_shape(action_space))
+    flag = FieldSpec(np.uint8, (), low=0, high=1)
+    max_return = max_abs_reward / max(1.0 - gamma, 1e-3)
+    return ExperienceSpec(
+        fields={
+            "obs": space_field(obs_space, "observation", max_abs_obs),
+            "action": action,
+            "reward": _magnitude(max_abs_reward),
+            "terminated": flag,
+            "truncated": flag,
+            "last": flag,
+            "logprob": _magnitude(max_abs_obs),
+            "value": _magnitude(max_return),
+            "next_value": _magnitude(max_return),
+            "disc_return": _magnitude(max_return),
+        },
+        max_batch=max_batch,
+        max_bytes=max_bytes,
+    )
