@@ -2,7 +2,8 @@
 #   docker build -t soulsai .                     CPU torch from PyTorch's CPU wheel index
 #   docker build -t soulsai:gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 # An unpinned `pip install torch` from PyPI pulls a multi-GB CUDA build; torch is therefore
-# installed first, pinned, from the index in TORCH_INDEX_URL, and `pip install .` keeps it.
+# installed first, pinned, from the index in TORCH_INDEX_URL, and the package install keeps it.
+# The image runs the nodes (the `server` extra) and test clients on LunarLander (`box2d`).
 FROM python:3.11-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
@@ -27,7 +28,7 @@ COPY pyproject.toml README.md ./
 COPY config/config_d.yaml ./config/config_d.yaml
 COPY config/presets ./config/presets
 COPY soulsai ./soulsai
-RUN pip install . \
+RUN pip install "./[server,box2d]" \
     && python -c "import torch, soulsai.cli; print('torch', torch.__version__)" \
     && mkdir -p /app/saves \
     && chown soulsai:soulsai /app/saves

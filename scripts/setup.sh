@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up soulsai on a fresh Debian/Ubuntu machine: redis-server, a virtualenv in .venv with a
 # pinned CPU torch (installed first, so nothing pulls a multi-GB CUDA build), soulsai itself
-# (editable) and the test tools. Safe to run again: it skips what is already there.
+# (editable) with the full set of extras (server: the nodes; box2d: LunarLander) and the test
+# tools; a sampling client alone needs only `pip install soulsai` (no torch). Safe to run again:
+# it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +46,6 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing torch==2.13.0 (CPU build)${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
   .venv/bin/python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
-echo "setup: installing soulsai and its dependencies"
-.venv/bin/python -m pip install -q -e ".[test]"
+echo "setup: installing soulsai with its server, box2d and test extras"
+.venv/bin/python -m pip install -q -e ".[server,box2d,test]"
 echo "setup: done (.venv/bin/soulsai --help)"

@@ -198,7 +198,8 @@ def test_dockerfile_entrypoint_runs_soulsai() -> None:
     torch_line = text.index(
         'pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"'
     )
-    assert torch_line < text.index("RUN pip install .")
+    # the nodes need the server extra (a plain `pip install .` is a torch-free client)
+    assert torch_line < text.index('RUN pip install "./[server,box2d]"')
     assert "ARG TORCH_VERSION=2.13.0" in text
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
 
