@@ -41,8 +41,8 @@ from soulsai.client.control import Control  # noqa: E402
 from soulsai.model.nets import QNetwork  # noqa: E402
 from soulsai.model.numpy_q import NumpyQPolicy  # noqa: E402
 from soulsai.transport import ClientLink, Keys, TrainerLink  # noqa: E402
-from soulsai.transport.codec import encode_weights_parts  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
+from soulsai.transport.weights import encode_weights_parts  # noqa: E402
 
 SIZES = {"10k": [96, 96], "1M": [1000, 1000], "10M": [2230, 2230, 2230]}
 OBS, ACTIONS = (8,), 4

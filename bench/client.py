@@ -32,9 +32,9 @@ from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # no
 from soulsai.config import load_config  # noqa: E402
 from soulsai.model.numpy_q import NumpyQPolicy  # noqa: E402
 from soulsai.model.shapes import dqn_weight_shapes  # noqa: E402
-from soulsai.transport.codec import decode_weights  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
+from soulsai.transport.weights import decode_weights  # noqa: E402
 
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 CLIENT_CPU = set(CPUS[:1])

@@ -26,7 +26,7 @@ from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.errors import SoulsaiError
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
-from soulsai.transport.codec import encode_command
+from soulsai.transport.commands import encode_command
 from soulsai.transport.connection import PASSWORD_ENV, SECRET_NAME, connect, reachable
 from soulsai.transport.embedded import EmbeddedRedis, die_with_parent, redis_limits
 from soulsai.transport.links import TRANSIENT, as_int

@@ -18,7 +18,7 @@ from soulsai.config import Config
 from soulsai.errors import ConnectionFailed, SoulsaiError
 from soulsai.local import LOCAL_REDIS_FILE
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
-from soulsai.transport.codec import encode_command
+from soulsai.transport.commands import encode_command
 
 
 class SaveFailed(SoulsaiError):

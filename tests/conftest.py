@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import redis
 
-from soulsai.transport.codec import encode_experience
 from soulsai.transport.connection import PASSWORD_ENV
 from soulsai.transport.embedded import EmbeddedRedis
+from soulsai.transport.envelope import encode_experience
 from soulsai.transport.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]

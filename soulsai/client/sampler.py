@@ -29,7 +29,7 @@ from soulsai.config import Config
 from soulsai.config.trust import received_config
 from soulsai.errors import ConnectionFailed
 from soulsai.transport import ClientLink, RedisTarget, open_link
-from soulsai.transport.codec import KIND_EPISODE, PROTOCOL_VERSION, encode_experience
+from soulsai.transport.envelope import KIND_EPISODE, PROTOCOL_VERSION, encode_experience
 from soulsai.transport.links import wait_for
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _info_scalars(final: Any) -> dict[str, float]:
 
 
 class EpisodeEncoder:
-    """The envelope codec.encode_episode writes, for one client at a few microseconds less per
+    """The envelope episodes.encode_episode writes, for one client at a few microseconds less per
     episode (short episodes come every few steps): no record object, one reused Packer."""
 
     def __init__(self, client_id: str) -> None:

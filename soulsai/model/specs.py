@@ -8,8 +8,8 @@ import numpy as np
 
 from soulsai.errors import ConfigError
 from soulsai.model.shapes import action_shape
-from soulsai.transport.codec import ExperienceSpec, FieldSpec
-from soulsai.transport.messages import MAX_ABS_OBS, MAX_ABS_REWARD, _magnitude, space_field
+from soulsai.transport.envelope import ExperienceSpec, FieldSpec
+from soulsai.transport.spaces import MAX_ABS_OBS, MAX_ABS_REWARD, _magnitude, space_field
 
 
 def dqn_experience_spec(

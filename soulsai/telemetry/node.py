@@ -26,7 +26,8 @@ from soulsai.telemetry.figures import draw_stats
 from soulsai.telemetry.stats import EpisodeStats, SystemSeries, stream_seconds
 from soulsai.telemetry.stream import START, SeenRecords, StreamCursor
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
-from soulsai.transport.codec import decode_episode, encode_command
+from soulsai.transport.commands import encode_command
+from soulsai.transport.episodes import decode_episode
 from soulsai.transport.links import TRANSIENT
 
 log = logging.getLogger(__name__)

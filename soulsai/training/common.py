@@ -21,7 +21,7 @@ from soulsai.errors import ProtocolError
 from soulsai.training.checkpoint import first_nonfinite
 from soulsai.training.saves import Saves, answer_json
 from soulsai.transport import TrainerLink
-from soulsai.transport.codec import decode_command
+from soulsai.transport.commands import decode_command
 from soulsai.transport.links import TRANSIENT, as_int
 
 log = logging.getLogger(__name__)

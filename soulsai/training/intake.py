@@ -18,13 +18,8 @@ import numpy as np
 from soulsai.errors import ProtocolError
 from soulsai.logs import RateLimitedLog
 from soulsai.training.shares import ClientShares
-from soulsai.transport.codec import (
-    Experience,
-    ExperienceSpec,
-    LayoutCache,
-    decode_experience_rows,
-    decode_experiences,
-)
+from soulsai.transport.batch import LayoutCache, decode_experience_rows, decode_experiences
+from soulsai.transport.envelope import Experience, ExperienceSpec
 from soulsai.transport.links import TRANSIENT, TrainerLink
 
 log = logging.getLogger(__name__)

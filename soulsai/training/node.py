@@ -41,8 +41,10 @@ from soulsai.training.replay import ReplayBuffer
 from soulsai.training.saves import Saves, describe
 from soulsai.training.shares import ClientShares
 from soulsai.transport import RedisTarget, TrainerLink, open_link
-from soulsai.transport.codec import Experience, encode_command, encode_weights_parts
+from soulsai.transport.commands import encode_command
+from soulsai.transport.envelope import Experience
 from soulsai.transport.links import TRANSIENT
+from soulsai.transport.weights import encode_weights_parts
 
 log = logging.getLogger(__name__)
 

@@ -48,8 +48,9 @@ from soulsai.training.intake import Intake
 from soulsai.training.rollout import RolloutBuffer
 from soulsai.training.saves import Saves, describe
 from soulsai.transport import RedisTarget, TrainerLink, open_link
-from soulsai.transport.codec import Experience, encode_weights_parts
+from soulsai.transport.envelope import Experience
 from soulsai.transport.links import TRANSIENT
+from soulsai.transport.weights import encode_weights_parts
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from soulsai.errors import ConfigError
-from soulsai.transport.codec import FieldSpec
+from soulsai.transport.envelope import FieldSpec
 
 # Defaults of training.max_abs_obs / training.max_abs_reward (see config_d.yaml): what no
 # honest env sends, and far enough from float32's 3.4e38 that sums, squares and running

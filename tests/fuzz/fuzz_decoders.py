@@ -17,15 +17,11 @@ with atheris.instrument_imports():
 
     from soulsai.errors import ProtocolError
     from soulsai.model.specs import dqn_experience_spec
-    from soulsai.transport.codec import (
-        LayoutCache,
-        decode_command,
-        decode_episode,
-        decode_experience,
-        decode_experience_rows,
-        decode_weights,
-        weights_metadata,
-    )
+    from soulsai.transport.batch import LayoutCache, decode_experience_rows
+    from soulsai.transport.commands import decode_command
+    from soulsai.transport.envelope import decode_experience
+    from soulsai.transport.episodes import decode_episode
+    from soulsai.transport.weights import decode_weights, weights_metadata
 
 SPEC = dqn_experience_spec(
     gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 4096, 1 << 20

@@ -13,8 +13,8 @@ from soulsai.client.control import Control
 from soulsai.model.nets import QNetwork
 from soulsai.model.numpy_q import NumpyQPolicy
 from soulsai.transport import ClientLink, TrainerLink, open_link
-from soulsai.transport.codec import encode_weights, encode_weights_parts
 from soulsai.transport.embedded import EmbeddedRedis
+from soulsai.transport.weights import encode_weights, encode_weights_parts
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import redis
 
-from soulsai.transport.codec import encode_experience
 from soulsai.transport.embedded import EmbeddedRedis
+from soulsai.transport.envelope import encode_experience
 from soulsai.transport.keys import Keys
 from tests.conftest import read_log, wait_until
 

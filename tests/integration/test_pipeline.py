@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soulsai.transport.codec import encode_experience
+from soulsai.transport.envelope import encode_experience
 from tests.conftest import node_args, read_log, wait_until
 
 pytestmark = pytest.mark.integration

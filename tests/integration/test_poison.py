@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from soulsai.config import load_config
 from soulsai.model.shapes import dqn_weight_shapes, ppo_weight_shapes
 from soulsai.training.checkpoint import MANIFEST, TENSORS, TREE, _sha256
-from soulsai.transport.codec import decode_weights, encode_experience
+from soulsai.transport.envelope import encode_experience
+from soulsai.transport.weights import decode_weights
 from tests.conftest import node_args, read_log, wait_until
 
 pytestmark = pytest.mark.integration

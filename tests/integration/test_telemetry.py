@@ -22,7 +22,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from soulsai.transport.codec import EpisodeRecord, encode_episode
+from soulsai.transport.episodes import EpisodeRecord, encode_episode
 from tests.conftest import listen_address, read_log, wait_until
 
 pytestmark = pytest.mark.integration

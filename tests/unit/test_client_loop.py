@@ -8,7 +8,7 @@ import numpy as np
 from soulsai.client.envs import NONE_ENDED, LocalVectorEnv, StepRows
 from soulsai.client.sampler import EpisodeEncoder
 from soulsai.config.schema import EnvConfig
-from soulsai.transport.codec import EpisodeRecord, decode_episode, encode_episode
+from soulsai.transport.episodes import EpisodeRecord, decode_episode, encode_episode
 
 
 def _env_cfg(num_envs: int) -> EnvConfig:

@@ -25,24 +25,18 @@ from safetensors.torch import save as st_save
 from soulsai.errors import ProtocolError
 from soulsai.model.nets import QNetwork
 from soulsai.model.specs import dqn_experience_spec
-from soulsai.transport import codec
-from soulsai.transport.codec import (
+from soulsai.transport import batch, commands, envelope, episodes, weights
+from soulsai.transport.batch import LayoutCache
+from soulsai.transport.commands import MAX_COMMAND_BYTES, decode_command, encode_command
+from soulsai.transport.envelope import (
     MAX_CLIENT_ID,
-    MAX_COMMAND_BYTES,
-    MAX_INFO_KEYS,
-    EpisodeRecord,
+    Experience,
     ExperienceSpec,
-    LayoutCache,
-    decode_command,
-    decode_episode,
     decode_experience,
-    decode_weights,
-    encode_command,
-    encode_episode,
     encode_experience,
-    encode_weights,
-    weights_metadata,
 )
+from soulsai.transport.episodes import MAX_INFO_KEYS, EpisodeRecord, decode_episode, encode_episode
+from soulsai.transport.weights import decode_weights, encode_weights, weights_metadata
 
 N_STEP = 3
 MAX_BATCH = 64
@@ -86,7 +80,7 @@ def reason_of(fn: Callable[[], Any]) -> str:
     return info.value.reason
 
 
-def check_experience(exp: codec.Experience, spec: ExperienceSpec = SPEC) -> None:
+def check_experience(exp: Experience, spec: ExperienceSpec = SPEC) -> None:
     """A successful decode must hold exactly the spec's fields, dtypes, shapes and bounds."""
     assert 1 <= exp.n <= spec.max_batch
     assert isinstance(exp.client_id, str) and 0 < len(exp.client_id) <= MAX_CLIENT_ID
@@ -327,7 +321,7 @@ def _must_not_unpack(*args: Any, **kwargs: Any) -> Any:
 def test_oversized_payload_is_rejected_before_unpacking(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = encode_experience("c", 0, make_fields(MAX_BATCH))  # valid, one byte over this cap
     just_under = ExperienceSpec(SPEC.fields, SPEC.max_batch, max_bytes=len(raw) - 1)
-    monkeypatch.setattr(codec.msgpack, "unpackb", _must_not_unpack)
+    monkeypatch.setattr(msgpack, "unpackb", _must_not_unpack)
     assert reason_of(lambda: decode_experience(raw, just_under)) == "too_large"
     assert reason_of(lambda: decode_experience(b"\0" * (20 << 20), SPEC)) == "too_large"
 
@@ -411,7 +405,7 @@ def test_hostile_episode_is_rejected_with_its_reason(case: str) -> None:
 def test_episode_with_a_10mb_string_is_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
     huge_client = encode_episode(make_record(client_id="x" * (10 << 20)))
     huge_info = pack({**_episode_msg(), "info": {"k": "y" * (10 << 20)}})
-    monkeypatch.setattr(codec.msgpack, "unpackb", _must_not_unpack)
+    monkeypatch.setattr(msgpack, "unpackb", _must_not_unpack)
     for raw in (huge_client, huge_info):
         assert len(raw) > 10 << 20
         assert reason_of(lambda raw=raw: decode_episode(raw, max_bytes=65536)) == "too_large"
@@ -654,9 +648,10 @@ def _torch_save_bytes() -> bytes:
 
 
 def test_codec_source_has_no_unpickling_calls() -> None:
-    src = Path(codec.__file__).read_text(encoding="utf-8")
-    for needle in ("import pickle", "pickle.load", "torch.load(", "allow_pickle=True", "eval("):
-        assert needle not in src
+    for module in (envelope, batch, episodes, weights, commands):
+        src = Path(module.__file__).read_text(encoding="utf-8")
+        for needle in ("import pickle", "pickle.load", "torch.load(", "allow_pickle=True", "eval("):
+            assert needle not in src, (module.__name__, needle)
 
 
 # ---------------------------------------------------------------- fuzzing
@@ -830,7 +825,7 @@ def test_fuzz_mutated_envelopes_of_every_kind(raw: bytes, ops: list[tuple[str, i
 
 def test_batched_decode_isolates_bad_envelopes_in_place() -> None:
     """decode_experiences checks values over the whole batch, then finds culprits one by one."""
-    from soulsai.transport.codec import decode_experiences
+    from soulsai.transport.batch import decode_experiences
 
     spec = dqn_experience_spec(
         gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 64, 1 << 20
@@ -907,7 +902,7 @@ LAYOUTS = LayoutCache(per_key=8, keys=4)
 
 
 def _check_rows_like_one_by_one(raws: list[Any]) -> None:
-    from soulsai.transport.codec import decode_experience_rows
+    from soulsai.transport.batch import decode_experience_rows
 
     _check_rows_against(raws, decode_experience_rows(raws, SPEC))
     _check_rows_against(raws, decode_experience_rows(raws, SPEC, LAYOUTS))
@@ -957,10 +952,8 @@ def test_rows_decode_many_layouts_and_odd_inputs() -> None:
 
 
 def test_layout_cache_reuses_layouts_across_batches_and_stays_bounded() -> None:
-    from soulsai.transport import codec
-
     calls = 0
-    real = codec._shape_of
+    real = batch._shape_of
 
     def counting(raw: bytes, spec: ExperienceSpec) -> Any:
         nonlocal calls
@@ -971,13 +964,13 @@ def test_layout_cache_reuses_layouts_across_batches_and_stays_bounded() -> None:
     a = [encode_experience("a", 1, make_fields(3, seed=s)) for s in range(3)]
     b = [encode_experience("b", 1, make_fields(3, seed=s)) for s in range(3)]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(codec, "_shape_of", counting)
-        codec.decode_experience_rows(a + b, SPEC, cache)
+        mp.setattr(batch, "_shape_of", counting)
+        batch.decode_experience_rows(a + b, SPEC, cache)
         assert calls == 2  # one per layout
-        out = codec.decode_experience_rows(b + a, SPEC, cache)
+        out = batch.decode_experience_rows(b + a, SPEC, cache)
         assert calls == 2 and out.counts.sum() == 18  # both from the cache
         c = [encode_experience("c", 1, make_fields(3, seed=s)) for s in range(2)]
-        codec.decode_experience_rows(c + a, SPEC, cache)  # 'c' evicts 'a' (2 per key)
+        batch.decode_experience_rows(c + a, SPEC, cache)  # 'c' evicts 'a' (2 per key)
         assert calls == 4
     _check_rows_like_one_by_one(a + b + c)
 
@@ -997,7 +990,7 @@ def test_rows_decode_of_repeated_keys_matches_one_by_one() -> None:
     """msgpack keeps the last of repeated keys, so the one-by-one decoder validates only the
     last field map; the batch path must neither trip over the others nor read payloads from
     them (a decoy map in front of a real one holding NaN must not get the envelope in)."""
-    from soulsai.transport.codec import decode_experience_rows
+    from soulsai.transport.batch import decode_experience_rows
 
     real = valid_envelope(3)["f"]
     decoy = msgpack.unpackb(encode_experience("c", 1, make_fields(3, seed=2)), raw=False)["f"]
@@ -1024,7 +1017,7 @@ def test_rows_decode_of_repeated_keys_matches_one_by_one() -> None:
 
 
 def test_layout_cache_keeps_no_large_frames() -> None:
-    from soulsai.transport.codec import decode_experience_rows
+    from soulsai.transport.batch import decode_experience_rows
 
     big = valid_envelope(3)
     big["pad"] = b"x" * 20_000  # an extra key: part of the frame, not a payload
@@ -1038,7 +1031,7 @@ def test_layout_cache_keeps_no_large_frames() -> None:
 
 
 def test_rows_decode_isolates_bad_values_within_one_layout() -> None:
-    from soulsai.transport.codec import decode_experience_rows
+    from soulsai.transport.batch import decode_experience_rows
 
     good = [encode_experience("c", 2, make_fields(3, seed=s)) for s in range(4)]
     nan = make_fields(3, seed=9)

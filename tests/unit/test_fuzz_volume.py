@@ -16,19 +16,10 @@ import torch
 
 from soulsai.errors import ProtocolError
 from soulsai.model.specs import dqn_experience_spec
-from soulsai.transport.codec import (
-    EpisodeRecord,
-    Experience,
-    decode_command,
-    decode_episode,
-    decode_experience,
-    decode_weights,
-    encode_command,
-    encode_episode,
-    encode_experience,
-    encode_weights,
-    weights_metadata,
-)
+from soulsai.transport.commands import decode_command, encode_command
+from soulsai.transport.envelope import Experience, decode_experience, encode_experience
+from soulsai.transport.episodes import EpisodeRecord, decode_episode, encode_episode
+from soulsai.transport.weights import decode_weights, encode_weights, weights_metadata
 
 SPEC = dqn_experience_spec(
     gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 3, 4096, 1 << 20
@@ -216,7 +207,7 @@ def test_hostile_batches_through_the_rows_decoder_match_one_by_one() -> None:
     decode_experience rejects, for the same reasons."""
     from collections import Counter
 
-    from soulsai.transport.codec import decode_experience_rows
+    from soulsai.transport.batch import decode_experience_rows
 
     rng = random.Random(99)
     exp = _valid_envelopes(rng)[0]

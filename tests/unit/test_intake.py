@@ -10,7 +10,7 @@ import numpy as np
 
 from soulsai.model.specs import dqn_experience_spec
 from soulsai.training.intake import Intake
-from soulsai.transport.codec import encode_experience
+from soulsai.transport.envelope import encode_experience
 
 SPEC = dqn_experience_spec(
     gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Discrete(2), 3, 64, 1 << 20

@@ -34,8 +34,9 @@ from soulsai.training.replay import ReplayBatch
 from soulsai.training.rollout import RolloutBuffer
 from soulsai.training.saves import Saves
 from soulsai.training.shares import ClientShares
-from soulsai.transport.codec import EpisodeRecord, decode_episode, encode_episode, encode_experience
-from soulsai.transport.messages import box_bounds
+from soulsai.transport.envelope import encode_experience
+from soulsai.transport.episodes import EpisodeRecord, decode_episode, encode_episode
+from soulsai.transport.spaces import box_bounds
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from soulsai.config import load_config
 from soulsai.model.nets import QNetwork
 from soulsai.model.numpy_q import NumpyQPolicy
 from soulsai.model.shapes import dqn_weight_shapes
-from soulsai.transport.codec import decode_weights, encode_weights
+from soulsai.transport.weights import decode_weights, encode_weights
 
 torch.set_num_threads(1)
 

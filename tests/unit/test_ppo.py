@@ -20,7 +20,7 @@ from soulsai.model.numpy_ac import NumpyActorCritic
 from soulsai.model.specs import ppo_experience_spec
 from soulsai.training.algorithms.ppo import PPOLearner, clipped_surrogate, value_loss
 from soulsai.training.rollout import RolloutBatch, RolloutBuffer, compute_gae
-from soulsai.transport.codec import decode_experience, encode_experience
+from soulsai.transport.envelope import decode_experience, encode_experience
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

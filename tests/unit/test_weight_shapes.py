@@ -55,7 +55,7 @@ def test_ppo_shapes_equal_actor_critic_state_dict(
 
 def test_weight_specs_import_no_torch() -> None:
     code = (
-        "import sys; import soulsai.transport.messages, soulsai.model.schedules; "
+        "import sys; import soulsai.transport.spaces, soulsai.model.schedules; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -66,14 +66,14 @@ def test_clients_widen_half_weights_without_torch(tmp_path) -> None:
     """float16 weights decode to the same float32 values in a process without torch."""
     import torch
 
-    from soulsai.transport.codec import decode_weights, encode_weights
+    from soulsai.transport.weights import decode_weights, encode_weights
 
     w = torch.linspace(-3, 3, 64 * 8).reshape(64, 8)
     blob = encode_weights({"w": w, "b": torch.ones(8)}, 3, wire_dtype="float16")
     (tmp_path / "blob").write_bytes(blob)
     code = (
         "import sys, numpy as np\n"
-        "from soulsai.transport.codec import decode_weights\n"
+        "from soulsai.transport.weights import decode_weights\n"
         f"raw = open({str(tmp_path / 'blob')!r}, 'rb').read()\n"
         "arrays, meta = decode_weights(raw, {'w': (64, 8), 'b': (8,)}, 1 << 20)\n"
         "assert arrays['w'].dtype == np.float32, arrays['w'].dtype\n"

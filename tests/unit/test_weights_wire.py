@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 
 from soulsai.errors import ProtocolError
 from soulsai.model.nets import ActorCritic, QNetwork
-from soulsai.transport.codec import decode_weights, encode_weights, encode_weights_parts
+from soulsai.transport.weights import decode_weights, encode_weights, encode_weights_parts
 
 MAX_BYTES = 1 << 26
 
