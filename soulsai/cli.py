@@ -5,6 +5,7 @@ Exit codes: 0 done, 2 bad usage or config, 1 runtime failure (one line, no trace
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -27,6 +28,36 @@ from soulsai.errors import ConfigError, ConnectionFailed, SoulsaiError  # noqa: 
 from soulsai.transport.links import TRANSIENT  # noqa: E402
 
 log = logging.getLogger("soulsai")
+
+# What the server commands import beyond a client's install: pyproject's `server` extra. A plain
+# `pip install soulsai` is a torch-free sampling client (a Windows game machine's install).
+SERVER_MODULES = (
+    "torch",
+    "safetensors",
+    "rich",
+    "matplotlib",
+    "prometheus_client",
+    "fastapi",
+    "uvicorn",
+)
+
+
+def _need_server(command: str) -> None:
+    """A server command on a client-only install stops here, before anything starts: one line
+    naming the extra to install, exit 2 (the install does not fit the command)."""
+    missing = []
+    for name in SERVER_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise ConfigError(
+            f"`soulsai {command}` needs the server extra ({', '.join(missing)} not installed; "
+            "this is a client-only install): pip install 'soulsai[server]'"
+        )
 
 
 def _setup_logging(rich: bool = False) -> None:
@@ -232,6 +263,7 @@ def train(
     Stops at --max-steps or when the rolling mean of the last 20 episode returns reaches
     --target-return, then writes summary.json into the run folder (exit 0 either way).
     """
+    _need_server("train")
     from soulsai.local import LocalStack
 
     cfg, cdir, overrides = _load(config_dir, sets, **named)
@@ -261,6 +293,7 @@ def server(
 
     Clients on other machines connect with `soulsai client` and the same redis.secret.
     """
+    _need_server("server")
     from soulsai.local import LocalStack
 
     cfg, cdir, overrides = _load(config_dir, sets, **named)
@@ -303,6 +336,7 @@ def node(
     **named: Any,
 ) -> None:
     """Run one server node (what a container runs)."""
+    _need_server(f"node {role}")
     from soulsai import run as runfolder
     from soulsai.transport import RedisTarget
 
@@ -496,6 +530,7 @@ def evaluate(
     return and then the mean and standard deviation. The env's imports and wrappers come from
     this machine's config, never from the run folder (what it asked for is shown).
     """
+    _need_server("evaluate")
     from soulsai import evaluate as ev
 
     if video is not None and render == "human":
