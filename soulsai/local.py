@@ -352,7 +352,7 @@ class LocalStack:
         link = None
         try:
             link = open_link(TelemetryLink, target, self.cfg.key_prefix)
-            link.r.publish(link.keys.commands, encode_command("shutdown"))
+            link.broadcast(encode_command("shutdown"))
         except (SoulsaiError, *TRANSIENT):
             pass
         clients = [(c.name, c.proc) for c in self.children if not c.critical]

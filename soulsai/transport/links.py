@@ -11,19 +11,18 @@ import json
 import logging
 import secrets
 import socket
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import redis
-from redis.connection import PythonRespSerializer
 
 from soulsai.errors import ConfigError, ProtocolError
+from soulsai.transport.commands import encode_command
 from soulsai.transport.heartbeats import HeartbeatWatch
 from soulsai.transport.keys import Keys
+from soulsai.transport.resp import Parts, PartsPacker, command_head, read_bulk
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +71,6 @@ class _Link:
         raw = _str(self.r.get(self.keys.model_id))
         return int(raw) if raw is not None and raw.lstrip("-").isdigit() else None
 
-    def connected_clients(self) -> int:
-        return len(self.client_heartbeats())
-
     def client_heartbeats(self) -> dict[str, dict]:
         """Client id -> heartbeat JSON of the live clients, as last read by a background thread
         (heartbeats.py: bounded reads, at most a second old); the first call reads at once."""
@@ -84,6 +80,11 @@ class _Link:
 
     def trainer_alive(self) -> bool:
         return bool(self.r.exists(self.keys.trainer_alive))
+
+    def broadcast(self, command: bytes) -> None:
+        """Publish `command` (`commands.encode_command`) to every client: pause and resume from
+        the training node, shutdown from `soulsai train`."""
+        self.r.publish(self.keys.commands, command)
 
     def stats(self, which: str) -> dict[str, str]:
         key = self.keys.trainer_stats if which == "trainer" else self.keys.telemetry_stats
@@ -172,7 +173,7 @@ class ClientLink(_Link):
         plain = not isinstance(sock, socket.socket) or conn.can_read(timeout=0)
         # a value that grew since STRLEN is cut at max_bytes + 1 bytes: still refused
         conn.send_command("GETRANGE", key, 0, max_bytes)
-        return conn.read_response() if plain else _read_bulk(sock)
+        return conn.read_response() if plain else read_bulk(sock)
 
     def heartbeat(self, client_id: str, info: dict, ttl: float) -> None:
         self.r.set(self.keys.heartbeat(client_id), json.dumps(info), px=int(ttl * 1000))
@@ -202,12 +203,12 @@ class ClientLink(_Link):
         samples_key, crlf = self.keys.samples.encode(), b"\r\n"
         parts: list[bytes] = []
         if samples:
-            parts.append(_head(2 + len(samples), b"LPUSH", samples_key))
+            parts.append(command_head(2 + len(samples), b"LPUSH", samples_key))
             for blob in samples:
                 parts += (b"$%d\r\n" % len(blob), blob, crlf)
-            parts.append(_head(4, b"LTRIM", samples_key, b"0", b"%d" % (max_queue - 1)))
+            parts.append(command_head(4, b"LTRIM", samples_key, b"0", b"%d" % (max_queue - 1)))
         if episodes:  # XADD <stream> MAXLEN ~ <n> * m <record>
-            head = _head(
+            head = command_head(
                 8, b"XADD", self.keys.episodes.encode(), b"MAXLEN", b"~", b"%d" % stream_maxlen,
                 b"*", b"m",
             )  # fmt: skip
@@ -273,7 +274,7 @@ class TrainerLink(_Link):
         """
         if self._blob_r is None:
             pool = self.r.connection_pool
-            packer = _PartsPacker(6000, pool.get_encoder().encode)
+            packer = PartsPacker(6000, pool.get_encoder().encode)
             self._blob_r = redis.Redis(
                 connection_pool=redis.ConnectionPool(
                     connection_class=pool.connection_class,
@@ -308,9 +309,9 @@ class TrainerLink(_Link):
         """Weights, their model id and the notice to clients, in one transaction (one round
         trip). The blob, whole or in parts (`encode_weights_parts`), goes to the socket as it
         is: no copy is made of it on the way."""
-        value = blob if isinstance(blob, (bytes, bytearray, memoryview)) else _Parts(blob)
+        value = blob if isinstance(blob, (bytes, bytearray, memoryview)) else Parts(blob)
         pipe = self._blob_client().pipeline(transaction=True)
-        pipe.set(self.keys.weights, value)  # type: ignore[arg-type]  # _Parts: our packer
+        pipe.set(self.keys.weights, value)  # type: ignore[arg-type]  # Parts: our packer
         pipe.set(self.keys.model_id, model_id)
         pipe.publish(self.keys.model_channel, str(model_id))
         try:
@@ -318,7 +319,7 @@ class TrainerLink(_Link):
         except redis.ResponseError as e:
             if "bulk length" not in str(e):
                 raise
-            parts = value if isinstance(value, _Parts) else (value,)
+            parts = value if isinstance(value, Parts) else (value,)
             size = sum(memoryview(p).nbytes for p in parts)
             raise ConfigError(
                 f"the weights ({size} bytes) are longer than Redis takes (its proto-max-bulk-len):"
@@ -351,9 +352,6 @@ class TrainerLink(_Link):
     def pop_commands(self, count: int = 16) -> list[bytes]:
         return list(self.r.rpop(self.keys.trainer_commands, count) or [])
 
-    def broadcast(self, command: bytes) -> None:
-        self.r.publish(self.keys.commands, command)
-
     def reply(self, token: str, answer: bytes, ttl: float = 300.0) -> None:
         """Answer a command that asked for it; kept `ttl` seconds for a late reader."""
         pipe = self.r.pipeline(transaction=True)
@@ -368,7 +366,7 @@ class TrainerLink(_Link):
             pipe.set(self.keys.throttle, 1, px=int(ttl * 1000))
         else:
             pipe.delete(self.keys.throttle)
-        pipe.publish(self.keys.commands, json.dumps({"cmd": "pause" if on else "resume"}))
+        pipe.publish(self.keys.commands, encode_command("pause" if on else "resume"))
         pipe.execute()
 
 
@@ -433,72 +431,6 @@ class TelemetryLink(_Link):
     def withdraw_trainer_command(self, command: bytes) -> bool:
         """Take back a command the training node has not read yet; False if it has."""
         return bool(self.r.lrem(self.keys.trainer_commands, 1, command))  # type: ignore[arg-type]
-
-
-class _Parts(tuple):
-    """One command argument made of several buffers, sent back to back."""
-
-
-class _PartsPacker(PythonRespSerializer):
-    """redis-py's own command packer, which passes a large argument to the socket as it is, and
-    sends a `_Parts` argument as one value without joining its buffers."""
-
-    def pack(self, *args: Any) -> list:
-        if not any(isinstance(a, _Parts) for a in args):
-            return super().pack(*args)
-        out: list = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            if isinstance(arg, _Parts):
-                out.append(b"$%d\r\n" % sum(memoryview(p).nbytes for p in arg))
-                out += [memoryview(p).cast("B") for p in arg]
-                out.append(b"\r\n")
-            else:
-                data = self.encode(arg)
-                out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return out
-
-
-def _head(argc: int, *args: bytes) -> bytes:
-    """The start of a Redis command in RESP: its argument count and its first arguments; the
-    caller appends the rest."""
-    return b"*%d\r\n" % argc + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-
-
-def _read_bulk(sock: socket.socket) -> memoryview | None:
-    """One RESP bulk-string reply (`$<n>`, CRLF, n bytes, CRLF; `$-1` or `_` for none) read into a
-    buffer of its exact size. Only this reply is pending, so whatever arrives belongs to it."""
-    head = b""
-    while b"\r\n" not in head:
-        if len(head) > 64:
-            raise redis.InvalidResponse(f"not a bulk reply: {head[:32]!r}")
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise redis.ConnectionError("Redis closed the connection during a reply")
-        head += chunk
-    line, rest = head.split(b"\r\n", 1)
-    if line.startswith(b"-"):
-        raise redis.ResponseError(line[1:].decode(errors="replace"))
-    if line in (b"$-1", b"_"):  # nil in RESP2, null in RESP3
-        return None
-    if not (line.startswith(b"$") and line[1:].isdigit()):
-        raise redis.InvalidResponse(f"not a bulk reply: {line[:32]!r}")
-    n = int(line[1:])
-    got = len(rest)
-    if got > n + 2:
-        raise redis.InvalidResponse("more data than the reply announced")
-    # not zero-filled (a bytearray would be): the socket writes every byte, the CRLF included
-    out = np.empty(n + 2, np.uint8).data
-    out[:got] = rest
-    # a TLS socket takes no flags; on a plain one, MSG_WAITALL saves calls when it blocks
-    flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
-    while got < n + 2:
-        k = sock.recv_into(out[got:], n + 2 - got, flags)
-        if k == 0:
-            raise redis.ConnectionError("Redis closed the connection during a reply")
-        got += k
-    if out[n:] != b"\r\n":
-        raise redis.InvalidResponse("bulk reply does not end with CRLF")
-    return out[:n]
 
 
 def as_int(value: Any, default: int = 0) -> int:

@@ -12,7 +12,8 @@ import torch
 from soulsai.client.control import Control
 from soulsai.model.nets import QNetwork
 from soulsai.model.numpy_q import NumpyQPolicy
-from soulsai.transport import ClientLink, TrainerLink, open_link
+from soulsai.transport import ClientLink, TelemetryLink, TrainerLink, open_link
+from soulsai.transport.commands import decode_command, encode_command
 from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.weights import encode_weights, encode_weights_parts
 
@@ -166,7 +167,7 @@ def test_read_bulk_takes_replies_in_pieces_and_rejects_others() -> None:
 
     import redis
 
-    from soulsai.transport.links import _read_bulk
+    from soulsai.transport.resp import read_bulk
 
     def reply(*pieces: bytes):
         a, b = socket.socketpair()
@@ -183,13 +184,44 @@ def test_read_bulk_takes_replies_in_pieces_and_rejects_others() -> None:
 
     payload = bytes(range(256)) * 1000
     sock = reply(b"$256", b"000\r\n" + payload[:1000], payload[1000:], b"\r\n")
-    assert _read_bulk(sock) == payload
-    assert _read_bulk(reply(b"$-1\r\n")) is None
-    assert _read_bulk(reply(b"_\r\n")) is None
+    assert read_bulk(sock) == payload
+    assert read_bulk(reply(b"$-1\r\n")) is None
+    assert read_bulk(reply(b"_\r\n")) is None
     with pytest.raises(redis.ResponseError, match="NOPERM"):
-        _read_bulk(reply(b"-NOPERM no\r\n"))
+        read_bulk(reply(b"-NOPERM no\r\n"))
     for bad in (b"+OK\r\n", b"$12x\r\n", b"$" + b"9" * 80, b"$3\r\nabcde\r\n", b"$3\r\nabcXY"):
         with pytest.raises((redis.InvalidResponse, redis.ConnectionError)):
-            _read_bulk(reply(bad))
+            read_bulk(reply(bad))
     with pytest.raises(redis.ConnectionError):
-        _read_bulk(reply(b"$10\r\nabc"))  # closed halfway
+        read_bulk(reply(b"$10\r\nabc"))  # closed halfway
+
+
+def test_pause_resume_and_shutdown_reach_clients_as_the_bytes_they_always_were(
+    links, redis_server: EmbeddedRedis, prefix: str
+) -> None:
+    """The training node's pause/resume and `soulsai train`'s shutdown (a telemetry link's
+    `broadcast`, not its Redis client) arrive on the command channel as the same JSON bytes."""
+    trainer, client = links
+    ps = client.subscribe()
+    channel = client.keys.commands
+    assert wait_for(lambda: ps.get_message() is None and trainer.r.pubsub_numsub(channel)[0][1])
+    telemetry = open_link(TelemetryLink, redis_server.target, prefix)
+    try:
+        trainer.set_throttle(True)
+        trainer.set_throttle(False)
+        telemetry.broadcast(encode_command("shutdown"))
+        got: list[bytes] = []
+
+        def three() -> bool:
+            msg = ps.get_message(timeout=0.1)
+            if msg and msg["channel"].decode() == channel:
+                got.append(msg["data"])
+            return len(got) == 3
+
+        assert wait_for(three)
+        assert got == [b'{"cmd": "pause"}', b'{"cmd": "resume"}', b'{"cmd": "shutdown"}']
+        allowed = {"pause", "resume", "shutdown"}
+        assert [decode_command(m, allowed)["cmd"] for m in got] == ["pause", "resume", "shutdown"]
+    finally:
+        ps.close()
+        telemetry.close()
