@@ -1,4 +1,4 @@
-"""The torch-free weight specs in transport.messages equal the networks' real state_dicts."""
+"""The torch-free weight specs in model.shapes equal the networks' real state_dicts."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_ppo_shapes_equal_actor_critic_state_dict(
 
 def test_weight_specs_import_no_torch() -> None:
     code = (
-        "import sys; import soulsai.transport.spaces, soulsai.model.schedules; "
+        "import sys; import soulsai.model.shapes, soulsai.model.schedules, "
+        "soulsai.transport.spaces, soulsai.transport.weights; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
