@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import redis
 
+from soulsai.config import Config, load_config
 from soulsai.transport.connection import PASSWORD_ENV
 from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.envelope import encode_experience
@@ -118,6 +119,20 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     pr.stop_all()
 
 
+def redis_sets(redis_server: EmbeddedRedis, prefix: str, tmp_path: Path) -> list[str]:
+    """The config items ("key=value") that put a node or client on the test Redis under
+    `prefix`, with HTTP and /metrics off and run folders under tmp_path/saves: the one place
+    the tests spell the test Redis's config (node_args for processes, node_config in-process)."""
+    return [
+        f"redis_port={redis_server.port}",
+        "redis_address=127.0.0.1",
+        f"key_prefix={prefix}",
+        f"save_dir={tmp_path / 'saves'}",
+        "training.metrics_port=0",
+        "telemetry.http_port=0",
+    ]
+
+
 def node_args(
     redis_server: EmbeddedRedis,
     config_dir: Path,
@@ -126,16 +141,11 @@ def node_args(
     *sets: str,
     **named: object,
 ) -> list[str]:
-    """`--config-dir` and `--set`s that put a `soulsai node`/`client` on the test Redis under
-    `prefix`, HTTP off and run folders under tmp_path/saves; then `sets` ("key=value") and
-    `named` (dotted keys through a dict: **{"dqn.lr": 0.1}), later ones winning."""
+    """`--config-dir` and `--set`s that put a `soulsai node`/`client` on the test Redis
+    (redis_sets); then `sets` ("key=value") and `named` (dotted keys through a dict:
+    **{"dqn.lr": 0.1}), later ones winning."""
     items = [
-        f"redis_port={redis_server.port}",
-        "redis_address=127.0.0.1",
-        f"key_prefix={prefix}",
-        f"save_dir={tmp_path / 'saves'}",
-        "training.metrics_port=0",
-        "telemetry.http_port=0",
+        *redis_sets(redis_server, prefix, tmp_path),
         *sets,
         *(f"{k}={v}" for k, v in named.items()),
     ]
@@ -143,6 +153,38 @@ def node_args(
     for item in items:
         out += ["--set", item]
     return out
+
+
+@pytest.fixture
+def node_config(
+    redis_server: EmbeddedRedis, config_dir: Path, prefix: str, tmp_path: Path
+) -> Callable[..., Config]:
+    """Builds the config of a node made in-process on the test Redis: the test's config
+    folder with redis_sets, then `sets` ("key=value"), later ones winning."""
+
+    def make(*sets: str) -> Config:
+        return load_config(config_dir, [*redis_sets(redis_server, prefix, tmp_path), *sets])
+
+    return make
+
+
+def read_hash(r: redis.Redis, key: str) -> dict[str, str]:
+    """A Redis hash (a node's stats) as text. A Redis error (a test that stops, restarts or
+    fills Redis) reads as empty, so that a wait_until polls on; an assert then finds no field."""
+    try:
+        return {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
+    except redis.RedisError:
+        return {}
+
+
+def trainer_stats(r: redis.Redis, keys: Keys) -> dict[str, str]:
+    """The training node's stats hash."""
+    return read_hash(r, keys.trainer_stats)
+
+
+def telemetry_stats(r: redis.Redis, keys: Keys) -> dict[str, str]:
+    """The telemetry node's stats hash."""
+    return read_hash(r, keys.telemetry_stats)
 
 
 def listen_address(port: int) -> str | None:

@@ -16,17 +16,9 @@ from soulsai.transport import ClientLink, TelemetryLink, TrainerLink, open_link
 from soulsai.transport.commands import decode_command, encode_command
 from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.weights import encode_weights, encode_weights_parts
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(fn, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture
@@ -77,7 +69,11 @@ def test_client_swaps_in_each_published_model_and_rejects_a_bad_one(links, wire:
             blob = encode_weights(net.state_dict(), mid, {"env_steps": mid}, wire_dtype=wire)
             trainer.publish_weights(blob, mid)
             assert client.fetch_weights() == blob  # the value went up intact
-            assert wait_for(lambda m=mid: control.latest is not None and control.latest[0] == m)
+            wait_until(
+                lambda m=mid: control.latest is not None and control.latest[0] == m,
+                10,
+                f"model {mid} loaded",
+            )
             _, policy, meta = control.latest
             assert meta["env_steps"] == mid
             with torch.no_grad():
@@ -87,7 +83,7 @@ def test_client_swaps_in_each_published_model_and_rejects_a_bad_one(links, wire:
         bad = {k: v.clone() for k, v in net.state_dict().items()}
         bad["mlp.3.weight"][0, 0] = float("nan")
         trainer.publish_weights(encode_weights(bad, 3, wire_dtype=wire), 3)
-        assert wait_for(lambda: control.rejected_weights >= 1)
+        wait_until(lambda: control.rejected_weights >= 1, 10, "the NaN model rejected")
         assert control.latest is not None and control.latest[0] == 2
     finally:
         stop.set()
@@ -130,13 +126,13 @@ def test_a_burst_of_notices_costs_one_decode(links, monkeypatch, redis_server) -
     control.start()
     try:
         r = trainer.r
-        assert wait_for(lambda: r.pubsub_numsub(client.keys.model_channel)[0][1] == 1)
+        wait_until(lambda: r.pubsub_numsub(client.keys.model_channel)[0][1] == 1, 10, "subscribed")
         for mid in range(1, 6):
             trainer.publish_weights(encode_weights(net.state_dict(), mid), mid)
         release.set()
-        assert wait_for(lambda: control.model_id == 5)
+        wait_until(lambda: control.model_id == 5, 10, "model 5 loaded")
         # every notice of the burst handled (published in order: the last one comes last)
-        assert wait_for(lambda: b"5" in handled)
+        wait_until(lambda: b"5" in handled, 10, "the last notice handled")
         assert control.model_id == 5
         assert len(decodes) == 1 and len(fetches) <= 2
     finally:
@@ -176,7 +172,7 @@ def test_read_bulk_takes_replies_in_pieces_and_rejects_others() -> None:
         def send() -> None:
             for p in pieces:
                 b.sendall(p)
-                time.sleep(0.01)
+                time.sleep(0.01)  # apart in time, so the reader gets the reply in pieces
             b.close()
 
         threading.Thread(target=send, daemon=True).start()
@@ -204,7 +200,11 @@ def test_pause_resume_and_shutdown_reach_clients_as_the_bytes_they_always_were(
     trainer, client = links
     ps = client.subscribe()
     channel = client.keys.commands
-    assert wait_for(lambda: ps.get_message() is None and trainer.r.pubsub_numsub(channel)[0][1])
+    wait_until(
+        lambda: ps.get_message() is None and trainer.r.pubsub_numsub(channel)[0][1],
+        10,
+        "the client subscribed",
+    )
     telemetry = open_link(TelemetryLink, redis_server.target, prefix)
     try:
         trainer.set_throttle(True)
@@ -218,7 +218,7 @@ def test_pause_resume_and_shutdown_reach_clients_as_the_bytes_they_always_were(
                 got.append(msg["data"])
             return len(got) == 3
 
-        assert wait_for(three)
+        wait_until(three, 10, "three commands")
         assert got == [b'{"cmd": "pause"}', b'{"cmd": "resume"}', b'{"cmd": "shutdown"}']
         allowed = {"pause", "resume", "shutdown"}
         assert [decode_command(m, allowed)["cmd"] for m in got] == ["pause", "resume", "shutdown"]

@@ -21,35 +21,12 @@ import redis
 from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.envelope import encode_experience
 from soulsai.transport.keys import Keys
-from tests.conftest import read_log, wait_until
+from tests.conftest import node_args, read_hash, read_log, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEADLINE = 150.0  # seconds for the whole scenario
-
-
-def _sets(port: int, tmp: Path, run_dir: Path) -> list[str]:
-    items = [
-        "redis_address=127.0.0.1",
-        f"redis_port={port}",
-        f"save_dir={tmp / 'saves'}",
-        "training.metrics_port=0",
-        "telemetry.http_port=0",
-        "client.heartbeat_timeout=3",
-        "checkpoint.every=0",
-        "connect_wait=60",
-    ]
-    out = ["--config-dir", str(Path(__file__).resolve().parents[2] / "config")]
-    for item in items:
-        out += ["--set", item]
-    return out
-
-
-def _stats(r: redis.Redis, key: str) -> dict[str, str]:
-    try:
-        return {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
-    except redis.RedisError:
-        return {}
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
 
 def _returns(run_dir: Path) -> list[float]:
@@ -109,7 +86,8 @@ def test_training_survives_client_kill_redis_restart_and_garbage(procs, tmp_path
     r = redis.Redis(host="127.0.0.1", port=port, password=password)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    args = _sets(port, tmp_path, run_dir)
+    sets = ("client.heartbeat_timeout=3", "checkpoint.every=0", "connect_wait=60")
+    args = node_args(port_holder, CONFIG_DIR, keys.prefix, tmp_path, *sets)
     log: list[str] = []
     t_start = time.monotonic()
     try:
@@ -149,11 +127,11 @@ def test_training_survives_client_kill_redis_restart_and_garbage(procs, tmp_path
         wait_until(lambda: r.exists(keys.heartbeat("c2")), 30, "replacement client to join")
         log.append("replacement client c2 joined")
 
-        accepted_before = int(_stats(r, keys.trainer_stats).get("accepted", 0))
+        accepted_before = int(read_hash(r, keys.trainer_stats).get("accepted", 0))
         port_holder.stop()
         episodes_before = len(_returns(run_dir))
         log.append(f"redis stopped (accepted so far {accepted_before}, {episodes_before} episodes)")
-        time.sleep(2.0)
+        time.sleep(2.0)  # Redis stays down a while: riding out the outage is what is tested
         port_holder = EmbeddedRedis(port=port, password=password).start()
         r = redis.Redis(host="127.0.0.1", port=port, password=password)
         log.append("redis restarted empty on the same port")
@@ -164,7 +142,9 @@ def test_training_survives_client_kill_redis_restart_and_garbage(procs, tmp_path
         )
         log.append("training node published config and weights again")
         wait_until(
-            lambda: int(_stats(r, keys.trainer_stats).get("accepted", 0)) > accepted_before + 2000,
+            lambda: (
+                int(read_hash(r, keys.trainer_stats).get("accepted", 0)) > accepted_before + 2000
+            ),
             60,
             "samples to flow again after the restart",
         )
@@ -182,15 +162,15 @@ def test_training_survives_client_kill_redis_restart_and_garbage(procs, tmp_path
         rets = _returns(run_dir)
         log.append(f"last 20 episodes: mean return {np.mean(rets[-20:]):.1f} ({len(rets)} total)")
 
-        trainer_stats = _stats(r, keys.trainer_stats)
+        trainer_stats = read_hash(r, keys.trainer_stats)
         rejected = json.loads(trainer_stats.get("rejected_by_reason", "{}"))
         log.append(f"training node rejected (since its start): {rejected}")
         wait_until(  # published with the next batch of records or the next system sample
-            lambda: _stats(r, keys.telemetry_stats).get("rejected") is not None,
+            lambda: read_hash(r, keys.telemetry_stats).get("rejected") is not None,
             30,
             "telemetry stats on the restarted Redis",
         )
-        tel = _stats(r, keys.telemetry_stats)
+        tel = read_hash(r, keys.telemetry_stats)
         log.append(f"telemetry node rejected: {tel.get('rejected')}")
         assert trainer.poll() is None, read_log(trainer)
         assert telemetry.poll() is None, read_log(telemetry)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from soulsai.transport.envelope import encode_experience
-from tests.conftest import node_args, read_log, wait_until
+from tests.conftest import node_args, read_log, trainer_stats, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -19,10 +19,6 @@ pytestmark = pytest.mark.integration
 def _node_args(redis_server, config_dir: Path, prefix: str, tmp_path: Path, *extra: str):
     """The test stack's arguments, then `extra` ("--set", "key=value" pairs)."""
     return [*node_args(redis_server, config_dir, prefix, tmp_path), *extra]
-
-
-def _stats(rclient, key: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in rclient.hgetall(key).items()}
 
 
 def _envelope(model_id: int, n: int = 8, **override) -> bytes:
@@ -58,7 +54,7 @@ def test_client_trainer_broadcast_and_hot_swap(
     )
 
     def progressed():
-        s = _stats(rclient, keys.trainer_stats)
+        s = trainer_stats(rclient, keys)
         return int(s.get("updates", 0)) > 20 and int(s.get("model_id", 0)) >= 3 and s
 
     stats = wait_until(progressed, 60, f"training progress\n{read_log(trainer)}")
@@ -114,7 +110,7 @@ def test_stale_future_and_garbage_are_counted_and_node_survives(
     rclient.lpush(keys.trainer_commands, b'{"cmd": "format_disk"}')
 
     def counted():
-        r = json.loads(_stats(rclient, keys.trainer_stats).get("rejected_by_reason", "{}"))
+        r = json.loads(trainer_stats(rclient, keys).get("rejected_by_reason", "{}"))
         want = {
             "stale_model",
             "future_model",
@@ -128,20 +124,20 @@ def test_stale_future_and_garbage_are_counted_and_node_survives(
     rejected = wait_until(counted, 20, "rejections to be counted")
     assert rejected["stale_model"] == 8  # counted in transitions
     assert trainer.poll() is None, read_log(trainer)
-    accepted_before = int(_stats(rclient, keys.trainer_stats)["accepted"])
+    accepted_before = int(trainer_stats(rclient, keys)["accepted"])
     rclient.lpush(keys.samples, _envelope(int(rclient.get(keys.model_id))))
     wait_until(
-        lambda: int(_stats(rclient, keys.trainer_stats)["accepted"]) > accepted_before,
+        lambda: int(trainer_stats(rclient, keys)["accepted"]) > accepted_before,
         10,
         "a good message after the garbage to be accepted",
     )
 
 
-def test_wrong_password_and_unreachable_are_one_line(redis_server, config_dir, tmp_path, procs):
-    base = ["client", "--config-dir", str(config_dir), "--set", "redis_address=127.0.0.1"]
-    p = procs.start(
-        *base, "--set", f"redis_port={redis_server.port}", password="wrong", name="wrongpw"
-    )
+def test_wrong_password_and_unreachable_are_one_line(
+    redis_server, config_dir, prefix, tmp_path, procs
+):
+    base = ["client", *node_args(redis_server, config_dir, prefix, tmp_path)]
+    p = procs.start(*base, password="wrong", name="wrongpw")
     assert p.wait(60) == 1
     out = read_log(p).strip()
     assert "Traceback" not in out and len(out.splitlines()) == 1

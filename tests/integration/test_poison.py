@@ -19,13 +19,9 @@ from soulsai.model.shapes import dqn_weight_shapes, ppo_weight_shapes
 from soulsai.training.checkpoint import MANIFEST, TENSORS, TREE, _sha256
 from soulsai.transport.envelope import encode_experience
 from soulsai.transport.weights import decode_weights
-from tests.conftest import node_args, read_log, wait_until
+from tests.conftest import node_args, read_log, trainer_stats, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def trainer_stats(rclient, keys) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in rclient.hgetall(keys.trainer_stats).items()}
 
 
 def rejected(rclient, keys) -> dict[str, int]:
@@ -250,7 +246,7 @@ def test_resume_from_a_crafted_checkpoint_is_one_line_and_exit_1(
 
 @pytest.mark.parametrize("algo", ["dqn", "ppo"])
 def test_a_non_finite_policy_is_never_published(
-    redis_server, rclient, keys, prefix, config_dir, tmp_path, algo
+    redis_server, rclient, keys, node_config, tmp_path, algo
 ) -> None:
     """Weights with a NaN stay off Redis: the published model keeps its id and its values,
     and the node counts the blocked publish."""
@@ -258,21 +254,10 @@ def test_a_non_finite_policy_is_never_published(
 
     from soulsai.training.node import DQNTrainingNode
     from soulsai.training.ppo_node import PPOTrainingNode
-    from soulsai.transport import RedisTarget
 
-    cfg = load_config(
-        config_dir,
-        [
-            f"algo={algo}",
-            "redis_address=127.0.0.1",
-            f"redis_port={redis_server.port}",
-            f"key_prefix={prefix}",
-            "training.metrics_port=0",
-        ],
-    )
-    target = RedisTarget("127.0.0.1", redis_server.port, password=redis_server.password)
+    cfg = node_config(f"algo={algo}")
     cls = DQNTrainingNode if algo == "dqn" else PPOTrainingNode
-    node = cls(cfg, target, tmp_path / "run", threading.Event())
+    node = cls(cfg, redis_server.target, tmp_path / "run", threading.Event())
     try:
         node._publish()  # the first model, as the node publishes it at start
         good = rclient.get(keys.weights)

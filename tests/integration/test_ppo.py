@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from soulsai.transport.envelope import encode_experience
-from tests.conftest import node_args, read_log, wait_until
+from tests.conftest import node_args, read_log, trainer_stats, wait_until
 
 pytestmark = pytest.mark.integration
 PIPE = {"capture_output": True, "text": True}
@@ -31,10 +31,6 @@ def _args(redis_server, config_dir: Path, prefix: str, tmp_path: Path, **ppo) ->
         "ppo.update_epochs=2",
         **{f"ppo.{k}": v for k, v in ppo.items()},
     )
-
-
-def _stats(rclient, keys) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in rclient.hgetall(keys.trainer_stats).items()}
 
 
 def _model(rclient, keys) -> int:
@@ -64,7 +60,7 @@ def _fragment(model_id: int, n: int = 32, seed: int = 0) -> bytes:
 
 
 def _rejected(rclient, keys) -> dict[str, int]:
-    return json.loads(_stats(rclient, keys).get("rejected_by_reason", "{}"))
+    return json.loads(trainer_stats(rclient, keys).get("rejected_by_reason", "{}"))
 
 
 def test_iteration_trains_on_target_of_current_model_and_rejects_others(
@@ -74,16 +70,18 @@ def test_iteration_trains_on_target_of_current_model_and_rejects_others(
     node = procs.start("node", "training", *args, password=redis_server.password, name="ppo")
     wait_until(lambda: _model(rclient, keys) == 0, 60, f"model 0\n{read_log(node)}")
     rclient.lpush(keys.samples, _fragment(0), _fragment(0, seed=1))
-    wait_until(lambda: _stats(rclient, keys).get("collected") == "64", 10, "64 collected")
+    wait_until(lambda: trainer_stats(rclient, keys).get("collected") == "64", 10, "64 collected")
     assert _model(rclient, keys) == 0  # 64 < 96: no training yet
     rclient.lpush(keys.samples, _fragment(0, seed=2))
     wait_until(lambda: _model(rclient, keys) == 1, 20, "model 1 after 96 transitions")
-    s = wait_until(lambda: (s := _stats(rclient, keys))["iterations"] == "1" and s, 5, "stats")
+    s = wait_until(
+        lambda: (s := trainer_stats(rclient, keys))["iterations"] == "1" and s, 5, "stats"
+    )
     assert s["accepted"] == "96" and int(s["updates"]) > 0
     rclient.lpush(keys.samples, _fragment(0), _fragment(7))  # older and future model ids
     want = {"stale_model": 32, "future_model": 1}
     wait_until(lambda: _rejected(rclient, keys) == want, 10, f"rejections {want}")
-    assert _stats(rclient, keys)["collected"] == "0" and node.poll() is None
+    assert trainer_stats(rclient, keys)["collected"] == "0" and node.poll() is None
 
 
 def test_lost_clients_train_on_min_fraction_else_wait_and_say_why(
@@ -104,13 +102,15 @@ def test_lost_clients_train_on_min_fraction_else_wait_and_say_why(
     wait_until(lambda: _model(rclient, keys) == 1, 10, "training on 64 of 100 after silence")
     assert "training on 64 of 100 transitions" in read_log(node)
     rclient.lpush(keys.samples, _fragment(1))  # 32 < 50: keep waiting, and say why
-    waiting = wait_until(lambda: _stats(rclient, keys).get("waiting"), 10, "a waiting reason")
+    waiting = wait_until(
+        lambda: trainer_stats(rclient, keys).get("waiting"), 10, "a waiting reason"
+    )
     assert "32/100" in waiting and "min_fraction" in waiting
     assert _model(rclient, keys) == 1
     wait_until(lambda: "waiting for samples" in read_log(node), 10, "the reason in the log")
     rclient.lpush(keys.samples, _fragment(1, seed=3))  # 64 now
     wait_until(lambda: _model(rclient, keys) == 2, 10, "training once enough arrived")
-    assert _stats(rclient, keys)["waiting"] == ""
+    assert trainer_stats(rclient, keys)["waiting"] == ""
 
 
 def _heartbeats(rclient, keys) -> dict[str, dict]:
@@ -143,7 +143,7 @@ def test_killed_and_late_clients_do_not_stall_iterations(
     a, b = client("a"), client("b")
 
     def iterations() -> int:
-        return int(_stats(rclient, keys).get("iterations") or 0)
+        return int(trainer_stats(rclient, keys).get("iterations") or 0)
 
     wait_until(lambda: iterations() >= 3, 60, f"first iterations\n{read_log(node)}")
     a.kill()  # SIGKILL, mid-iteration: iterations are a few ms apart

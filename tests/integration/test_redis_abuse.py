@@ -20,7 +20,7 @@ from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.heartbeats import MAX_HEARTBEATS, read_heartbeats
 from soulsai.transport.links import CLIENT_INDEX_BOUND
 from tests.conftest import node_args as stack_args
-from tests.conftest import read_log, wait_until
+from tests.conftest import read_log, trainer_stats, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +41,6 @@ def node_args(redis_server, config_dir: Path, prefix: str, tmp: Path, *extra: st
         "max_steps=0",
         *extra,
     )
-
-
-def trainer_stats(r: redis.Redis, keys) -> dict[str, str]:
-    try:
-        return {k.decode(): v.decode() for k, v in r.hgetall(keys.trainer_stats).items()}
-    except redis.RedisError:
-        return {}
 
 
 # ---------------------------------------------------------------- heartbeats

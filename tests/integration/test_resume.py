@@ -28,8 +28,7 @@ import torch
 from soulsai.config import load_config
 from soulsai.training.node import DQNTrainingNode
 from soulsai.training.saves import Saves
-from soulsai.transport import RedisTarget
-from tests.conftest import cartpole_envelope, read_log, wait_until
+from tests.conftest import cartpole_envelope, node_args, read_log, wait_until
 from tests.unit.test_saves import FakeNode
 
 pytestmark = pytest.mark.integration
@@ -91,21 +90,14 @@ def state_json(folder: Path) -> dict:
 # ---------------------------------------------------------------- the node itself
 
 
-def test_restored_training_node_is_the_same_node(redis_server, prefix, config_dir, tmp_path):
-    cfg = load_config(
-        config_dir,
-        [
-            "redis_address=127.0.0.1",
-            f"redis_port={redis_server.port}",
-            f"key_prefix={prefix}",
-            "training.metrics_port=0",
-            "dqn.hidden=[32, 32]",
-            "dqn.buffer_size=100",  # 160 transitions in: the ring buffer has wrapped
-            "dqn.normalize_obs=true",  # its statistics are restored too
-            "checkpoint.save_buffer=true",
-        ],
+def test_restored_training_node_is_the_same_node(redis_server, node_config, tmp_path):
+    cfg = node_config(
+        "dqn.hidden=[32, 32]",
+        "dqn.buffer_size=100",  # 160 transitions in: the ring buffer has wrapped
+        "dqn.normalize_obs=true",  # its statistics are restored too
+        "checkpoint.save_buffer=true",
     )
-    target = RedisTarget("127.0.0.1", redis_server.port, password=redis_server.password)
+    target = redis_server.target
     run = tmp_path / "run"
     node = DQNTrainingNode(cfg, target, run, threading.Event())
     for i in range(5):
@@ -255,10 +247,10 @@ def test_quicksave_save_best_and_resume_against_a_server(
     redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
 ):
     (config_dir / "redis.secret").write_text(f"requirepass {redis_server.password}\n")
-    where = ["--config-dir", str(config_dir), "--set", "redis_address=127.0.0.1"]
-    where += ["--set", f"redis_port={redis_server.port}", "--set", f"key_prefix={prefix}"]
-    where += ["--set", f"save_dir={tmp_path / 'server-saves'}"]
-    args = [*where, *PORTS_OFF, "--set", "dqn.update_samples=32", "--set", "dqn.batch_size=16"]
+    where = node_args(
+        redis_server, config_dir, prefix, tmp_path, f"save_dir={tmp_path / 'server-saves'}"
+    )
+    args = [*where, "--set", "dqn.update_samples=32", "--set", "dqn.batch_size=16"]
     args += ["--set", "dqn.learning_starts=32", "--set", "dqn.hidden=[32]"]
     trainer = procs.start("node", "training", *args, name="trainer")
     wait_until(lambda: rclient.get(keys.model_id) is not None, 60, "first weights")

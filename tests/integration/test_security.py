@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,12 +42,17 @@ class RedisProc:
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not self._listening():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start: {log.read_text()[-500:]}")
-            time.sleep(0.05)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited")
+            return self._listening()
+
+        try:
+            wait_until(up, 10, "redis-server to listen")
+        except (AssertionError, RuntimeError):
+            self.stop()
+            raise RuntimeError(f"redis-server did not start: {log.read_text()[-500:]}") from None
 
     def _listening(self) -> bool:
         with socket.socket() as s:

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from soulsai.transport.episodes import EpisodeRecord, encode_episode
-from tests.conftest import listen_address, read_log, wait_until
+from tests.conftest import listen_address, node_args, read_log, telemetry_stats, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,6 @@ def free_port() -> int:
 
 def start_node(procs, redis_server, config_dir, prefix, run_dir, port=0, *extra, name="tel"):
     sets = {
-        "redis_port": redis_server.port,
-        "redis_address": "127.0.0.1",
-        "key_prefix": prefix,
         "telemetry.http_port": port,
         "telemetry.update_interval": 5,
         "telemetry.figure_interval": 0,
@@ -46,11 +43,10 @@ def start_node(procs, redis_server, config_dir, prefix, run_dir, port=0, *extra,
         "telemetry.best_interval": 5,
         "target_return": "null",
     }
-    args = ["node", "telemetry", "--config-dir", str(config_dir), "--run-dir", str(run_dir)]
-    for key, value in sets.items():
-        args += ["--set", f"{key}={value}"]
-    for item in extra:
-        args += ["--set", item]
+    # The test Redis's config (save_dir is unused: the node writes into --run-dir).
+    items = [*(f"{k}={v}" for k, v in sets.items()), *extra]
+    where = node_args(redis_server, config_dir, prefix, run_dir, *items)
+    args = ["node", "telemetry", *where, "--run-dir", str(run_dir)]
     return procs.start(*args, password=redis_server.password, name=name)
 
 
@@ -90,10 +86,6 @@ def summary_at(run_dir: Path, episodes: int) -> dict | None:
     return summary if summary["episodes"] == episodes else None
 
 
-def stats(rclient, keys) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in rclient.hgetall(keys.telemetry_stats).items()}
-
-
 def test_node_writes_files_serves_http_and_sends_save_best(
     redis_server, rclient, keys, prefix, config_dir, procs, tmp_path
 ):
@@ -117,10 +109,10 @@ def test_node_writes_files_serves_http_and_sends_save_best(
     png = run_dir / "telemetry.png"
     wait_until(png.exists, 10, "telemetry.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    wait_until(lambda: stats(rclient, keys).get("rejected") == "1", 10, "garbage counted")
+    wait_until(lambda: telemetry_stats(rclient, keys).get("rejected") == "1", 10, "garbage counted")
     summary = wait_until(lambda: summary_at(run_dir, 40), 10, "summary.json")
     assert summary["best_rolling_return"] == 38.0
-    s = stats(rclient, keys)
+    s = telemetry_stats(rclient, keys)
     assert s["episodes"] == "40" and s["missing"] == "0" and s["rolling_return"] == "38.0"
     # save_best: a rising curve, at most one command per best_interval (5) episodes
     cmds = [json.loads(c) for c in reversed(rclient.lrange(keys.trainer_commands, 0, -1))]
@@ -162,7 +154,7 @@ def test_kill_9_and_restart_mid_stream_loses_and_duplicates_nothing(
             for c in clients:
                 rclient.xadd(keys.episodes, {"m": episode(c, i, float(i))})
             rounds_after -= kills_done.is_set()
-            time.sleep(0.02)
+            time.sleep(0.02)  # the pace of the traffic, not a wait
         pushed.append(i * len(clients))
 
     pusher = threading.Thread(target=push)
@@ -188,7 +180,7 @@ def test_kill_9_and_restart_mid_stream_loses_and_duplicates_nothing(
     assert len(recs) == total  # none lost, none twice
     assert len({(r["client_id"], r["client_episode"]) for r in recs}) == total
     assert [r["episode"] for r in recs] == list(range(1, total + 1))
-    assert stats(rclient, keys)["missing"] == "0"
+    assert telemetry_stats(rclient, keys)["missing"] == "0"
     assert summary_at(run_dir, total)
 
 
@@ -212,8 +204,10 @@ def test_replaced_redis_with_lower_stream_ids_is_read_from_the_start_without_dup
         rclient.xadd(keys.episodes, {"m": episode("a", i, float(i))})
     wait_until(lambda: len(lines(run_dir)) == 35, 20, f"15 new records\n{read_log(node)}")
     assert "reading it from the start" in read_log(node)
-    wait_until(lambda: stats(rclient, keys).get("duplicates") == "10", 10, "duplicates counted")
-    assert stats(rclient, keys)["missing"] == "0"
+    wait_until(
+        lambda: telemetry_stats(rclient, keys).get("duplicates") == "10", 10, "duplicates counted"
+    )
+    assert telemetry_stats(rclient, keys)["missing"] == "0"
     # a restart now continues after the last record on disk (a position in the new stream)
     node.terminate()
     assert node.wait(20) == 0

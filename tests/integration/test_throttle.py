@@ -9,10 +9,8 @@ import threading
 
 import pytest
 
-from soulsai.config import load_config
 from soulsai.training import node as node_module
 from soulsai.training.node import DQNTrainingNode
-from soulsai.transport import RedisTarget
 from soulsai.transport.keys import Keys
 from tests.conftest import cartpole_envelope
 
@@ -29,23 +27,15 @@ def start(node: DQNTrainingNode) -> None:
 
 
 @pytest.fixture
-def node(redis_server, prefix, config_dir, tmp_path):
-    cfg = load_config(
-        config_dir,
-        [
-            "redis_address=127.0.0.1",
-            f"redis_port={redis_server.port}",
-            f"key_prefix={prefix}",
-            "training.metrics_port=0",
-            "dqn.hidden=[16]",
-            "dqn.learning_starts=128",
-            "dqn.batch_size=64",
-            "dqn.replay_ratio=8",  # 1 update owed per 8 transitions
-            "dqn.max_update_debt=40",
-        ],
+def node(redis_server, node_config, tmp_path):
+    cfg = node_config(
+        "dqn.hidden=[16]",
+        "dqn.learning_starts=128",
+        "dqn.batch_size=64",
+        "dqn.replay_ratio=8",  # 1 update owed per 8 transitions
+        "dqn.max_update_debt=40",
     )
-    target = RedisTarget("127.0.0.1", redis_server.port, password=redis_server.password)
-    n = DQNTrainingNode(cfg, target, tmp_path / "run", threading.Event())
+    n = DQNTrainingNode(cfg, redis_server.target, tmp_path / "run", threading.Event())
     yield n
     n.link.close()
 

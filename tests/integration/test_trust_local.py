@@ -33,20 +33,8 @@ def marker(tmp_path: Path) -> tuple[str, Path, dict[str, str]]:
 
 
 def _client_args(redis_server, config_dir: Path, prefix: str, *extra: str) -> list[str]:
-    return [
-        "client",
-        "--config-dir",
-        str(config_dir),
-        "--set",
-        f"redis_port={redis_server.port}",
-        "--set",
-        "redis_address=127.0.0.1",
-        "--set",
-        f"key_prefix={prefix}",
-        "--set",
-        "client.config_wait=3",
-        *extra,
-    ]
+    where = node_args(redis_server, config_dir, prefix, config_dir.parent, "client.config_wait=3")
+    return ["client", *where, *extra]
 
 
 def _publish(rclient, keys, config_dir: Path, **env: object) -> None:

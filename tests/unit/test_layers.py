@@ -26,9 +26,7 @@ def _lint_imports() -> str:
 def _package_copy(tmp_path: Path) -> Path:
     """A copy of soulsai/ under tmp_path/src, which the linter analyses instead of the tree."""
     src = tmp_path / "src"
-    shutil.copytree(
-        ROOT / "soulsai", src / "soulsai", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    shutil.copytree(ROOT / "soulsai", src / "soulsai", ignore=shutil.ignore_patterns("__pycache__"))
     return src
 
 
