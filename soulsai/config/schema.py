@@ -42,6 +42,12 @@ class EnvConfig(_Strict):
     wrappers: list[WrapperConfig]
     num_envs: int = Field(ge=1, le=256)
     step_delay: float = Field(ge=0.0, le=10.0)
+    # Dict/Tuple observations (soulsai/model/obs.py); defaults so that configs saved or
+    # published before these keys existed still load
+    obs_keys: list[str] | None = None  # keys (or subtrees) to keep; "-name" drops; None: all
+    drop_constant_obs: bool = True
+    discrete_obs: Literal["onehot", "embedding"] = "onehot"
+    embedding_dim: int = Field(default=8, ge=1, le=1024)
     # Which file (or --set) set each key, for errors that must name it: load_config fills it.
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -203,3 +203,22 @@ def test_unsupported_spaces_are_a_one_line_usage_error(space: gym.Space, name: s
     msg = str(err.value)
     assert name in msg and SUPPORTED in msg and "\n" not in msg
     assert err.value.exit_code == 2
+
+
+def test_the_obs_config_keys_load_with_their_defaults_and_feed_the_layout(tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from soulsai.config import load_config
+
+    shutil.copy(Path(__file__).resolve().parents[2] / "config" / "config_d.yaml", tmp_path)
+    env = load_config(tmp_path, []).env
+    assert (env.obs_keys, env.drop_constant_obs, env.discrete_obs, env.embedding_dim) == (
+        None, True, "onehot", 8,
+    )  # fmt: skip
+    env = load_config(tmp_path, ["env.obs_keys=[-pose, -inner.mb]"]).env
+    keep, drop = parse_obs_keys(env.obs_keys)
+    names = build_layout(nested_space(), keep, drop, env.drop_constant_obs).names
+    assert "pose" not in names and "inner.mb" not in names and "phase" in names
+    with pytest.raises(ConfigError, match="env.discrete_obs"):
+        load_config(tmp_path, ["env.discrete_obs=onehots"])
