@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine_line  # noqa: E402
 from bench.intake import BATCH, SHAPES, _envelopes  # noqa: E402
 from soulsai.config import load_config  # noqa: E402
-from soulsai.training.node import DQNTrainingNode  # noqa: E402
+from soulsai.training.node import TrainingNode  # noqa: E402
 from soulsai.transport import RedisTarget  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
     obs_dim, n_actions = SHAPES[ENV]
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
 
-        def make_node(capacity: int) -> DQNTrainingNode:
+        def make_node(capacity: int) -> TrainingNode:
             sets = [
                 "redis_address=127.0.0.1",
                 f"redis_port={server.port}",
@@ -62,12 +62,12 @@ def main() -> None:
             target = RedisTarget("127.0.0.1", server.port, password=server.password)
             run = Path(tmp) / f"run{capacity}"
             cfg = load_config(ROOT / "config", sets)
-            return DQNTrainingNode(cfg, target, run, threading.Event())
+            return TrainingNode(cfg, target, run, threading.Event())
 
         raws = [e for mid in range(8) for e in _envelopes(f"load-{mid}", obs_dim, n_actions, 0)]
         warm = make_node(1000)  # imports, lazy initialisation, the decode path once
         warm.intake.handle_many(raws)
-        warm._merge_normalizer()
+        warm.driver.merge_normalizer()
         warm.link.close()
         del warm
         gc.collect()
@@ -75,14 +75,14 @@ def main() -> None:
         rss0 = rss_bytes()
         traced0 = tracemalloc.get_traced_memory()[0]
         node = make_node(args.transitions)
-        buf = node.buffer
+        buf = node.driver.buffer
         raw_bytes = sum(a.nbytes for a in (buf.obs, buf.next_obs, buf.action, buf.reward))
         raw_bytes += buf.discount.nbytes
         rounds = -(-2 * args.transitions // (POP * BATCH))  # fill, then wrap once
         for i in range(rounds):
             batch = [raws[(i * POP + j) % len(raws)] for j in range(POP)]
             assert node.intake.handle_many(batch) == POP
-            node._merge_normalizer()  # what the learner loop does between updates
+            node.driver.merge_normalizer()  # what the learner loop does between updates
         gc.collect()
         rss1 = rss_bytes()
         traced1, peak = tracemalloc.get_traced_memory()

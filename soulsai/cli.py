@@ -24,6 +24,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import click  # noqa: E402
 
 from soulsai.config import Config, default_config_dir, load_config  # noqa: E402
+from soulsai.config.schema import ALGOS, check_algo_config  # noqa: E402
 from soulsai.errors import ConfigError, ConnectionFailed, SoulsaiError  # noqa: E402
 from soulsai.transport.links import TRANSIENT  # noqa: E402
 
@@ -117,7 +118,7 @@ def common_options(f: Any) -> Any:
         ),
         click.option(
             "--algo",
-            type=click.Choice(["dqn", "ppo"]),
+            type=click.Choice(ALGOS),
             default=None,
             help="Algorithm (config key: algo).",
         ),
@@ -162,10 +163,7 @@ def _load(
     ]
     overrides += list(sets)
     cfg = load_config(cdir, overrides)
-    if cfg.algo == "ppo":
-        from soulsai.config.schema import check_ppo_config
-
-        check_ppo_config(cfg)
+    check_algo_config(cfg)
     return cfg, cdir, overrides
 
 
@@ -350,8 +348,7 @@ def node(
     if role == "training" and cfg.preset:
         log.info("preset %s applied (config.yaml and --set override it)", cfg.preset)
     if role == "training":
-        from soulsai.training.node import DQNTrainingNode
-        from soulsai.training.ppo_node import PPOTrainingNode
+        from soulsai.training.node import TrainingNode
 
         if run_dir is None:  # else `soulsai train` or `server` made it and wrote the config
             run_dir = (
@@ -361,8 +358,7 @@ def node(
             )
             runfolder.atomic_write_json(run_dir / runfolder.CONFIG_FILE, cfg.model_dump())
         resume_from = point.checkpoint if point is not None else None
-        node_cls = PPOTrainingNode if cfg.algo == "ppo" else DQNTrainingNode
-        node_cls(cfg, target, run_dir, stop, resume=resume_from).run()
+        TrainingNode(cfg, target, run_dir, stop, resume=resume_from).run()
         # Its files are written and closed: skip the interpreter's teardown of torch (about
         # 0.4 s), which `soulsai train` would otherwise wait for at every stop.
         logging.shutdown()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -42,6 +43,7 @@ class Actor(Protocol):
     discarded: int  # env steps recorded but never sent (partial fragments of an old model)
     rows: StepRows  # the env writes each step here; row `rows.t` is the step in progress
     share_sent: bool  # PPO: this client has sent its share of the current model's iteration
+    eager: bool  # send each message at once (a whole PPO fragment), not in timed batches
 
     def make_policy(self, state: dict[str, Any]) -> Any: ...
 
@@ -71,11 +73,8 @@ class VectorSpaces(Protocol):
 
 
 def make_actor(cfg: Config, env: VectorSpaces, index: int, rng: np.random.Generator) -> Actor:
-    """The actor for `cfg.algo`, for the spaces of `env` (one copy's spaces)."""
-    spaces = (env.single_observation_space, env.single_action_space)
-    if cfg.algo == "ppo":
-        return PPOActor(cfg, *spaces, index, rng)
-    return DQNActor(cfg, *spaces, index, rng)
+    """The actor for `cfg.algo` (a key of ACTORS), for the spaces of `env` (one copy's)."""
+    return ACTORS[cfg.algo](cfg, env.single_observation_space, env.single_action_space, index, rng)
 
 
 class DQNActor:
@@ -92,6 +91,7 @@ class DQNActor:
     FOLD_AT_LEAST = 1024
     CLOCK_CHECKS = 64
     share_sent = False  # asynchronous: no iterations to wait for
+    eager = False
 
     def share_waited(self) -> None:
         pass
@@ -253,6 +253,8 @@ class PPOActor:
     0 on termination, and for the fragment's last row the value of the observation after it.
     """
 
+    eager = True
+
     def __init__(
         self,
         cfg: Config,
@@ -407,3 +409,10 @@ class PPOActor:
     def finish(self) -> list[Message]:
         self._drop()  # a partial fragment; the node has likely moved on, and we are stopping
         return []
+
+
+# cfg.algo -> the client side of that algorithm (a fixed table: one entry per algorithm)
+ACTORS: dict[str, Callable[[Config, gym.Space, gym.Space, int, np.random.Generator], Actor]] = {
+    "dqn": DQNActor,
+    "ppo": PPOActor,
+}

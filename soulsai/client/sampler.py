@@ -109,7 +109,7 @@ class Sampler:
             MAX_OUTBOX_MESSAGES,
             self.cfg.telemetry.stream_maxlen,
             self.cfg.training.max_queue,
-            eager=self.cfg.algo == "ppo",
+            eager=self.actor.eager,
             max_bytes=self.cfg.client.outbox_max_bytes,
         )
         self.steps = 0

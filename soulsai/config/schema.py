@@ -5,7 +5,8 @@ Every model forbids unknown keys, so a typo is an error that names the key.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -210,8 +211,12 @@ class TelemetryConfig(_Strict):
         return self
 
 
+Algo = Literal["dqn", "ppo"]  # one entry per algorithm (with its section below)
+ALGOS: tuple[str, ...] = get_args(Algo)
+
+
 class Config(_Strict):
-    algo: Literal["dqn", "ppo"]
+    algo: Algo
     preset: str | None = None  # the preset file that applied (configs saved before presets: none)
     seed: int = Field(ge=0)
     redis_address: str = Field(min_length=1)
@@ -257,3 +262,14 @@ def check_ppo_config(cfg: Config) -> None:
             f"config error: ppo.fragment_length * env.num_envs = {rows} exceeds "
             f"training.max_batch = {cfg.training.max_batch} (one message carries all fragments)"
         )
+
+
+# cfg.algo -> its cross-key checks (a fixed table: an algorithm with such checks adds one entry)
+ALGO_CHECKS: dict[str, Callable[[Config], None]] = {"ppo": check_ppo_config}
+
+
+def check_algo_config(cfg: Config) -> None:
+    """The cross-key checks of the configured algorithm, if it has any."""
+    check = ALGO_CHECKS.get(cfg.algo)
+    if check is not None:
+        check(cfg)

@@ -2,14 +2,12 @@
 
 A builder takes (config, checkpoint state, observation space, action space) and returns an
 `EvalPolicy`: a batch of observations in, a batch of env actions out, deterministic (greedy Q
-for DQN, the mean action for PPO). An algorithm registers its builder with
-`@register_policy("<algo>")` in `soulsai.training.algorithms.<algo>` or here; `build_policy`
-imports that module when nothing is registered for the algorithm yet.
+for DQN, the mean action for PPO). `POLICIES` is the fixed table of builders: an algorithm
+adds its entry here; nothing is imported by a name from the config.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,6 +16,7 @@ import numpy as np
 
 from soulsai.config import Config
 from soulsai.errors import CheckpointError
+from soulsai.training.algorithms.ppo import ppo_deterministic
 
 
 class EvalPolicy(Protocol):
@@ -25,34 +24,18 @@ class EvalPolicy(Protocol):
 
 
 PolicyBuilder = Callable[[Config, dict[str, Any], gym.Space, gym.Space], EvalPolicy]
-_BUILDERS: dict[str, PolicyBuilder] = {}
-
-
-def register_policy(algo: str) -> Callable[[PolicyBuilder], PolicyBuilder]:
-    def deco(fn: PolicyBuilder) -> PolicyBuilder:
-        _BUILDERS[algo] = fn
-        return fn
-
-    return deco
 
 
 def build_policy(
     cfg: Config, state: dict[str, Any], obs_space: gym.Space, act_space: gym.Space
 ) -> EvalPolicy:
     """The deterministic policy of a checkpoint `state` trained with `cfg`."""
-    if cfg.algo not in _BUILDERS:
-        module = f"soulsai.training.algorithms.{cfg.algo}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-    if cfg.algo not in _BUILDERS:
+    builder = POLICIES.get(cfg.algo)
+    if builder is None:
         raise CheckpointError(f"no policy builder registered for algo {cfg.algo!r}")
-    return _BUILDERS[cfg.algo](cfg, state, obs_space, act_space)
+    return builder(cfg, state, obs_space, act_space)
 
 
-@register_policy("dqn")
 def dqn_greedy(
     cfg: Config, state: dict[str, Any], obs_space: gym.Space, act_space: gym.Space
 ) -> EvalPolicy:
@@ -77,3 +60,6 @@ def dqn_greedy(
         return q.q_values(obs).argmax(axis=1).astype(np.int64) + start
 
     return act
+
+
+POLICIES: dict[str, PolicyBuilder] = {"dqn": dqn_greedy, "ppo": ppo_deterministic}

@@ -252,21 +252,19 @@ def test_a_non_finite_policy_is_never_published(
     and the node counts the blocked publish."""
     import threading
 
-    from soulsai.training.node import DQNTrainingNode
-    from soulsai.training.ppo_node import PPOTrainingNode
+    from soulsai.training.node import TrainingNode
 
     cfg = node_config(f"algo={algo}")
-    cls = DQNTrainingNode if algo == "dqn" else PPOTrainingNode
-    node = cls(cfg, redis_server.target, tmp_path / "run", threading.Event())
+    node = TrainingNode(cfg, redis_server.target, tmp_path / "run", threading.Event())
     try:
-        node._publish()  # the first model, as the node publishes it at start
+        node.publish()  # the first model, as the node publishes it at start
         good = rclient.get(keys.weights)
         assert good and node.blocked == 0
         net = node.learner.online if algo == "dqn" else node.learner.net
         with torch.no_grad():
             next(net.parameters()).view(-1)[0] = float("nan")
-        assert node._finite_policy() is None and node.blocked == 1
-        node._publish()
+        assert node.finite_policy() is None and node.blocked == 1
+        node.publish()
         assert rclient.get(keys.weights) == good and node.blocked == 2
     finally:
         node.link.close()

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from soulsai.config import load_config
-from soulsai.training.node import DQNTrainingNode
+from soulsai.training.node import TrainingNode
 from soulsai.training.saves import Saves
 from tests.conftest import cartpole_envelope, node_args, read_log, wait_until
 from tests.unit.test_saves import FakeNode
@@ -99,22 +99,24 @@ def test_restored_training_node_is_the_same_node(redis_server, node_config, tmp_
     )
     target = redis_server.target
     run = tmp_path / "run"
-    node = DQNTrainingNode(cfg, target, run, threading.Event())
+    node = TrainingNode(cfg, target, run, threading.Event())
     for i in range(5):
         assert node.intake.handle(cartpole_envelope(node.model_id, seed=i))
         node.model_id += 1
-    node._merge_normalizer()
+    node.driver.merge_normalizer()
     for _ in range(12):
-        node.learner.update(node.buffer.sample(16))
+        node.learner.update(node.driver.buffer.sample(16))
     assert node.saves.save("periodic").ok
 
-    back = DQNTrainingNode(cfg, target, run, threading.Event(), resume=run / "checkpoint")
+    back = TrainingNode(cfg, target, run, threading.Event(), resume=run / "checkpoint")
     assert (back.env_steps, back.accepted) == (node.env_steps, node.accepted) == (160, 160)
     assert back.model_id == node.model_id + 1  # the id sequence continues, never repeats
-    assert back.learner.updates == 12 and len(back.buffer) == 100
+    assert back.learner.updates == 12 and len(back.driver.buffer) == 100
     for name in ("obs", "action", "reward", "next_obs", "discount"):
-        np.testing.assert_array_equal(getattr(back.buffer, name), getattr(node.buffer, name))
-    assert (back.buffer.pos, back.buffer.total_added) == (node.buffer.pos, 160)
+        np.testing.assert_array_equal(
+            getattr(back.driver.buffer, name), getattr(node.driver.buffer, name)
+        )
+    assert (back.driver.buffer.pos, back.driver.buffer.total_added) == (node.driver.buffer.pos, 160)
     obs = torch.from_numpy(np.random.default_rng(9).normal(size=(64, 4)).astype(np.float32))
     with torch.no_grad():
         assert torch.equal(back.learner.online(obs), node.learner.online(obs))
@@ -126,8 +128,8 @@ def test_restored_training_node_is_the_same_node(redis_server, node_config, tmp_
     ):
         assert all(torch.equal(a[k], b[k]) for k in a)
     for _ in range(3):  # same replay RNG, same optimizer state: the same next updates
-        assert back.learner.update(back.buffer.sample(16)) == node.learner.update(
-            node.buffer.sample(16)
+        assert back.learner.update(back.driver.buffer.sample(16)) == node.learner.update(
+            node.driver.buffer.sample(16)
         )
     node.link.close()
     back.link.close()

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from soulsai.training import node as node_module
-from soulsai.training.node import DQNTrainingNode
+from soulsai.training.node import TrainingNode
+from soulsai.training.ratio import PAUSE_GRACE
 from soulsai.transport.keys import Keys
 from tests.conftest import cartpole_envelope
 
@@ -20,10 +20,10 @@ pytestmark = pytest.mark.integration
 MSG = cartpole_envelope(0, 64)  # 64 transitions of model 0
 
 
-def start(node: DQNTrainingNode) -> None:
+def start(node: TrainingNode) -> None:
     """One message before learning starts: the learner loop owes nothing for it."""
     assert node.intake.handle(MSG)
-    assert node._owed_updates() == 0
+    assert node.driver.owed_updates() == 0
 
 
 @pytest.fixture
@@ -35,43 +35,45 @@ def node(redis_server, node_config, tmp_path):
         "dqn.replay_ratio=8",  # 1 update owed per 8 transitions
         "dqn.max_update_debt=40",
     )
-    n = DQNTrainingNode(cfg, redis_server.target, tmp_path / "run", threading.Event())
+    n = TrainingNode(cfg, redis_server.target, tmp_path / "run", threading.Event())
     yield n
     n.link.close()
 
 
-def pay(node: DQNTrainingNode, updates: int) -> None:
+def pay(node: TrainingNode, updates: int) -> None:
     """The learner does `updates` gradient steps, then the node decides on the pause."""
     for _ in range(updates):
-        node.learner.update(node.buffer.sample(64))
-    node._throttle()
+        node.learner.update(node.driver.buffer.sample(64))
+    node.driver.throttle()
 
 
 def test_intake_pauses_at_once_and_honest_late_samples_are_owed(node, rclient, prefix):
     throttle = Keys(prefix).throttle
     start(node)
-    assert not node.throttled and not rclient.exists(throttle)
+    assert not node.driver.gate.paused and not rclient.exists(throttle)
     node.intake.handle_many([MSG] * 5)  # 320 transitions: 40 updates owed
-    assert node.throttled and rclient.exists(throttle)  # set by the intake, not the learner
-    node._paused_at -= 10 * node_module.PAUSE_GRACE  # a backlog that drains slowly
+    assert node.driver.gate.paused and rclient.exists(
+        throttle
+    )  # set by the intake, not the learner
+    node.driver.gate.paused_at -= 10 * PAUSE_GRACE  # a backlog that drains slowly
     node.intake.handle_many([MSG] * 20)  # sent before the clients saw the pause
-    assert node._owed_updates() == 200 and node.forgiven == 0
+    assert node.driver.owed_updates() == 200 and node.driver.ratio.forgiven == 0
 
 
-def test_samples_long_after_the_pause_are_forgiven(node, rclient, prefix, monkeypatch):
+def test_samples_long_after_the_pause_are_forgiven(node, rclient, prefix):
     start(node)
     node.intake.handle_many([MSG] * 5)
-    assert node.throttled
+    assert node.driver.gate.paused
     node.intake.handle_many([MSG])  # still owed: the queue has not been empty since
-    node.intake.drained_at = node._paused_at + node_module.PAUSE_GRACE + 0.1
+    node.intake.drained_at = node.driver.gate.paused_at + PAUSE_GRACE + 0.1
     node.intake.handle_many([MSG] * 3)  # pushed after the queue was empty, late
-    assert node.forgiven == 192 and node._owed_updates() == 48
-    monkeypatch.setattr(node_module, "PAUSE_FLOOD", -1.0)  # a queue that never empties
+    assert node.driver.ratio.forgiven == 192 and node.driver.owed_updates() == 48
+    node.driver.gate.flood = -1.0  # a queue that never empties
     node.intake.drained_at = 0.0
     node.intake.handle_many([MSG])
-    assert node.forgiven == 256 and node._owed_updates() == 48
+    assert node.driver.ratio.forgiven == 256 and node.driver.owed_updates() == 48
     assert node.accepted == 11 * 64  # forgiven samples are still in the buffer
-    assert len(node.buffer) == 11 * 64
+    assert len(node.driver.buffer) == 11 * 64
 
 
 def test_clients_resume_at_half_the_debt(node, rclient, prefix):
@@ -80,9 +82,9 @@ def test_clients_resume_at_half_the_debt(node, rclient, prefix):
     node.intake.handle_many([MSG] * 5)
     assert rclient.exists(throttle)
     pay(node, 19)
-    assert node.throttled  # 21 owed > 40 // 2
+    assert node.driver.gate.paused  # 21 owed > 40 // 2
     pay(node, 1)
-    assert not node.throttled and not rclient.exists(throttle)
+    assert not node.driver.gate.paused and not rclient.exists(throttle)
 
 
 def test_what_waits_in_redis_counts_toward_the_pause(node, rclient, prefix):
@@ -92,15 +94,15 @@ def test_what_waits_in_redis_counts_toward_the_pause(node, rclient, prefix):
     raws, left = node.link.pop_samples(1, block=0)
     assert len(raws) == 1 and left == 5  # read in the same round trip as the pop
     node.intake.handle_many(raws)  # 8 updates owed: no pause on its own
-    assert node._owed_updates() == 8 and not node.throttled
+    assert node.driver.owed_updates() == 8 and not node.driver.gate.paused
     node.intake.queued = left  # and 40 more for the 5 envelopes still queued
-    node._throttle()
-    assert node.throttled and rclient.exists(keys.throttle)
+    node.driver.throttle()
+    assert node.driver.gate.paused and rclient.exists(keys.throttle)
     raws, node.intake.queued = node.link.pop_samples(10, block=0)
     assert len(raws) == 5 and node.intake.queued == 0
     node.intake.handle_many(raws)
-    assert node._owed_updates() == 48
+    assert node.driver.owed_updates() == 48
     pay(node, 27)
-    assert node.throttled  # 21 owed > 40 // 2
+    assert node.driver.gate.paused  # 21 owed > 40 // 2
     pay(node, 1)
-    assert not node.throttled and not rclient.exists(keys.throttle)
+    assert not node.driver.gate.paused and not rclient.exists(keys.throttle)

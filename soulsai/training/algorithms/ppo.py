@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -32,8 +32,10 @@ from soulsai.errors import CheckpointError
 from soulsai.model.nets import ActorCritic, ObsNormalizer, adam, cpu_state
 from soulsai.model.shapes import action_shape
 from soulsai.training.algorithms.guards import finite, guarded_update
-from soulsai.training.policies import EvalPolicy, register_policy
 from soulsai.training.rollout import RolloutBatch
+
+if TYPE_CHECKING:  # soulsai.training.policies imports this module for its table
+    from soulsai.training.policies import EvalPolicy
 
 ADAM_EPS = 1e-5
 REWARD_EPS = 1e-8
@@ -215,7 +217,6 @@ class PPOLearner:
         self.iterations = int(state["iterations"])
 
 
-@register_policy("ppo")
 def ppo_deterministic(
     cfg: Config, state: dict[str, Any], obs_space: gym.Space, act_space: gym.Space
 ) -> EvalPolicy:

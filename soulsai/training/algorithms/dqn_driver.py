@@ -1,0 +1,232 @@
+"""DQN inside the node shell: intake -> replay -> learner, paced by the replay ratio.
+
+Asynchronous (Ape-X-like): any number of clients; a sample is accepted when its model id lags
+the newest by at most `dqn.max_model_delay`. The learner owes `accepted * replay_ratio /
+batch_size` gradient steps and pays them while the intake thread keeps draining Redis; the
+clients are paused while it owes `max_update_debt` (`soulsai.training.ratio`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from soulsai.model.schedules import epsilon
+from soulsai.model.specs import dqn_experience_spec
+from soulsai.training.algorithms.dqn import DQNLearner
+from soulsai.training.driver import Host, IntakeHooks
+from soulsai.training.ratio import PauseGate, ReplayRatio
+from soulsai.training.replay import ReplayBuffer
+from soulsai.training.shares import ClientShares
+from soulsai.transport.links import TRANSIENT
+
+
+class DQNDriver:
+    metrics = {
+        "accepted": "transitions accepted into the replay buffer",
+        "buffer": "transitions in the replay buffer",
+        "updates_per_s": "gradient updates per second (last interval)",
+        "loss": "last TD loss",
+        "nonfinite_updates": "gradient steps and normalizer merges skipped: NaN or inf",
+    }
+    rates = ("samples", "updates")
+
+    def __init__(self, host: Host, obs_space: gym.Space, act_space: gym.Space) -> None:
+        cfg = self.cfg = host.cfg
+        d = cfg.dqn
+        self.host = host
+        self.spec = dqn_experience_spec(
+            obs_space,
+            act_space,
+            d.n_step,
+            cfg.training.max_batch,
+            cfg.training.max_message_bytes,
+            max_abs_obs=cfg.training.max_abs_obs,
+            max_abs_reward=cfg.training.max_abs_reward,
+        )
+        self.learner = DQNLearner(
+            d, tuple(obs_space.shape), int(act_space.n), cfg.seed, cfg.training.device
+        )
+        self.buffer = ReplayBuffer(
+            d.buffer_size, tuple(obs_space.shape), obs_space.dtype, seed=cfg.seed
+        )
+        self.new_obs: list[np.ndarray] = []
+        self.ratio = ReplayRatio(d.replay_ratio, d.batch_size, d.max_update_debt, d.throttle)
+        self.gate = PauseGate(d.max_update_debt)
+        self._gate_lock = threading.Lock()  # the learner loop and the intake thread both pause
+        self._gamma_pow = (d.gamma ** np.arange(d.n_step + 1)).astype(np.float32)
+        self.last_info: dict[str, float] = {}
+        self._published_at = 0  # accepted transitions at the last publish
+        self._published_updates = 0  # and updates
+        self.hooks = IntakeHooks(
+            max_delay=d.max_model_delay,
+            accept_rows=self.accept_rows,
+            shares=ClientShares(
+                d.max_client_debt * d.batch_size / d.replay_ratio,
+                lambda: self.ratio.settled(self.learner.updates),
+                self.learning,
+            ),
+        )
+
+    # ---------------------------------------------------------------- intake side
+
+    def accept_rows(self, f: dict[str, np.ndarray]) -> None:
+        """The good transitions of one intake round into the buffer, one write per field."""
+        host = self.host
+        # bootstrap factor gamma**k, or 0 where the episode terminated
+        discount = self._gamma_pow[f["steps"]] * (1 - f["terminated"])
+        n = len(discount)
+        with host.lock:
+            self.buffer.add_batch(f["obs"], f["action"], f["reward"], f["next_obs"], discount)
+            if self.cfg.dqn.normalize_obs:
+                self.new_obs.append(f["obs"])
+            host.accepted += n
+            if self.gate.paused and self.gate.ignored(host.intake.drained_at, time.monotonic()):
+                self.ratio.forgive(n)
+        host.data_ready.set()
+        if self.cfg.dqn.throttle and not self.gate.paused and self.learning():
+            self.throttle()  # at once: the learner thread looks only between gradient steps
+
+    # ---------------------------------------------------------------- learner side
+
+    def step(self) -> None:
+        d, host = self.cfg.dqn, self.host
+        self.merge_normalizer()
+        owed = self.owed_updates()
+        self.throttle()
+        if owed > 0:
+            with host.lock:
+                batch = self.buffer.sample(d.batch_size)
+            self.last_info = self.learner.update(batch)
+            host.learned()
+        else:
+            host.data_ready.wait(0.01)
+            host.data_ready.clear()
+        # Weights change only through updates: without learning, nothing to publish.
+        if (
+            host.accepted - self._published_at >= d.update_samples
+            and self.learner.updates > self._published_updates
+        ):
+            self._published_at, self._published_updates = host.accepted, self.learner.updates
+            state = host.finite_policy()
+            if state is not None:
+                host.model_id += 1
+                host.publish(state)
+
+    def learning(self) -> bool:
+        d = self.cfg.dqn
+        return len(self.buffer) >= max(d.learning_starts, d.batch_size)
+
+    def owed_updates(self) -> int:
+        return self.ratio.owed(self.host.accepted, self.learner.updates, self.learning())
+
+    def throttle(self) -> None:
+        """Pause the clients while the learner owes max_update_debt updates; resume at half.
+
+        What waits in Redis's queue counts too (`ReplayRatio.pending`): pausing on the debt
+        alone would let many fast clients fill the queue (up to training.max_queue messages)
+        before the first pause.
+        """
+        if not self.cfg.dqn.throttle:
+            return
+        host = self.host
+        with self._gate_lock:
+            now = time.monotonic()
+            owed = self.ratio.pending(
+                host.accepted, self.learner.updates, host.intake.queued_steps(), self.learning()
+            )
+            want = self.gate.decide(owed, now)
+            if want is None:
+                return
+            try:
+                host.link.set_throttle(want)
+            except TRANSIENT:
+                return
+            self.gate.applied(want, now)
+
+    def merge_normalizer(self) -> None:
+        if not self.new_obs:
+            return
+        with self.host.lock:
+            chunks, self.new_obs = self.new_obs, []
+        self.learner.update_normalizer(np.concatenate(chunks))
+
+    def release(self) -> None:
+        if self.gate.paused:
+            with contextlib.suppress(*TRANSIENT):
+                self.host.link.set_throttle(False)
+
+    # ---------------------------------------------------------------- stats and logs
+
+    def stats(self) -> dict[str, Any]:
+        learning = self.learning()
+        debt = self.ratio.debt(self.host.accepted, self.learner.updates)
+        return {
+            "buffer": len(self.buffer),
+            "throttled": int(self.gate.paused),
+            "pauses": self.gate.count,
+            "forgiven": int(self.ratio.forgiven),
+            "debt": int(debt) if learning else 0,
+            "loss": round(self.last_info.get("loss", float("nan")), 6),
+        }
+
+    def log_progress(self, s: dict[str, Any]) -> None:
+        self.host.log.info(
+            "env_steps=%d accepted=%d updates=%d model=%d buffer=%d clients=%d "
+            "samples/s=%s updates/s=%s loss=%s rejected=%s client_dropped=%s",
+            s["env_steps"],
+            s["accepted"],
+            s["updates"],
+            s["model_id"],
+            s["buffer"],
+            s["clients"],
+            s.get("samples_per_s"),
+            s.get("updates_per_s"),
+            s["loss"],
+            dict(self.host.intake.rejected),
+            s.get("client_dropped", 0),
+        )
+
+    def note(self, event: str) -> str:
+        if event == "stopped":
+            return f", {self.learner.updates} updates"
+        if event == "resumed":
+            n = len(self.buffer)
+            return f"replay buffer {f'restored with {n} transitions' if n else 'empty'}; "
+        return ""
+
+    def weights_meta(self) -> dict[str, Any]:
+        return {}
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def checkpoint(self, with_buffer: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        self.merge_normalizer()
+        parts: dict[str, Any] = {"rng": {"replay": self.buffer.rng.bit_generator.state}}
+        if with_buffer:
+            parts["buffer"] = self.buffer.state_dict()
+        counters = {
+            "buffer_size": len(self.buffer),
+            # exploration is a function of these counters; shown for the reader
+            "exploration": self._exploration(),
+        }
+        return parts, counters
+
+    def _exploration(self) -> dict[str, Any]:
+        d = self.cfg.dqn
+        if d.exploration == "schedule":
+            return {"mode": "schedule", "epsilon": round(epsilon(d, self.host.env_steps, 0, 1), 6)}
+        return {"mode": "ladder", "epsilon_max": d.ladder_eps, "clients": self.host.clients}
+
+    def restore(self, state: dict[str, Any], counters: dict[str, Any]) -> None:
+        if "buffer" in state:
+            self.buffer.load_state_dict(state["buffer"])
+        if "replay" in state["rng"]:
+            self.buffer.rng.bit_generator.state = state["rng"]["replay"]
+        self.ratio.restart(self.host.accepted, self.learner.updates)
+        self._published_at, self._published_updates = self.host.accepted, self.learner.updates
