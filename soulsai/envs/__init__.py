@@ -1,4 +1,7 @@
-"""Building the configured env and reading its spaces (clients, training node, evaluate)."""
+"""Building the configured env and reading its spaces (clients, training node, evaluate).
+
+`soulsai.envs.soulslike` (imported only on demand, e.g. by `env.imports`) registers a
+SoulsGym-shaped test fight, `soulsai/IudexLike-v0`."""
 
 from soulsai.envs.make import env_spaces, import_env_modules, make_single_env
 
