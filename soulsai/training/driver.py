@@ -78,6 +78,7 @@ class Driver(Protocol):
 
     metrics: dict[str, str]  # its gauges on /metrics, besides the shell's
     rates: tuple[str, ...]  # per-second rates in its stats: "samples", "updates"
+    progress: str  # the periodic log line: str.format fields name keys of the node's stats
     spec: ExperienceSpec
     learner: Learner
     hooks: IntakeHooks
@@ -88,9 +89,6 @@ class Driver(Protocol):
     def stats(self) -> dict[str, Any]:
         """Its counters for the stats hash and /metrics (the shell adds the common ones)."""
         ...
-
-    def log_progress(self, stats: dict[str, Any]) -> None:
-        """The periodic progress line."""
 
     def note(self, event: str) -> str:
         """What the log line of `event` adds to the common part: "up" (after the env id),

@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ class TrainingNode:
                     self._tick(now, rates)
                 if now >= next_log:
                     next_log = now + cfg.training.log_interval
-                    self.driver.log_progress(self._last_stats or self.stats())
+                    self._log_progress()
         finally:
             self.stop.set()
             self.driver.release()
@@ -211,6 +212,13 @@ class TrainingNode:
             self.clients = clients
         self.metrics.set_all(s, dict(self.intake.rejected))
         self._last_stats = s
+
+    def _log_progress(self) -> None:
+        """The driver's progress line, filled in from the last stats round (`rejected` by
+        reason; a rate not measured yet is None)."""
+        s = self._last_stats or self.stats()
+        values = {"client_dropped": 0, **s, "rejected": dict(self.intake.rejected)}
+        log.info(self.driver.progress.format_map(defaultdict(lambda: None, values)))
 
     def _command(self, raw: bytes) -> None:
         run_command(raw, self.link, self.saves, self.stop, self.intake.rejected)

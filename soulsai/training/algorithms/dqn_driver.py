@@ -35,6 +35,11 @@ class DQNDriver:
         "nonfinite_updates": "gradient steps and normalizer merges skipped: NaN or inf",
     }
     rates = ("samples", "updates")
+    progress = (
+        "env_steps={env_steps} accepted={accepted} updates={updates} model={model_id} "
+        "buffer={buffer} clients={clients} samples/s={samples_per_s} "
+        "updates/s={updates_per_s} loss={loss} rejected={rejected} client_dropped={client_dropped}"
+    )
 
     def __init__(self, host: Host, obs_space: gym.Space, act_space: gym.Space) -> None:
         cfg = self.cfg = host.cfg
@@ -174,23 +179,6 @@ class DQNDriver:
             "debt": int(debt) if learning else 0,
             "loss": round(self.last_info.get("loss", float("nan")), 6),
         }
-
-    def log_progress(self, s: dict[str, Any]) -> None:
-        self.host.log.info(
-            "env_steps=%d accepted=%d updates=%d model=%d buffer=%d clients=%d "
-            "samples/s=%s updates/s=%s loss=%s rejected=%s client_dropped=%s",
-            s["env_steps"],
-            s["accepted"],
-            s["updates"],
-            s["model_id"],
-            s["buffer"],
-            s["clients"],
-            s.get("samples_per_s"),
-            s.get("updates_per_s"),
-            s["loss"],
-            dict(self.host.intake.rejected),
-            s.get("client_dropped", 0),
-        )
 
     def note(self, event: str) -> str:
         if event == "stopped":

@@ -74,6 +74,12 @@ class PPODriver:
         self.waiting = ""  # why the node is not training yet although clients seem gone
         self._log = RateLimitedLog(host.log, cfg.training.log_interval)
         self.hooks = IntakeHooks(max_delay=0, accept=self.accept)  # only model k is on-policy
+        self.progress = (
+            f"env_steps={{env_steps}} iteration={{iterations}} model={{model_id}} "
+            f"collected={{collected}}/{p.n_steps_total} clients={{clients}} "
+            "samples/s={samples_per_s} approx_kl={approx_kl} clipfrac={clipfrac} "
+            "entropy={entropy} explained_var={explained_variance} rejected={rejected}"
+        )
 
     # ---------------------------------------------------------------- intake side
 
@@ -205,24 +211,6 @@ class PPODriver:
                 k: round(float(info.get(k, float("nan"))), 6) for k in (*STATS, "iteration_seconds")
             },
         }
-
-    def log_progress(self, s: dict[str, Any]) -> None:
-        self.host.log.info(
-            "env_steps=%d iteration=%d model=%d collected=%d/%d clients=%d samples/s=%s "
-            "approx_kl=%s clipfrac=%s entropy=%s explained_var=%s rejected=%s",
-            s["env_steps"],
-            s["iterations"],
-            s["model_id"],
-            s["collected"],
-            self.cfg.ppo.n_steps_total,
-            s["clients"],
-            s.get("samples_per_s"),
-            s["approx_kl"],
-            s["clipfrac"],
-            s["entropy"],
-            s["explained_variance"],
-            dict(self.host.intake.rejected),
-        )
 
     def note(self, event: str) -> str:
         if event == "up":
