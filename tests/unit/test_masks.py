@@ -192,3 +192,17 @@ def test_received_mask_bits_without_a_valid_action_or_with_padding_are_rejected(
     bits[2, -1] |= 0x01  # a bit beyond action 19
     with pytest.raises(ProtocolError, match="padding"):
         masks.check_mask_bits(bits, 20)
+
+
+def test_the_client_side_modules_import_without_torch() -> None:
+    """What a client acts with (layout, numpy encoder, wire fields, masks) needs no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import soulsai.model.obs, soulsai.model.obs_encode, "
+        "soulsai.model.obs_wire, soulsai.model.masks; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
