@@ -153,7 +153,7 @@ def unpack_mask(bits: np.ndarray, n_actions: int) -> np.ndarray:
 
 def mask_field(n_actions: int) -> FieldSpec:
     """The wire field of packed mask bits (any byte passes here; `check_mask_bits` checks)."""
-    return FieldSpec(np.uint8, (mask_bytes(n_actions),))
+    return FieldSpec(np.dtype("u1"), (mask_bytes(n_actions),))
 
 
 def check_mask_bits(

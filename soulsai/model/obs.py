@@ -148,7 +148,7 @@ def _constant(leaf: Leaf) -> bool:
         return True
     if leaf.kind == "categorical":
         return leaf.n == 1
-    if leaf.kind == "box":
+    if isinstance(leaf.space, gym.spaces.Box):
         low = np.asarray(leaf.space.low, np.float64)
         high = np.asarray(leaf.space.high, np.float64)
         return bool(np.isfinite(low).all() and (low == high).all())
