@@ -254,11 +254,15 @@ class TelemetryNode:
             return
         value = self.stats.best_due(self.unwritten[-1])
         if value is not None:
-            key = self.tcfg.best_key
-            log.info("new best %s moving average %.4g at episode %d", key, value, self.episodes)
-            self.pending_commands.append(
-                encode_command("save_best", key=key, value=value, episode=self.episodes)
+            key, model = self.tcfg.best_key, self.stats.model_id
+            log.info(
+                "new best %s moving average %.4g at episode %d (model %s)",
+                key, value, self.episodes, model,
+            )  # fmt: skip
+            command = encode_command(
+                "save_best", key=key, value=value, episode=self.episodes, model_id=model
             )
+            self.pending_commands.append(command)
 
     def _run_started(self) -> float | None:
         """When the training node started the run (the hash it publishes), if known."""

@@ -73,9 +73,10 @@ class Columns:
 class BestTracker:
     """Best moving average so far, and when to ask the training node to save the model.
 
-    A `save_best` is due when the current moving average beats the value of the last save and
-    at least `interval` episodes passed since it, so a rising curve saves every `interval`
-    episodes instead of on every one, and the saved model is always the current one.
+    A `save_best` is due when the current moving average beats the value of the last save,
+    at least `interval` episodes passed since it, and the episodes come from a newer model
+    than at that save (the same weights are never written twice), so a rising curve saves at
+    most every `interval` episodes and once per model, and the saved model is the current one.
     """
 
     def __init__(self, interval: int) -> None:
@@ -83,11 +84,14 @@ class BestTracker:
         self.best = -math.inf
         self.saved = -math.inf
         self.saved_episode = -math.inf
+        self.saved_model: int | None = None  # newest model id seen at the last save
 
-    def update(self, value: float, episode: int) -> bool:
+    def update(self, value: float, episode: int, model_id: int | None = None) -> bool:
         self.best = max(self.best, value)
+        if model_id is not None and model_id == self.saved_model:
+            return False  # the training node still has the weights it saved then
         if value > self.saved and episode - self.saved_episode >= self.interval:
-            self.saved, self.saved_episode = value, episode
+            self.saved, self.saved_episode, self.saved_model = value, episode, model_id
             return True
         return False
 
@@ -100,6 +104,7 @@ class Event:
     kind: str  # best | join | leave
     title: str
     text: str
+    model_id: int | None = None  # best: the newest model id in the episodes at the save
 
 
 class EpisodeStats:
@@ -118,6 +123,7 @@ class EpisodeStats:
         self.clients: list[str] = []
         self._client_code: dict[str, int] = {}
         self.best = BestTracker(cfg.best_interval)
+        self.model_id: int | None = None  # the newest model id any episode ran with
         self.events: list[Event] = []
         self._announced: set[str] = set()
         self._info_keys: set[str] = set()
@@ -133,6 +139,9 @@ class EpisodeStats:
         with self.lock:
             t = self._time(rec)
             self.cols.append(self._row(rec, t))
+            model = _model_id(rec.get("model_id"))
+            if model is not None and (self.model_id is None or model > self.model_id):
+                self.model_id = model
             rolling = self.rolling("return")
             if rolling is not None:
                 self.best_return = max(self.best_return or -math.inf, rolling)
@@ -144,20 +153,25 @@ class EpisodeStats:
             marked = _num(rec.get("saved_best"))
             if not math.isnan(marked):
                 episode = int(rec.get("episode") or self.n)
+                model = _model_id(rec.get("saved_best_model_id"))
                 self.best.saved, self.best.saved_episode = marked, episode
-                self.events.append(_best_event(t, marked, episode, self.cfg.best_key))
+                self.best.saved_model = model
+                self.events.append(_best_event(t, marked, episode, self.cfg.best_key, model))
 
     def best_due(self, rec: dict[str, Any]) -> float | None:
         """Called after a batch with its last record: the moving average to send with a
-        `save_best` command if one is due now (and `rec` gets the `saved_best` mark). One
-        decision per batch, since the training node can only save the weights it has now."""
+        `save_best` command if one is due now (and `rec` gets the `saved_best` and
+        `saved_best_model_id` marks). One decision per batch, since the training node can only
+        save the weights it has now; none while no newer model ran since the last save."""
         with self.lock:
             value = self.rolling(self.cfg.best_key)
             episode = int(rec.get("episode") or self.n)
-            if value is None or not self.best.update(value, episode):
+            if value is None or not self.best.update(value, episode, self.model_id):
                 return None
             rec["saved_best"] = value
-            self.events.append(_best_event(self._t_last, value, episode, self.cfg.best_key))
+            rec["saved_best_model_id"] = self.model_id
+            event = _best_event(self._t_last, value, episode, self.cfg.best_key, self.model_id)
+            self.events.append(event)
             return value
 
     def _time(self, rec: dict[str, Any]) -> float:
@@ -262,8 +276,17 @@ class EpisodeStats:
         return np.asarray(codes, dtype=float)
 
 
-def _best_event(t: float, value: float, episode: int, key: str) -> Event:
-    return Event(t, "best", "best model saved", f"{key}{AVG} {value:.6g} at episode {episode}")
+def _best_event(t: float, value: float, episode: int, key: str, model_id: int | None) -> Event:
+    text = f"{key}{AVG} {value:.6g} at episode {episode}"
+    if model_id is None:
+        return Event(t, "best", "best model saved", text)
+    title = f"best model saved (model {model_id})"
+    return Event(t, "best", title, f"{text}, model {model_id}", model_id)
+
+
+def _model_id(v: Any) -> int | None:
+    """A model id from a record (episodes.jsonl is read back too): a non-negative int."""
+    return v if type(v) is int and v >= 0 else None
 
 
 def _is_num(v: Any) -> bool:

@@ -157,6 +157,33 @@ def test_best_state_is_restored_from_the_records_on_disk() -> None:
     assert again.best_due(rec) is None
 
 
+def test_best_is_saved_once_per_model_id_and_the_id_is_in_the_event() -> None:
+    # PPO-like: many episodes per model version, the average rising all the time
+    stats = EpisodeStats(tcfg("telemetry.moving_average=5", "telemetry.best_interval=5"))
+    sent = []
+    for i in range(1, 101):
+        rec = record(i, float(i), model_id=(i - 1) // 20)  # 20 episodes per model
+        stats.add(rec)
+        if stats.best_due(rec) is not None:
+            sent.append((i, rec["saved_best_model_id"]))
+    assert [m for _, m in sent] == [0, 1, 2, 3, 4]  # once per model, never the same twice
+    best = [e for e in stats.events if e.kind == "best"]
+    assert [e.model_id for e in best] == [0, 1, 2, 3, 4]
+    assert "model 4" in best[-1].title and best[-1].text.endswith("model 4")
+    again = EpisodeStats(stats.cfg)  # a restart reads the last save's model back
+    for i in range(1, 101):
+        rec = record(i, float(i), model_id=(i - 1) // 20)
+        if i == sent[-1][0]:
+            rec.update(saved_best=99.0, saved_best_model_id=4)
+        again.add(rec)
+    rec = record(101, 1000.0, model_id=4)
+    again.add(rec)
+    assert again.best_due(rec) is None  # model 4 is saved already
+    rec = record(102, 1000.0, model_id=5)
+    again.add(rec)
+    assert again.best_due(rec) is not None and rec["saved_best_model_id"] == 5
+
+
 def test_best_tracker_needs_improvement_and_distance() -> None:
     b = BestTracker(interval=3)
     assert b.update(1.0, 1) and not b.update(2.0, 2) and not b.update(0.5, 4)
