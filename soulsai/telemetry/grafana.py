@@ -1,36 +1,52 @@
 """Grafana data source, mounted under /grafana (the URL to enter in Grafana).
 
 Speaks both JSON plugins as they are:
-- simpod-json-datasource: GET / (health), POST /metrics, /metric-payload-options, /query,
-  /variable, /tag-keys, /tag-values;
+- simpod-json-datasource, as its openapi.yaml defines it: GET / (health), POST /metrics,
+  /metric-payload-options, /query, /variable, /tag-keys, /tag-values;
 - the older SimpleJSON: POST /search, /query (`"type": "timeserie"` or `"table"`),
   /annotations.
 
 Every per-episode series and its moving average (`<key>_avg`) is a target, plus the sampled
 `steps_per_s` and `clients`; the time axis is when Redis received the episode. Queries honour
 `range` and `maxDataPoints` by down-sampling (bucket means by default; the `aggregate`
-payload picks min, max or last). An ad hoc filter on `client_id` restricts episode series to
-those clients, moving averages recomputed over what is left. Best-model saves and client
-joins/leaves are annotations (and the `annotations` target, for the newer plugin's
-annotation queries, which go through /query).
+payload picks min, max or last). Ad hoc filters on `client_id` (sent as `filters` or
+`adhocFilters`) restrict episode series and tables to those clients, moving averages
+recomputed over what is left. Best-model saves and client joins/leaves are annotations (and
+the `annotations` target, for the newer plugin's annotation queries, which go through /query).
 
-Nothing a request sends is compiled as a regular expression: targets and `=~` filters are
-exact names or shell-style globs (`*`, `?`), matched in linear time, so no request can hold
-the interpreter (Python's `re` keeps the GIL while it backtracks). A query names at most
+Bodies are checked (grafana_requests.py): a malformed one gets 422, an unknown target, kind,
+filter key or operator, or a range that is not a time gets 400, each with a message Grafana
+shows. Nothing a request sends is compiled as a regular expression: targets and `=~` filters
+are exact names or shell-style globs (`*`, `?`), matched in linear time, so no request can
+hold the interpreter (Python's `re` keeps the GIL while it backtracks). A query names at most
 MAX_SERIES series and a response holds at most MAX_RESPONSE_POINTS points.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-from datetime import datetime
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body
 
+from soulsai.telemetry.grafana_requests import (
+    FILTER_OPERATORS,
+    MAX_PATTERN,
+    AdhocFilter,
+    AnnotationsBody,
+    MetricsBody,
+    PayloadOptionsBody,
+    QueryBody,
+    QueryError,
+    SearchBody,
+    TagValuesBody,
+    VariableBody,
+    aggregate,
+    all_filters,
+    max_points,
+    time_range,
+)
 from soulsai.telemetry.stats import (
     AGGREGATES,
     AVG,
@@ -47,69 +63,18 @@ from soulsai.telemetry.stats import (
 SYSTEM_SERIES = ("steps_per_s", "clients")
 TAG_KEYS = ("client_id",)
 ANNOTATIONS = "annotations"
-DEFAULT_POINTS = 1000
-MAX_POINTS = 100_000  # maxDataPoints of one series at most
+ANNOTATION_KINDS = {"best": {"best"}, "clients": {"join", "leave"}, "join": {"join"},
+                    "leave": {"leave"}}  # fmt: skip
 MAX_SERIES = 100  # series one query names at most, after expanding globs and variables
 MAX_RESPONSE_POINTS = 200_000  # points of one response at most, all its series together
-MAX_PATTERN = 256  # characters of one target or filter value at most
 MAX_LISTED = 1000  # clients or events one answer lists at most (the newest)
 MAX_CLIENT_FILTERS = 8  # client_id filters one query applies at most (each scans every client)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a query we cannot answer; `message` says why"},
+}
 
 
-# ---------------------------------------------------------------------- request parsing
-
-
-def parse_time(value: Any) -> float | None:
-    """Grafana's range bounds: ISO 8601 strings ("2016-10-31T06:33:44.866Z"), or epoch ms."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value) / 1000.0
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return int(text) / 1000.0
-        try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            return None
-    return None
-
-
-def time_range(body: dict[str, Any]) -> tuple[float | None, float | None]:
-    rng = body.get("range")
-    if not isinstance(rng, dict):
-        return None, None
-    return parse_time(rng.get("from")), parse_time(rng.get("to"))
-
-
-def max_points(body: dict[str, Any]) -> int:
-    raw = body.get("maxDataPoints")
-    if isinstance(raw, (int, float)) and math.isfinite(raw) and raw >= 1:
-        return int(min(raw, MAX_POINTS))
-    return DEFAULT_POINTS
-
-
-def _payload(target: dict[str, Any]) -> dict[str, Any]:
-    """A target's extra options: `payload` (simpod >= 0.3, an object or a JSON string) or
-    `data` (older releases)."""
-    for key in ("payload", "data"):
-        value = target.get(key)
-        if isinstance(value, str) and value.strip():
-            try:
-                value = json.loads(value)
-            except ValueError:
-                continue
-        if isinstance(value, dict):
-            return value
-    return {}
-
-
-class QueryError(HTTPException):
-    """A query outside the limits: 400 with a message saying which."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(400, detail)
+# ---------------------------------------------------------------------- names and globs
 
 
 def glob_match(pattern: str, name: str) -> bool:
@@ -147,8 +112,9 @@ def _unescape(text: str) -> str:
 def expand_target(name: str, known: list[str]) -> list[str]:
     """The series a target names: a series itself; a multi-value variable, which arrives as
     "{a,b}" or, in the plugins' regex formatting, as "(a|b)" with escaped dots; or a glob
-    matching whole names ("info.*_avg"). Unknown names come back as they are. Never a regex:
-    "(a|b)" is split on "|" and each part taken literally (after removing escapes)."""
+    matching whole names ("info.*_avg"; one that matches nothing names nothing). A plain name
+    comes back as it is, known or not. Never a regex: "(a|b)" is split on "|" and each part
+    taken literally (after removing escapes)."""
     name = name.strip()
     if len(name) > MAX_PATTERN:
         raise QueryError(f"a target is {len(name)} characters; at most {MAX_PATTERN}")
@@ -167,31 +133,54 @@ def expand_target(name: str, known: list[str]) -> list[str]:
         if part in known or not any(c in part for c in "*?"):
             out.append(part)
         else:
-            out += [k for k in known if glob_match(part, k)] or [part]
+            out += [k for k in known if glob_match(part, k)]
     return out
 
 
-def client_filter(stats: EpisodeStats, filters: Any) -> list[str] | None:
-    """Clients selected by ad hoc filters on client_id (None: no such filter). `=~` and `!~`
-    take a glob ("gpu-*"), not a regex."""
-    if not isinstance(filters, list):
-        return None
+def client_filter(stats: EpisodeStats, filters: list[AdhocFilter]) -> list[str] | None:
+    """Clients selected by ad hoc filters on client_id (None: no filter). `=~` and `!~` take a
+    glob ("gpu-*"), not a regex; `=|` and `!=|` a list of `values`. Another key or operator
+    is a QueryError: /tag-keys offers client_id only."""
+    if len(filters) > MAX_CLIENT_FILTERS:
+        raise QueryError(f"{len(filters)} client_id filters; at most {MAX_CLIENT_FILTERS}")
     selected: list[str] | None = None
-    mine = [f for f in filters[:MAX_SERIES] if isinstance(f, dict) and f.get("key") == "client_id"]
-    if len(mine) > MAX_CLIENT_FILTERS:
-        raise QueryError(f"{len(mine)} client_id filters; at most {MAX_CLIENT_FILTERS}")
-    for f in mine:
-        op, value = str(f.get("operator", "=")), str(f.get("value", ""))
-        if len(value) > MAX_PATTERN:
-            raise QueryError(f"a filter value is {len(value)} characters; at most {MAX_PATTERN}")
+    for f in filters:
+        if f.key not in TAG_KEYS:
+            raise QueryError(f"no ad hoc filter key {f.key[:64]!r}; the keys are {TAG_KEYS}")
+        if f.operator not in FILTER_OPERATORS:
+            shown = f.operator[:8]
+            raise QueryError(f"filter operator {shown!r} is not one of {FILTER_OPERATORS}")
+        values = f.values if f.operator in ("=|", "!=|") else [f.value]
+        if len(values or []) > MAX_SERIES:
+            raise QueryError(f"a filter lists {len(values or [])} values; at most {MAX_SERIES}")
+        if any(len(v) > MAX_PATTERN for v in values or []):
+            raise QueryError(f"a filter value is longer than {MAX_PATTERN} characters")
         pool = selected if selected is not None else list(stats.clients)
-        if op == "=":
-            selected = [c for c in pool if c == value]
-        elif op == "!=":
-            selected = [c for c in pool if c != value]
-        elif op in ("=~", "!~"):
-            selected = [c for c in pool if glob_match(value, c) == (op == "=~")]
+        if f.operator in ("=", "=|"):
+            selected = [c for c in pool if c in (values or [])]
+        elif f.operator in ("!=", "!=|"):
+            selected = [c for c in pool if c not in (values or [])]
+        else:
+            selected = [c for c in pool if glob_match(f.value, c) == (f.operator == "=~")]
     return selected
+
+
+def annotation_kinds(text: str | None) -> set[str]:
+    """The event kinds an annotation query asks for: "best", "join,leave", "clients",
+    "#best", "annotations.clients" (empty or "annotations": all); a QueryError for a word
+    that is none of them, rather than every event."""
+    text = text or ""
+    if len(text) > MAX_PATTERN:
+        raise QueryError(f"an annotation query is {len(text)} characters; at most {MAX_PATTERN}")
+    words = [w for w in re.split(r"[\s,#|.]+", text) if w and w != ANNOTATIONS]
+    kinds: set[str] = set()
+    for word in words:
+        if word not in ANNOTATION_KINDS:
+            raise QueryError(
+                f"no annotation kind {word[:64]!r}; one of {', '.join(ANNOTATION_KINDS)}"
+            )
+        kinds |= ANNOTATION_KINDS[word]
+    return kinds or {"best", "join", "leave"}
 
 
 # ---------------------------------------------------------------------- the data
@@ -207,6 +196,34 @@ class GrafanaSource:
     def names(self) -> list[str]:
         return [*self.stats.series_names(), *SYSTEM_SERIES]
 
+    def columns(
+        self, name: str, lo: float | None, hi: float | None, clients: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        """Time (unix seconds), episode, env steps and the values of one episode series
+        within [lo, hi], only these clients' episodes when `clients` is not None (moving
+        averages recomputed over them); system series have no `episode`."""
+        if name in SYSTEM_SERIES:
+            t, values = self.system.arrays()
+            keep = in_range(t, lo, hi)
+            return {"t": t[keep], "env_steps": values["env_steps"][keep], "y": values[name][keep]}
+        with self.stats.lock:  # views only: the intake waits on this lock
+            cols = {k: self.stats.view(k) for k in ("t", "episode", "env_steps")}
+            y = self.stats.view(name)
+            client_col = self.stats.view("client")
+            codes = self.stats.client_codes(clients or [])
+            raw = self.stats.view(name[: -len(AVG)]) if name.endswith(AVG) else None
+        if y is None or any(c is None for c in cols.values()):
+            return {"t": np.zeros(0), "episode": np.zeros(0), "env_steps": np.zeros(0),
+                    "y": np.zeros(0)}  # fmt: skip
+        out: dict[str, np.ndarray] = {**cols, "y": y}  # type: ignore[dict-item]
+        if clients is not None and client_col is not None:
+            mask = np.isin(client_col, codes)
+            out = {k: v[mask] for k, v in out.items()}
+            if raw is not None:
+                out["y"] = moving_average(raw[mask], self.stats.window)
+        keep = in_range(out["t"], lo, hi)
+        return {k: v[keep] for k, v in out.items()}
+
     def series(
         self,
         name: str,
@@ -217,50 +234,33 @@ class GrafanaSource:
         clients: list[str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(unix seconds, values) of one target within [lo, hi], at most `points` long."""
-        if name in SYSTEM_SERIES:
-            t, values = self.system.arrays()
-            y = values[name]
-        else:
-            with self.stats.lock:  # views only: the intake waits on this lock
-                tv, yv = self.stats.view("t"), self.stats.view(name)
-                client_col = self.stats.view("client")
-                codes = self.stats.client_codes(clients or [])
-                raw = self.stats.view(name[: -len(AVG)]) if name.endswith(AVG) else None
-            if tv is None or yv is None:
-                return np.zeros(0), np.zeros(0)
-            t, y = tv, yv
-            if clients is not None and client_col is not None:
-                mask = np.isin(client_col, codes)
-                t = t[mask]
-                y = y[mask] if raw is None else moving_average(raw[mask], self.stats.window)
-        keep = in_range(t, lo, hi)
-        return downsample(t[keep], y[keep], points, how)
+        cols = self.columns(name, lo, hi, clients)
+        return downsample(cols["t"], cols["y"], points, how)
 
     def table(
-        self, name: str, lo: float | None, hi: float | None, points: int, how: str
+        self,
+        name: str,
+        lo: float | None,
+        hi: float | None,
+        points: int,
+        how: str,
+        clients: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Time, episode, env steps and the value, one row per (down-sampled) episode."""
-        columns = [
-            {"text": "Time", "type": "time"},
-            {"text": "episode", "type": "number"},
-            {"text": "env_steps", "type": "number"},
-            {"text": name, "type": "number"},
-        ]
+        """Time, episode (not for system series), env steps and the value, one row per
+        (down-sampled) episode or sample."""
+        cols = self.columns(name, lo, hi, clients)
+        keys = [k for k in ("t", "episode", "env_steps") if k in cols]
+        columns = [{"text": "Time", "type": "time"}]
+        columns += [{"text": k, "type": "number"} for k in keys[1:]]
+        columns.append({"text": name, "type": "number"})
+        keep = np.isfinite(cols["y"])
         rows: list[list[Any]] = []
-        with self.stats.lock:
-            t, y = self.stats.view("t"), self.stats.view(name)
-            ep, steps = self.stats.view("episode"), self.stats.view("env_steps")
-        if t is not None and y is not None and ep is not None and steps is not None:
-            keep = in_range(t, lo, hi) & np.isfinite(y)
-            t, y, ep, steps = t[keep], y[keep], ep[keep], steps[keep]
-            if len(t):
-                edges = bucket_edges(len(t), points)
-                cols = [reduce_buckets(a, edges, "last") for a in (t, ep, steps)]
-                cols.append(reduce_buckets(y, edges, how))
-                rows = [
-                    [int(round(a * 1000)), _num(b), _num(c), _num(d)]
-                    for a, b, c, d in zip(*cols, strict=True)
-                ]
+        if keep.any():
+            edges = bucket_edges(int(keep.sum()), points)
+            reduced = [reduce_buckets(cols[k][keep], edges, "last") for k in keys]
+            reduced.append(reduce_buckets(cols["y"][keep], edges, how))
+            reduced[0] = np.round(reduced[0] * 1000)
+            rows = [[_num(v) for v in row] for row in zip(*reduced, strict=True)]
         return {"type": "table", "columns": columns, "rows": rows}
 
     def events(self, lo: float | None, hi: float | None, kinds: set[str]) -> list[Event]:
@@ -270,37 +270,28 @@ class GrafanaSource:
         chosen = [
             e
             for e in events
-            if (not kinds or e.kind in kinds)
-            and (lo is None or e.time >= lo)
-            and (hi is None or e.time <= hi)
+            if e.kind in kinds and (lo is None or e.time >= lo) and (hi is None or e.time <= hi)
         ]
         return chosen[-MAX_LISTED:]
 
 
-def _num(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
-
-
-def _kinds(text: Any) -> set[str]:
-    """An annotation query such as "best", "join,leave" or "clients" (empty: everything)."""
-    words = set(re.split(r"[\s,#|.]+", text)) if isinstance(text, str) else set()
-    if "clients" in words:
-        words |= {"join", "leave"}
-    return words & {"best", "join", "leave"}
+def _num(v: float) -> int | float:
+    """A finite table cell (rows hold only finite values); whole numbers as ints."""
+    return int(v) if float(v).is_integer() else float(v)
 
 
 # ---------------------------------------------------------------------- the routes
 
 
 def make_router(source: GrafanaSource) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=ERRORS)
 
     @router.get("/")
     def health() -> dict[str, Any]:
         return {"status": "ok", "episodes": source.stats.n}
 
     @router.post("/metrics")
-    def metrics(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, Any]]:
+    def metrics(body: MetricsBody | None = Body(None)) -> list[dict[str, Any]]:
         payloads = [
             {
                 "label": "Down-sampling",
@@ -313,91 +304,99 @@ def make_router(source: GrafanaSource) -> APIRouter:
         return [{"label": n, "value": n, "payloads": payloads} for n in source.names()]
 
     @router.post("/metric-payload-options")
-    def payload_options(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict]:
-        if body.get("name") == "aggregate":
+    def payload_options(body: PayloadOptionsBody) -> list[dict[str, str]]:
+        if body.name == "aggregate":
             return [{"label": a, "value": a} for a in AGGREGATES]
         return []
 
     @router.post("/search")
-    def search(body: dict[str, Any] = Body(default_factory=dict)) -> list[str]:
-        needle = str(body.get("target") or "").lower()
-        return [n for n in [*source.names(), ANNOTATIONS] if needle in n.lower()]
+    def search(body: SearchBody | None = Body(None)) -> list[str]:
+        needle = (body.target if body is not None else None) or ""
+        return [n for n in [*source.names(), ANNOTATIONS] if needle.lower() in n.lower()]
 
     @router.post("/variable")
-    def variable(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, str]]:
-        payload = body.get("payload")
-        target = payload.get("target", "") if isinstance(payload, dict) else payload
-        target = str(target or "").strip()
+    def variable(body: VariableBody) -> list[dict[str, str]]:
+        payload = body.payload
+        target = payload if isinstance(payload, str) else payload.target if payload else ""
+        target = target.strip()
         if target in ("clients", "client_id"):
             values = source.stats.clients[:MAX_LISTED]
         else:
             values = [n for n in source.names() if target.lower() in n.lower()]
-        return [{"__text": v, "__value": v} for v in values]
+        # __text/__value are what the plugin reads; its openapi.yaml wants text/value too
+        return [{"__text": v, "__value": v, "text": v, "value": v} for v in values]
 
     @router.post("/tag-keys")
-    def tag_keys(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, str]]:
+    def tag_keys(body: dict[str, Any] | None = Body(None)) -> list[dict[str, str]]:
         return [{"type": "string", "text": k} for k in TAG_KEYS]
 
     @router.post("/tag-values")
-    def tag_values(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, str]]:
-        if body.get("key") == "client_id":
-            return [{"text": c} for c in source.stats.clients[:MAX_LISTED]]
-        return []
+    def tag_values(body: TagValuesBody) -> list[dict[str, str]]:
+        if body.key not in TAG_KEYS:
+            raise QueryError(f"no ad hoc filter key {body.key[:64]!r}; the keys are {TAG_KEYS}")
+        return [{"text": c} for c in source.stats.clients[:MAX_LISTED]]
 
     @router.post("/query")
-    def query(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, Any]]:
-        lo, hi = time_range(body)
-        clients = client_filter(source.stats, body.get("adhocFilters"))
-        wanted = plan_query(body, [*source.names(), ANNOTATIONS])
+    def query(body: QueryBody) -> list[dict[str, Any]]:
+        lo, hi = time_range(body.range)
+        clients = client_filter(source.stats, all_filters(body))
+        wanted = plan_query(body, source.names(), strict=source.stats.n > 0)
         # the response's point budget, shared by its series
         points = min(max_points(body), max(1, MAX_RESPONSE_POINTS // max(1, len(wanted))))
         out: list[dict[str, Any]] = []
-        for target, name, how in wanted:
+        for (ref, kind), name, how in wanted:
             if name.split(".")[0] == ANNOTATIONS:
-                out.append(annotation_table(source, lo, hi, name))
-            elif target.get("type") == "table":
-                out.append(source.table(name, lo, hi, points, how))
+                out.append({**annotation_table(source, lo, hi, name), "refId": ref})
+            elif kind == "table":
+                out.append({**source.table(name, lo, hi, points, how, clients), "refId": ref})
             else:
                 t, y = source.series(name, lo, hi, points, how, clients)
                 ms = np.round(t * 1000).astype(np.int64).tolist()
                 datapoints = [list(p) for p in zip(y.tolist(), ms, strict=True)]
-                out.append({"target": name, "refId": target.get("refId"), "datapoints": datapoints})
+                out.append({"target": name, "refId": ref, "datapoints": datapoints})
         return out
 
     @router.post("/annotations")
-    def annotations(body: dict[str, Any] = Body(default_factory=dict)) -> list[dict[str, Any]]:
-        lo, hi = time_range(body)
-        ann = body.get("annotation")
-        ann = ann if isinstance(ann, dict) else {}
+    def annotations(body: AnnotationsBody | None = Body(None)) -> list[dict[str, Any]]:
+        body = body or AnnotationsBody()
+        lo, hi = time_range(body.range)
+        ann = body.annotation
+        kinds = annotation_kinds(ann.query if ann else None)
+        echo = ann.model_dump(mode="json", exclude_none=True) if ann else {}
         return [
             {
-                "annotation": ann,
+                "annotation": echo,
                 "time": int(round(e.time * 1000)),
                 "title": e.title,
                 "text": e.text,
                 "tags": [e.kind],
             }
-            for e in source.events(lo, hi, _kinds(ann.get("query")))
+            for e in source.events(lo, hi, kinds)
         ]
 
     return router
 
 
-def plan_query(body: dict[str, Any], known: list[str]) -> list[tuple[dict[str, Any], str, str]]:
-    """(target, series name, aggregate) for each series a /query asks for; QueryError when
-    that is more than MAX_SERIES."""
-    targets = body.get("targets")
-    targets = targets if isinstance(targets, list) else []
-    if len(targets) > MAX_SERIES:
-        raise QueryError(f"a query has {len(targets)} targets; at most {MAX_SERIES}")
-    wanted: list[tuple[dict[str, Any], str, str]] = []
-    for target in targets:
-        if not isinstance(target, dict) or target.get("hide") is True:
+def plan_query(
+    body: QueryBody, known: list[str], strict: bool = True
+) -> list[tuple[tuple[str | None, str | None], str, str]]:
+    """((refId, type), series name, aggregate) for each series a /query asks for. A
+    QueryError when that is more than MAX_SERIES or, when `strict` (there are episodes, so
+    the series are known), a name that is no series."""
+    if len(body.targets) > MAX_SERIES:
+        raise QueryError(f"a query has {len(body.targets)} targets; at most {MAX_SERIES}")
+    wanted: list[tuple[tuple[str | None, str | None], str, str]] = []
+    for target in body.targets:
+        if target.hide is True:
             continue
-        how = str(_payload(target).get("aggregate") or "mean")
-        how = how if how in AGGREGATES else "mean"
-        for name in expand_target(str(target.get("target") or ""), known):
-            wanted.append((target, name, how))
+        how = aggregate(target)
+        for name in expand_target(target.target, [*known, ANNOTATIONS]):
+            if name.split(".")[0] == ANNOTATIONS:
+                annotation_kinds(name.partition(".")[2])  # an unknown kind is a QueryError
+            elif strict and name not in known:
+                shown = ", ".join(known[:40])
+                raise QueryError(f"no series {name[:64]!r} (target {target.refId}); known: {shown}")
+            wanted.append(((target.refId, target.type), name, how))
         if len(wanted) > MAX_SERIES:
             raise QueryError(f"a query names more than {MAX_SERIES} series")
     return wanted
@@ -409,7 +408,7 @@ def annotation_table(
     """Events as a table (time, title, text, tags): what the newer plugin maps to annotations.
     `annotations` gives every kind, `annotations.best` the saves, `annotations.clients` joins
     and leaves (also `.join`, `.leave`)."""
-    kinds = _kinds(name.partition(".")[2])
+    kinds = annotation_kinds(name.partition(".")[2])
     return {
         "type": "table",
         "columns": [

@@ -33,18 +33,15 @@ from typing import Any
 import numpy as np
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soulsai.errors import ConfigError
-from soulsai.telemetry.grafana import (
-    MAX_RESPONSE_POINTS,
-    MAX_SERIES,
-    GrafanaSource,
-    make_router,
-    parse_time,
-)
+from soulsai.telemetry.grafana import MAX_RESPONSE_POINTS, MAX_SERIES, GrafanaSource, make_router
+from soulsai.telemetry.grafana_requests import QueryError, parse_time
 from soulsai.telemetry.stats import (
     AVG,
     EpisodeStats,
@@ -186,7 +183,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Callable) -> None:
-        body = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
+        reason = f"request body over {self.max_bytes} bytes"
+        body = json.dumps({"detail": reason, "message": reason}).encode()
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -224,6 +222,26 @@ def bearer_check(token: str | None) -> Callable[[Request], None]:
     return check
 
 
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's error body plus `message`, the field Grafana shows on a failed query."""
+    body = {"detail": exc.detail, "message": str(exc.detail)}
+    return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 for a body or parameter of the wrong shape: FastAPI's `detail` (without the
+    input, which may be large) and a one-line `message` such as
+    "targets: Input should be a valid list"."""
+    errors = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()]
+    parts = []
+    for e in errors[:3]:
+        loc = [str(x) for x in e["loc"] or ()]
+        where = ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
+        parts.append(f"{where or 'body'}: {e['msg']}")
+    message = "; ".join(parts) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
+    return JSONResponse({"detail": errors, "message": message}, 422)
+
+
 def make_app(
     state: WebState, token: str | None = None, cors_origins: Sequence[str] = ()
 ) -> FastAPI:
@@ -232,6 +250,8 @@ def make_app(
     "proxy" and need none)."""
     # No /docs: Swagger UI loads its scripts from a CDN. The schema is at /openapi.json.
     app = FastAPI(title="soulsai telemetry", docs_url=None, redoc_url=None)
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -266,11 +286,24 @@ def make_app(
         with state.stats.lock:
             events = list(state.stats.events)
         return [
-            {"time": int(round(e.time * 1000)), "kind": e.kind, "title": e.title, "text": e.text}
+            {
+                "time": int(round(e.time * 1000)),
+                "kind": e.kind,
+                "title": e.title,
+                "text": e.text,
+                "model_id": e.model_id,
+            }
             for e in events
         ]
 
-    @app.get("/api/series", dependencies=grafana_auth)
+    @app.get(
+        "/api/series",
+        dependencies=grafana_auth,
+        responses={
+            400: {"description": "too many series, or a bound that is not a time"},
+            404: {"description": "an unknown series"},
+        },
+    )
     def api_series(
         keys: str = Query("return,return_avg", description="comma-separated series names"),
         start: str | None = Query(None, alias="from", description="ms since epoch or ISO 8601"),
@@ -287,7 +320,11 @@ def make_app(
         if unknown and state.stats.n:
             raise HTTPException(404, f"unknown series {unknown[:10]}; known: {sorted(known)}")
         points = min(max_points, MAX_RESPONSE_POINTS // (len(wanted) + len(ROW_KEYS) + 1))
-        cols = series_payload(state, wanted, parse_time(start), parse_time(end), points, client)
+        lo, hi = parse_time(start), parse_time(end)
+        for name, given, t in (("from", start, lo), ("to", end, hi)):
+            if given and given.strip() and t is None:
+                raise QueryError(f"{name} {given[:64]!r} is not a time (ISO 8601 or epoch ms)")
+        cols = series_payload(state, wanted, lo, hi, points, client)
         clean = {k: _clean(v) for k, v in cols.items()}
         if format == "columns":
             return clean

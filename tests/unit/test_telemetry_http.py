@@ -167,7 +167,10 @@ def test_variable(client: TestClient) -> None:
                   "raw": {"from": "now-7d", "to": "now"}},
     }  # fmt: skip
     got = client.post("/grafana/variable", json=body).json()
-    assert got == [{"__text": "alpha", "__value": "alpha"}, {"__text": "beta", "__value": "beta"}]
+    assert [(v["__text"], v["__value"], v["text"], v["value"]) for v in got] == [
+        ("alpha",) * 4,
+        ("beta",) * 4,
+    ]  # __text/__value for the plugin, text/value for its openapi.yaml
     body["payload"] = {"target": "_avg"}
     got = client.post("/grafana/variable", json=body).json()
     assert {"return_avg", "length_avg"} <= {v["__value"] for v in got}
@@ -245,13 +248,14 @@ def test_simplejson_annotations(client: TestClient) -> None:
     assert "return_avg" in got[0]["text"]
 
 
-def test_unknown_targets_and_odd_bodies_do_not_fail(client: TestClient) -> None:
-    body = {"targets": [{"target": "nope", "refId": "A"}, "junk", {"refId": "B"}]}
-    assert client.post("/grafana/query", json=body).json() == [
-        {"target": "nope", "refId": "A", "datapoints": []}
-    ]
+def test_unknown_targets_and_odd_bodies_are_4xx_with_a_message(client: TestClient) -> None:
+    r = client.post("/grafana/query", json={"targets": [{"target": "nope", "refId": "A"}]})
+    assert r.status_code == 400 and "no series 'nope'" in r.json()["message"]
+    r = client.post("/grafana/query", json={"targets": [{"target": "return"}, "junk"]})
+    assert r.status_code == 422 and "targets.1" in r.json()["message"]
     assert client.post("/grafana/query", json={}).json() == []
     assert client.post("/grafana/annotations", json={}).status_code == 200
+    assert client.post("/grafana/annotations").status_code == 200
 
 
 # ---------------------------------------------------------------- JSON API, page, /metrics

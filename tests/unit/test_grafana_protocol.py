@@ -1,0 +1,298 @@
+"""The Grafana data source against the JSON plugin's own protocol: its openapi.yaml
+(simPod/GrafanaJsonDatasource, copied to tests/data) defines the requests, and every answer
+must have the shape it defines. Each route of the spec gets the request shapes the spec
+defines (checked against the spec too) and answers 200 in the spec's shape; malformed or
+unanswerable requests get a 4xx with a `message` (what Grafana shows on the panel)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from soulsai.config import default_config_dir, load_config
+from soulsai.telemetry.stats import EpisodeStats, SystemSeries
+from soulsai.telemetry.web import WebState, make_app
+
+SPEC_FILE = Path(__file__).resolve().parents[1] / "data" / "grafana_json_openapi.yaml"
+T0 = 1_700_000_000.0
+N = 200
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return yaml.safe_load(SPEC_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    cfg = load_config(default_config_dir(), ["telemetry.moving_average=10"]).telemetry
+    stats = EpisodeStats(cfg)
+    for i in range(1, N + 1):  # one episode per second, two clients taking turns
+        rec = {
+            "episode": i,
+            "return": float(i),
+            "length": 20 + i % 5,
+            "client_id": "alpha" if i % 2 else "beta",
+            "time": T0 + i,
+            "env_steps": 30 * i,
+            "wall_time": float(i),
+            "stream_id": f"{int((T0 + i) * 1000)}-0",
+            "model_id": i // 10,
+            "info.hp": 1.0 - i / N,
+        }
+        stats.add(rec)
+        if i in (50, 150):
+            stats.best_due(rec)
+    system = SystemSeries()
+    for i in range(30):
+        system.sample(T0 + 10 * i, 300 * i, 2)
+    state = WebState(stats, system, dict, "env_steps", ["return"], "test")
+    return TestClient(make_app(state))
+
+
+def _schema(spec: dict[str, Any], schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    """A validator for one schema of the spec, its $refs resolved against the spec."""
+    return jsonschema_rs.Draft4Validator({**schema, "components": spec["components"]})
+
+
+def request_validator(spec: dict[str, Any], path: str) -> jsonschema_rs.Validator | None:
+    body = spec["paths"][path].get("post", {}).get("requestBody")
+    return _schema(spec, body["content"]["application/json"]["schema"]) if body else None
+
+
+def response_validator(spec: dict[str, Any], path: str) -> jsonschema_rs.Validator | None:
+    op = spec["paths"][path].get("post") or spec["paths"][path]["get"]
+    content = op["responses"]["200"].get("content")
+    if content is None:
+        return None  # "/" and /tag-values define no body
+    schema = copy.deepcopy(content["application/json"]["schema"])
+    if path == "/query":
+        # The spec's table rows say `items: anyOf [string, number]` while its own example
+        # (and every Grafana table) has rows that are arrays of those: check the example's shape.
+        table = schema["items"]["anyOf"][1]["properties"]["rows"]
+        table["items"] = {"type": "array", "items": table["items"]}
+    return _schema(spec, schema)
+
+
+def grafana_query(targets: list[dict], **extra: Any) -> dict[str, Any]:
+    """A /query body with every field the spec lists, as Grafana sends it."""
+    return {
+        "panelId": "Q-1599986187842-0.164611811105138-0",
+        "range": {"from": iso(T0), "to": iso(T0 + N), "raw": {"from": "now-1h", "to": "now"}},
+        "rangeRaw": {"from": "now-1h", "to": "now"},
+        "interval": "30s",
+        "intervalMs": 5500,
+        "maxDataPoints": 50,
+        "targets": targets,
+        "scopedVars": {"__interval": {"text": "1s", "value": "1s"}},
+        "filters": [],
+        **extra,
+    }
+
+
+VARIABLE_RANGE = {"from": iso(T0), "to": iso(T0 + N), "raw": {"from": "now-7d", "to": "now"}}
+# Per route of the spec: request bodies it defines (None: no body), its own examples first.
+VALID: dict[str, list[Any]] = {
+    "/": [None],
+    "/metrics": [
+        {"metric": "DescribeCloudWatchDataList", "payload": {"namespace": "AWS/RDS"}},
+        {"metric": "return", "payload": {"aggregate": "max"}},
+        {},
+    ],
+    "/metric-payload-options": [
+        {
+            "metric": "DescribeCloudWatchDataList",
+            "payload": {"namespace": "AWS/RDS"},
+            "name": "metric",
+        },
+        {"metric": "return", "payload": {"aggregate": "mean"}, "name": "aggregate"},
+    ],  # fmt: skip
+    "/query": [
+        grafana_query([{"target": "return", "refId": "A", "payload": {}}]),
+        grafana_query(
+            [
+                {"target": "return_avg", "refId": "A", "payload": {"aggregate": "max"}},
+                {"target": "length", "refId": "B", "payload": {}, "type": "table"},
+                {"target": "steps_per_s", "refId": "C", "type": "table"},
+                {"target": "annotations.best", "refId": "D"},
+            ],
+            filters=[{"key": "client_id", "operator": "=", "value": "alpha"}],
+        ),
+        grafana_query([{"target": "(return_avg|info\\.hp)", "refId": "A"}], maxDataPoints=3),
+        {"targets": [{"target": "clients"}]},
+    ],
+    "/variable": [
+        {"payload": {"target": "clients"}, "range": VARIABLE_RANGE},
+        {"payload": {"target": "_avg", "variables": {}}, "range": VARIABLE_RANGE},
+    ],
+    "/tag-keys": [None, {}],
+    "/tag-values": [{"key": "client_id"}],
+}
+
+
+def call(client: TestClient, path: str, body: Any) -> Any:
+    if path == "/":
+        return client.get("/grafana/")
+    if body is None:
+        return client.post(f"/grafana{path}")
+    return client.post(f"/grafana{path}", json=body)
+
+
+def test_every_route_of_the_plugins_spec_is_covered(spec: dict[str, Any]) -> None:
+    assert set(spec["paths"]) == set(VALID)
+
+
+@pytest.mark.parametrize(
+    ("path", "index"), [(p, i) for p, bodies in VALID.items() for i in range(len(bodies))]
+)
+def test_requests_the_spec_defines_get_answers_of_the_shape_it_defines(
+    client: TestClient, spec: dict[str, Any], path: str, index: int
+) -> None:
+    body = VALID[path][index]
+    checker = request_validator(spec, path)
+    if checker is not None and body is not None:
+        assert checker.is_valid(body), list(checker.iter_errors(body))  # the test is honest
+    r = call(client, path, body)
+    assert r.status_code == 200, r.text
+    answer = response_validator(spec, path)
+    if answer is not None:
+        errors = [e.message for e in answer.iter_errors(r.json())]
+        assert not errors, errors[:3]
+
+
+def test_query_answers_series_and_tables_with_data(client: TestClient) -> None:
+    body = VALID["/query"][1]
+    series, length, sps, best = client.post("/grafana/query", json=body).json()
+    assert series["target"] == "return_avg" and series["refId"] == "A" and series["datapoints"]
+    assert [c["text"] for c in length["columns"]] == ["Time", "episode", "env_steps", "length"]
+    assert length["rows"] and all(row[1] % 2 == 1 for row in length["rows"])  # alpha's only
+    assert [c["text"] for c in sps["columns"]] == ["Time", "env_steps", "steps_per_s"]
+    assert len(sps["rows"]) == 21 and sps["rows"][-1][2] == pytest.approx(30.0)  # in the range
+    assert [row[1] for row in best["rows"]] == ["best model saved (model 5)",
+                                                "best model saved (model 15)"]  # fmt: skip
+    assert "model 15" in best["rows"][1][2]
+
+
+@pytest.mark.parametrize("field", ["filters", "adhocFilters"])
+@pytest.mark.parametrize("kind", ["timeserie", "table"])
+def test_client_filter_from_either_field_restricts_series_and_tables(
+    client: TestClient, field: str, kind: str
+) -> None:
+    flt = [{"key": "client_id", "operator": "!=", "value": "alpha"}]
+    target = {"target": "return", "refId": "A", "type": kind}
+    body = {**grafana_query([target], maxDataPoints=1000), "filters": None, field: flt}
+    (got,) = client.post("/grafana/query", json=body).json()
+    values = (
+        [p[0] for p in got["datapoints"]] if kind == "timeserie" else [r[3] for r in got["rows"]]
+    )
+    assert len(values) == N // 2 and all(v % 2 == 0 for v in values)  # beta's episodes only
+    both = {**body, "filters": [{"key": "client_id", "operator": "=~", "value": "al*"}]}
+    both[field] = [*(both.get(field) or []), *flt]
+    (got,) = client.post("/grafana/query", json=both).json()
+    assert not (got["datapoints"] if kind == "timeserie" else got["rows"])  # both apply
+
+
+def test_client_filter_recomputes_the_moving_average_of_a_table(client: TestClient) -> None:
+    flt = [{"key": "client_id", "operator": "=|", "value": "", "values": ["beta"]}]
+    target = {"target": "return_avg", "refId": "A", "type": "table"}
+    body = grafana_query([target], maxDataPoints=1000, filters=flt)
+    (got,) = client.post("/grafana/query", json=body).json()
+    last = got["rows"][-1]
+    assert last[1] == N and last[3] == pytest.approx(sum(range(N - 18, N + 1, 2)) / 10)
+
+
+def test_system_series_as_tables_have_rows(client: TestClient) -> None:
+    targets = [{"target": n, "refId": n, "type": "table"} for n in ("steps_per_s", "clients")]
+    sps, clients = client.post("/grafana/query", json=grafana_query(targets)).json()
+    assert len(sps["rows"]) == len(clients["rows"]) == 21  # samples every 10 s within 200 s
+    assert clients["rows"][0] == [int(T0 * 1000), 0, 2]
+
+
+TARGET = [{"target": "return", "refId": "A"}]
+# (path, body, status, words of the message, whether the body breaks the spec's schema)
+INVALID: list[tuple[str, Any, int, str, bool]] = [
+    ("/query", {"targets": "return"}, 422, "targets: Input should be a valid list", True),
+    ("/query", {"targets": [{"refId": "A"}]}, 422, "targets.0.target: Field required", True),
+    ("/query", {"targets": [{"target": 5}]}, 422, "targets.0.target", True),
+    ("/query", {"targets": TARGET, "filters": {"key": "client_id"}}, 422, "filters", True),
+    ("/query", {"targets": TARGET, "filters": [{"value": "a"}]}, 422, "filters.0.key", False),
+    ("/query", {"targets": TARGET, "maxDataPoints": "many"}, 422, "maxDataPoints", True),
+    ("/query", {"targets": TARGET, "maxDataPoints": 0}, 400, "maxDataPoints", False),
+    ("/query", {"targets": TARGET, "range": {"from": "yesterday"}}, 400, "range.from", False),
+    ("/query", {"targets": TARGET, "range": {"from": iso(T0 + 9), "to": iso(T0)}}, 400,
+     "range.from is after range.to", False),
+    ("/query", {"targets": [{"target": "nope", "refId": "B"}]}, 400, "no series 'nope'", False),
+    ("/query", {"targets": [{"target": "annotations.nope"}]}, 400, "no annotation kind", False),
+    ("/query", {"targets": [{"target": "return", "payload": {"aggregate": "median"}}]}, 400,
+     "aggregate 'median'", False),
+    ("/query", {"targets": [{"target": "return", "payload": "{oops"}]}, 400, "not JSON", True),
+    ("/query", {"targets": TARGET, "filters": [{"key": "host", "value": "a"}]}, 400,
+     "no ad hoc filter key 'host'", False),
+    ("/query", {"targets": TARGET, "filters": [{"key": "client_id", "operator": "<"}]}, 400,
+     "filter operator '<'", False),
+    ("/query", [], 422, "body", True),
+    ("/query", None, 422, "body: Field required", False),
+    ("/variable", {"payload": 5}, 422, "payload", True),
+    ("/variable", {"payload": {"variables": {}}, "range": 3}, 422, "range", True),
+    ("/tag-values", {}, 422, "key: Field required", True),
+    ("/tag-values", {"key": "host"}, 400, "no ad hoc filter key 'host'", False),
+    ("/metric-payload-options", {"metric": "return"}, 422, "name: Field required", True),
+    ("/metrics", {"metric": ["return"]}, 422, "metric", True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "status", "words", "breaks_spec"), INVALID)
+def test_bad_requests_get_a_4xx_with_a_message_grafana_shows(
+    client: TestClient,
+    spec: dict[str, Any],
+    path: str,
+    body: Any,
+    status: int,
+    words: str,
+    breaks_spec: bool,
+) -> None:
+    if breaks_spec:
+        checker = request_validator(spec, path)
+        assert checker is not None and not checker.is_valid(body)
+    r = call(client, path, body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["message"], r.json()
+    assert "\n" not in r.json()["message"]
+
+
+def test_a_body_that_is_not_json_is_422(client: TestClient) -> None:
+    r = client.post(
+        "/grafana/query", content=b"{targets", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "JSON" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "kinds"),
+    [("", {"best", "join"}), ("best", {"best"}), ("#clients", {"join"}), ("join,leave", {"join"})],
+)
+def test_simplejson_annotations_by_kind(client: TestClient, query: str, kinds: set[str]) -> None:
+    body = {"range": {"from": iso(T0), "to": iso(T0 + N)}, "annotation": {"query": query}}
+    got = client.post("/grafana/annotations", json=body).json()
+    assert {a["tags"][0] for a in got} == kinds
+
+
+def test_simplejson_annotations_for_an_unknown_query_are_not_every_event(
+    client: TestClient,
+) -> None:
+    body = {"annotation": {"name": "deploys", "query": "deploys", "enable": True}}
+    r = client.post("/grafana/annotations", json=body)
+    assert r.status_code == 400 and "deploys" in r.json()["message"]
+    assert json.dumps(r.json()).count("best model saved") == 0
