@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 from typing import Any
 
 import numpy as np
@@ -70,8 +71,10 @@ def read_bulk(sock: socket.socket) -> memoryview | None:
     # not zero-filled (a bytearray would be): the socket writes every byte, the CRLF included
     out = np.empty(n + 2, np.uint8).data
     out[:got] = rest
-    # a TLS socket takes no flags; on a plain one, MSG_WAITALL saves calls when it blocks
-    flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
+    # a TLS socket takes no flags; on a plain one, MSG_WAITALL saves calls when it blocks, except
+    # on Windows, which refuses it on a socket with a timeout (non-blocking inside: WSAEOPNOTSUPP)
+    plain = not isinstance(sock, ssl.SSLSocket) and sys.platform != "win32"
+    flags = socket.MSG_WAITALL if plain else 0
     while got < n + 2:
         k = sock.recv_into(out[got:], n + 2 - got, flags)
         if k == 0:
