@@ -305,7 +305,7 @@ def test_regex_and_huge_bodies_neither_freeze_nor_bloat_the_node(
     for t in attackers:
         t.join(15)
     assert len(answers) == 4 and all(isinstance(a, bytes) for a in answers), answers
-    assert json.loads(answers[0])[0]["datapoints"] == []
+    assert all(s["datapoints"] == [] for a in answers for s in json.loads(a))  # no match
     # 54 MB: refused from its Content-Length, unread; then streamed without one, cut off
     assert b" 413 " in post_declaring(port, 54_000_000)
     assert post_streaming(port, 54_000_000) in (413, None)
