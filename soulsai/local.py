@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
 from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.errors import SoulsaiError
@@ -32,9 +29,18 @@ from soulsai.transport.embedded import EmbeddedRedis, die_with_parent, redis_lim
 from soulsai.transport.links import TRANSIENT, as_int
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from soulsai.training.resume import ResumePoint
 
 LOCAL_REDIS_FILE = ".soulsai-local.json"  # lets `soulsai quicksave` find the embedded Redis
+
+
+def _console() -> Console:
+    # rich is the server extra's; `soulsai quicksave` imports this module on a client install
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def port_free(port: int) -> bool:
@@ -95,7 +101,7 @@ class LocalStack:
     progress: bool = True
     stop_rules: bool = True  # False for `soulsai server`: run until Ctrl-C or SIGTERM
     resume: ResumePoint | None = None  # continue this run folder from this checkpoint
-    console: Console = field(default_factory=lambda: Console(stderr=True))
+    console: Console = field(default_factory=_console)
     children: list[Child] = field(default_factory=list)
     restarts: int = 0  # client restarts after crashes
 
@@ -284,6 +290,8 @@ class LocalStack:
     # ---------------------------------------------------------------- run and stop
 
     def _watch(self, link: TelemetryLink, t0: float) -> str:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
         cfg = self.cfg
         total = (cfg.max_steps or None) if self.stop_rules else None
         columns = [

@@ -123,3 +123,15 @@ def test_server_command_without_the_server_extra_names_it_in_one_line(
     assert lines[0].endswith("pip install 'soulsai[server]'")
     assert "torch" in lines[0]
     assert not (tmp_path / "saves").exists()  # nothing started
+
+
+def test_quicksave_on_a_client_install_imports_no_server_package(tmp_path: Path) -> None:
+    """`soulsai quicksave` only talks to Redis, so a client machine can ask for a save too."""
+    out = run_without(
+        ["quicksave", "--set", "redis_port=1", "--set", "connect_wait=0", "--timeout", "1"],
+        tmp_path,
+    )
+    lines, tried = split_tried(out.stderr)
+    assert tried == [], out.stderr
+    assert out.returncode == 1, out.stderr  # nothing listens there: one line, exit 1
+    assert len(lines) == 1 and "Redis" in lines[0], out.stderr
