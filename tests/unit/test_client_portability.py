@@ -33,6 +33,8 @@ POSIX_ONLY = re.compile(
     r"|signal\.(SIGKILL|SIGHUP|SIGUSR1|SIGUSR2|SIGQUIT|SIGCHLD|SIGALRM|SIGPIPE|pause|alarm|"
     r"setitimer|pthread_kill)\b"
     r"|^\s*(import|from)\s+(fcntl|resource|pwd|grp|termios|pty|posix)\b"
+    r"|os\.(wait4|WNOHANG|pipe2|posix_\w+|O_NOFOLLOW|O_CLOEXEC)\b"
+    r"|select\.(poll|epoll|kqueue)\b|MSG_(NOSIGNAL|DONTWAIT)\b|[\"']/(dev|proc)/"
     r"|start_new_session|preexec_fn|AF_UNIX|get_context\(\s*[\"']fork",
     re.MULTILINE,
 )
