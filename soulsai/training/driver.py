@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import gymnasium as gym
 import numpy as np
 
 from soulsai.config import Config
@@ -27,8 +28,11 @@ from soulsai.transport.envelope import Experience, ExperienceSpec
 class Learner(Protocol):
     """What the shell reads of a learner: its counters, policy and state."""
 
-    updates: int
-    nonfinite_updates: int
+    @property
+    def updates(self) -> int: ...
+
+    @property
+    def nonfinite_updates(self) -> int: ...
 
     def policy_state(self) -> dict[str, Any]: ...
 
@@ -56,7 +60,7 @@ class Host(Protocol):
     link: TrainerLink
     intake: Intake
     stop: threading.Event
-    lock: threading.Lock  # guards the driver's buffers and the shell's counters
+    lock: threading.RLock  # guards the driver's buffers and the shell's counters
     data_ready: threading.Event  # set by the intake when samples were accepted
     model_id: int
     accepted: int
@@ -74,14 +78,22 @@ class Host(Protocol):
 
 
 class Driver(Protocol):
-    """One algorithm inside the shell. Built as `Driver(host, obs_space, action_space)`."""
+    """One algorithm inside the shell, built from the host and one env copy's spaces."""
 
     metrics: dict[str, str]  # its gauges on /metrics, besides the shell's
     rates: tuple[str, ...]  # per-second rates in its stats: "samples", "updates"
     progress: str  # the periodic log line: str.format fields name keys of the node's stats
-    spec: ExperienceSpec
-    learner: Learner
-    hooks: IntakeHooks
+
+    def __init__(self, host: Host, obs_space: gym.Space, act_space: gym.Space) -> None: ...
+
+    @property
+    def spec(self) -> ExperienceSpec: ...
+
+    @property
+    def learner(self) -> Learner: ...
+
+    @property
+    def hooks(self) -> IntakeHooks: ...
 
     def step(self) -> None:
         """One learning step (and publish when a new model is due), or a short wait for data."""

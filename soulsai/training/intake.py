@@ -38,7 +38,7 @@ class Intake:
         self,
         link: TrainerLink,
         spec: ExperienceSpec,
-        accept: Callable[[Experience], None],
+        accept: Callable[[Experience], None] | None,
         current_model: Callable[[], int],
         max_delay: int,
         pop_count: int,
@@ -116,6 +116,7 @@ class Intake:
                 self._reject(exp.reason, str(exp))
             elif self._fresh(exp.model_id, newest, exp.n):
                 good.append(exp)
+        assert self.accept is not None  # one of accept and accept_rows is given
         for exp in good:
             self.accept(exp)
         return len(good)

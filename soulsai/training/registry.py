@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from soulsai.training.algorithms.dqn_driver import DQNDriver
 from soulsai.training.algorithms.ppo_driver import PPODriver
+from soulsai.training.driver import Driver
 
-DRIVERS = {"dqn": DQNDriver, "ppo": PPODriver}
+DRIVERS: dict[str, type[Driver]] = {"dqn": DQNDriver, "ppo": PPODriver}

@@ -34,7 +34,7 @@ class DQNDriver:
         "loss": "last TD loss",
         "nonfinite_updates": "gradient steps and normalizer merges skipped: NaN or inf",
     }
-    rates = ("samples", "updates")
+    rates: tuple[str, ...] = ("samples", "updates")
     progress = (
         "env_steps={env_steps} accepted={accepted} updates={updates} model={model_id} "
         "buffer={buffer} clients={clients} samples/s={samples_per_s} "

@@ -49,7 +49,7 @@ class PPODriver:
         "lr": "learning rate of the last iteration",
         "nonfinite_updates": "minibatch steps and statistics merges skipped: NaN or inf",
     }
-    rates = ("samples",)
+    rates: tuple[str, ...] = ("samples",)
 
     def __init__(self, host: Host, obs_space: gym.Space, act_space: gym.Space) -> None:
         cfg = self.cfg = host.cfg
