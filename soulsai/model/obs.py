@@ -13,13 +13,14 @@ Numpy and gymnasium only: the client imports this without torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 
+from soulsai.config.schema import EnvConfig
 from soulsai.errors import ConfigError, SoulsaiError
 
 Kind = Literal["box", "binary", "categorical"]
@@ -241,3 +242,29 @@ def obs_leaves(layout: ObsLayout, obs: Any, batched: bool = True) -> dict[str, n
             )
         out[leaf.name] = a.astype(leaf.dtype, copy=False)
     return out
+
+
+def env_layout(env: EnvConfig, space: gym.Space) -> ObsLayout:
+    """The layout the config asks for: `env.obs_keys` (keep / -drop) and `env.drop_constant_obs`
+    applied to the env's observation space. Clients and the training node build the same."""
+    keep, drop = parse_obs_keys(env.obs_keys)
+    return build_layout(space, keep, drop, env.drop_constant_obs)
+
+
+def continuous_features(layout: ObsLayout, leaves: Mapping[str, Any] | Any) -> np.ndarray:
+    """What the running normalizer sees of a batch: a bare Box's observations as they are,
+    otherwise the Box leaves flattened side by side (B, layout.n_continuous), as float64."""
+    if not isinstance(leaves, Mapping):
+        if len(layout.leaves) != 1:
+            raise ValueError(f"observation layout has leaves {layout.names}: pass a mapping")
+        leaves = {layout.leaves[0].name: leaves}
+    if layout.plain:
+        return np.asarray(leaves[layout.leaves[0].name], np.float64)
+    boxes = [leaf for leaf in layout.leaves if leaf.kind == "box"]
+    batch = len(np.asarray(leaves[layout.leaves[0].name]))
+    if not boxes:
+        return np.zeros((batch, 0), np.float64)
+    return np.concatenate(
+        [np.asarray(leaves[leaf.name], np.float64).reshape(batch, leaf.size) for leaf in boxes],
+        axis=1,
+    )
