@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 
 from soulsai.config.schema import EnvConfig
 from soulsai.envs import make_single_env
+from soulsai.errors import ConfigError
+from soulsai.model.masks import mask_from_env, mask_from_info
+from soulsai.model.obs import ObsLayout, build_layout, obs_leaves
+
+MASK_METHOD = "action_masks()"  # env.action_mask's value that asks the env's method
 
 
 class StepRows:
@@ -18,6 +25,15 @@ class StepRows:
     observation in `obs[t + 1]` and the true final one in `final_obs[t]`. `t` is the row
     the next step goes to; `keep_last` moves the newest rows to the front after each flush.
 
+    Observations are stored per leaf of the `layout` (soulsai.model.obs), each in its wire
+    dtype: `leaves[name]` is (capacity + 1, num_envs, *leaf.shape), `final_leaves[name]` the
+    final observations. A bare Box (`plain`) has one leaf named "", which is `obs` (and
+    `final_obs`) itself, as before layouts existed; for other layouts `obs` and `final_obs` are
+    None and `obs_rows[t]` is a dict leaf name -> row view.
+
+    With masks on (`n_mask` actions, else 0), `mask[t]` is the valid-action mask of `obs[t]`
+    and `final_mask[t]` that of `final_obs[t]` (bool).
+
     `terminated` and `truncated` are written only where an episode ended: every row from `t`
     on is all False (`keep_last` and `clear` see to it), so a plain step writes neither.
 
@@ -27,14 +43,32 @@ class StepRows:
     """
 
     def __init__(
-        self, capacity: int, num_envs: int, obs_space: gym.Space, action_space: gym.Space
+        self,
+        capacity: int,
+        num_envs: int,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        layout: ObsLayout | None = None,
+        n_mask: int = 0,
     ) -> None:
-        obs_shape, obs_dtype = tuple(obs_space.shape or ()), obs_space.dtype
+        self.layout = layout if layout is not None else build_layout(obs_space)
+        self.plain = self.layout.plain
         discrete = isinstance(action_space, gym.spaces.Discrete)
         act_shape = () if discrete else tuple(action_space.shape or ())
         self.capacity = capacity
-        self.obs = np.zeros((capacity + 1, num_envs, *obs_shape), dtype=obs_dtype)
-        self.final_obs = np.zeros((capacity, num_envs, *obs_shape), dtype=obs_dtype)
+        self.leaves = {
+            leaf.name: np.zeros((capacity + 1, num_envs, *leaf.shape), dtype=leaf.dtype)
+            for leaf in self.layout.leaves
+        }
+        self.final_leaves = {
+            name: np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
+            for name, a in self.leaves.items()
+        }
+        self.obs: np.ndarray | None = self.leaves[""] if self.plain else None
+        self.final_obs: np.ndarray | None = self.final_leaves[""] if self.plain else None
+        self.n_mask = n_mask
+        self.mask = np.ones((capacity + 1, num_envs, n_mask), dtype=bool)
+        self.final_mask = np.ones((capacity, num_envs, n_mask), dtype=bool)
         self.action = np.zeros(
             (capacity, num_envs, *act_shape), dtype=np.int64 if discrete else np.float32
         )
@@ -42,13 +76,32 @@ class StepRows:
         self.terminated = np.zeros((capacity, num_envs), dtype=bool)
         self.truncated = np.zeros((capacity, num_envs), dtype=bool)
         self.t = 0
-        self.obs_rows = list(self.obs)
-        self.obs_cells = [list(row) for row in self.obs]  # [t][i]: copy i's obs at step t
-        self.final_obs_cells = [list(row) for row in self.final_obs]
+        if self.obs is not None and self.final_obs is not None:
+            self.obs_rows: list[Any] = list(self.obs)
+            self.obs_cells = [list(row) for row in self.obs]  # [t][i]: copy i's obs at step t
+            self.final_obs_cells = [list(row) for row in self.final_obs]
+        else:
+            self.obs_rows = [
+                {name: a[t] for name, a in self.leaves.items()} for t in range(capacity + 1)
+            ]
+            self.obs_cells, self.final_obs_cells = [], []
+        self.mask_rows = list(self.mask)
         self.action_rows = list(self.action)
         self.reward_rows = list(self.reward)
         self.terminated_rows = list(self.terminated)
         self.truncated_rows = list(self.truncated)
+
+    def put_obs(self, t: int, i: int, obs: Any, final: bool = False) -> None:
+        """Write copy i's observation (any layout) into row t (of `final_leaves` if `final`);
+        an env that breaks its own space is a SoulsaiError naming the leaf."""
+        target = self.final_leaves if final else self.leaves
+        for name, value in obs_leaves(self.layout, obs, batched=False).items():
+            target[name][t, i] = value[0]
+
+    def obs_at(self, t: Any, i: Any, final: bool = False) -> dict[str, np.ndarray]:
+        """Leaf name -> the observations at rows `t` of copies `i` (fancy indexing: copies)."""
+        source = self.final_leaves if final else self.leaves
+        return {name: a[t, i] for name, a in source.items()}
 
     def keep_last(self, rows: int) -> int:
         """Keep only the newest `rows` full rows (and the observation after them) at the
@@ -56,9 +109,11 @@ class StepRows:
         shift = max(0, self.t - rows)
         if shift:
             t = self.t
-            for a in (self.final_obs, self.action, self.reward, self.terminated, self.truncated):
+            per_row = [*self.final_leaves.values(), self.final_mask, self.action, self.reward]
+            for a in (*per_row, self.terminated, self.truncated):
                 a[: t - shift] = a[shift:t]
-            self.obs[: t - shift + 1] = self.obs[shift : t + 1]
+            for a in (*self.leaves.values(), self.mask):
+                a[: t - shift + 1] = a[shift : t + 1]
             self.t = t - shift
         self.terminated[self.t :] = False
         self.truncated[self.t :] = False
@@ -71,6 +126,38 @@ class StepRows:
         self.truncated[:] = False
 
 
+class MaskReader:
+    """Reads one env copy's valid-action mask per step, as `env.action_mask` says: an info
+    key (SoulsGym: `action_mask`) or MASK_METHOD (sb3-contrib's `action_masks()`). A bad mask
+    (wrong shape, values other than 0/1, no valid action) is a ConfigError naming the setting:
+    the client stops rather than act on it."""
+
+    def __init__(self, setting: str, n_actions: int) -> None:
+        self.setting = setting
+        self.n_actions = n_actions
+
+    def __call__(self, env: Any, info: Any, final: bool = False) -> np.ndarray:
+        """The mask (n_actions,) after a step or reset; `final`: the observation ends its
+        episode by termination, and may allow no action (no target uses its mask)."""
+        allow = np.array([final])
+        if self.setting == MASK_METHOD:
+            m = mask_from_env(env, self.n_actions, 1, allow_empty=allow)
+        else:
+            m = mask_from_info(info or {}, self.setting, self.n_actions, 1, allow_empty=allow)
+        return m[0]
+
+
+def mask_reader(cfg: EnvConfig, action_space: gym.Space) -> MaskReader | None:
+    """The reader `env.action_mask` asks for (None: masks off)."""
+    if cfg.action_mask is None:
+        return None
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ConfigError(
+            f"env.action_mask: masks need a Discrete action space, not {action_space}"
+        )
+    return MaskReader(cfg.action_mask, int(action_space.n))
+
+
 Ended = list[tuple[int, float, int, dict]]  # (copy, episode return, episode length, last info)
 NONE_ENDED: Ended = []  # shared by every step in which no episode ended; never appended to
 
@@ -81,6 +168,9 @@ class LocalVectorEnv:
     goes to `final_obs[t]`), so n-step targets and GAE bootstrap correctly; the env keeps each
     copy's episode return and length and reports ended episodes from `step`.
 
+    Observations of a layout other than a bare Box go leaf by leaf (`StepRows.put_obs`); with
+    `env.action_mask` set, each observation's mask is read once (`MaskReader`) into the rows.
+
     Gymnasium's SyncVectorEnv does the same with space checks, deep copies and info merging
     on every step; for the one-game-per-machine case this is the client's hottest loop.
     """
@@ -90,14 +180,27 @@ class LocalVectorEnv:
         self.num_envs = cfg.num_envs
         self.single_observation_space = self.envs[0].observation_space
         self.single_action_space = self.envs[0].action_space
+        self.read_mask = mask_reader(cfg, self.single_action_space)
         self._returns = [0.0] * self.num_envs
         self._lengths = [0] * self.num_envs
         self._indexed = list(enumerate(self.envs))
 
+    def _check_rows(self, rows: StepRows) -> None:
+        if (self.read_mask is None) != (rows.n_mask == 0):
+            raise ConfigError("env.action_mask: the rows and the env disagree on masks")
+
     def reset(self, rows: StepRows, seed: int | None = None) -> None:
         """Start new episodes in every copy; their first observations go to `rows.obs[rows.t]`."""
+        self._check_rows(rows)
+        t = rows.t
         for i, env in enumerate(self.envs):
-            rows.obs_cells[rows.t][i][...] = env.reset(seed=None if seed is None else seed + i)[0]
+            obs, info = env.reset(seed=None if seed is None else seed + i)
+            if rows.plain:
+                rows.obs_cells[t][i][...] = obs
+            else:
+                rows.put_obs(t, i, obs)
+            if self.read_mask is not None:
+                rows.mask[t, i] = self.read_mask(env, info)
         self._returns = [0.0] * self.num_envs
         self._lengths = [0] * self.num_envs
 
@@ -105,7 +208,8 @@ class LocalVectorEnv:
         """Step every copy with its action; write row `rows.t` and `rows.obs[rows.t + 1]`."""
         t = rows.t
         rewards = rows.reward_rows[t]
-        next_obs = rows.obs_cells[t + 1]
+        plain, read_mask = rows.plain, self.read_mask
+        next_obs = rows.obs_cells[t + 1] if plain else None
         ended = NONE_ENDED
         returns, lengths = self._returns, self._lengths
         for i, env in self._indexed:
@@ -116,13 +220,23 @@ class LocalVectorEnv:
             if term or trunc:
                 rows.terminated_rows[t][i] = term
                 rows.truncated_rows[t][i] = trunc
-                rows.final_obs_cells[t][i][...] = obs
+                if plain:
+                    rows.final_obs_cells[t][i][...] = obs
+                else:
+                    rows.put_obs(t, i, obs, final=True)
+                if read_mask is not None:
+                    rows.final_mask[t, i] = read_mask(env, info, final=bool(term))
                 if ended is NONE_ENDED:
                     ended = []
                 ended.append((i, returns[i], lengths[i], info))
                 returns[i], lengths[i] = 0.0, 0
-                obs, _ = env.reset()
-            next_obs[i][...] = obs
+                obs, info = env.reset()
+            if next_obs is not None:
+                next_obs[i][...] = obs
+            else:
+                rows.put_obs(t + 1, i, obs)
+            if read_mask is not None:
+                rows.mask_rows[t + 1][i] = read_mask(env, info)
         return ended
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from soulsai.client.envs import LocalVectorEnv, make_vector_env
 from soulsai.client.outbox import Outbox
 from soulsai.config import Config
 from soulsai.config.trust import received_config
-from soulsai.errors import ConnectionFailed
+from soulsai.errors import ConnectionFailed, SoulsaiError
 from soulsai.transport import ClientLink, RedisTarget, open_link
 from soulsai.transport.envelope import KIND_EPISODE, PROTOCOL_VERSION, encode_experience
 from soulsai.transport.links import wait_for
@@ -185,6 +185,8 @@ class Sampler:
             actions = actor.act(obs_rows[rows.t], self.steps)
             try:
                 ended = env.step(actions, rows)
+            except SoulsaiError:  # a bad mask or an env outside its own space: no retry fixes it
+                raise
             except Exception as e:  # a game crash must not end the run
                 env_failures += 1
                 env = self._recover_env(e, env_failures)

@@ -49,6 +49,11 @@ class EnvConfig(_Strict):
     drop_constant_obs: bool = True
     discrete_obs: Literal["onehot", "embedding"] = "onehot"
     embedding_dim: int = Field(default=8, ge=1, le=1024)
+    # Valid-action masks (soulsai/model/masks.py): None = off; an info key such as
+    # "action_mask" (SoulsGym); "action_masks()" asks the env's method (sb3-contrib's convention)
+    action_mask: str | None = Field(
+        default=None, pattern=r"^([A-Za-z0-9_.\-]{1,64}|action_masks\(\))$"
+    )
     # Which file (or --set) set each key, for errors that must name it: load_config fills it.
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
