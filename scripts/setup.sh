@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System tools the tests need: Debian's redis-server (7.x: ACL selector tests), docker-compose
-# (v1; validates the compose files, no engine needed), chromium (renders the live page headless)
-# and openssl (TLS test certificates). A tool that cannot be installed stops the set-up with a
+# (v1; validates the compose files, no engine needed), chromium (renders the live page headless),
+# openssl (TLS test certificates) and prometheus (for its promtool: `promtool check metrics` on
+# both nodes' /metrics). A tool that cannot be installed stops the set-up with a
 # message saying which, because its tests would otherwise only skip (and fail under CI=true).
 APT_UPDATED=0
 need() {  # need COMMAND PACKAGE... : install the packages when COMMAND is missing
@@ -37,6 +38,13 @@ need redis-server redis-server
 need docker-compose docker-compose
 need chromium chromium fonts-liberation
 need openssl openssl
+if ! command -v promtool >/dev/null 2>&1; then
+  need promtool prometheus
+  # only its promtool is wanted: on a host with systemd, the package starts a server on :9090
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
