@@ -19,3 +19,13 @@ def epsilon(cfg: DQNConfig, env_steps: int, client_index: int, num_clients: int)
     if num_clients == 1:
         return cfg.ladder_eps
     return cfg.ladder_eps ** (1 + cfg.ladder_alpha * client_index / (num_clients - 1))
+
+
+def per_beta(beta_start: float, step: int, anneal_steps: int) -> float:
+    """Prioritized replay's importance-sampling exponent (Schaul et al. 2016): linear from
+    `beta_start` at step 0 to 1 at `anneal_steps` (learner updates), then 1; 1 throughout
+    when `anneal_steps` is 0. At 1 the weights fully correct the non-uniform sampling."""
+    if anneal_steps <= 0:
+        return 1.0
+    frac = min(max(step, 0) / anneal_steps, 1.0)
+    return beta_start + frac * (1.0 - beta_start)
