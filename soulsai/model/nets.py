@@ -8,12 +8,18 @@ never aliased with another entry.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from soulsai.model.masks_torch import masked_entropy, masked_log_prob, masked_sample
+from soulsai.model.obs import ObsLayout, build_layout
+from soulsai.model.obs_encode import as_leaves
+from soulsai.model.obs_torch import ObsEncoder
 from soulsai.model.shapes import NORM_CLIP, NORM_EPS
 
 
@@ -70,34 +76,75 @@ class ObsNormalizer(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """MLP Q-network: observation normalizer, flatten, Linear+ReLU per hidden size, Linear."""
+    """MLP Q-network: observation encoder and normalizer, flatten, Linear+ReLU per hidden size,
+    Linear.
+
+    The input is an observation layout (`soulsai.model.obs`; a plain shape stands for a bare Box
+    of that shape, normalized and flattened as before layouts): Dict/Tuple leaves go through
+    the `ObsEncoder` (one-hot or embedded categorical leaves) with the running normalizer on
+    the continuous features only (`normalized_features`).
+    """
 
     def __init__(
-        self, obs_shape: tuple[int, ...], n_actions: int, hidden: list[int], normalize_obs: bool
+        self,
+        obs: tuple[int, ...] | ObsLayout,
+        n_actions: int,
+        hidden: list[int],
+        normalize_obs: bool,
+        discrete_obs: str = "onehot",
+        embedding_dim: int = 8,
     ) -> None:
         super().__init__()
-        self.obs_shape = tuple(obs_shape)
+        self.layout = obs if isinstance(obs, ObsLayout) else box_layout(tuple(obs))
         self.n_actions = n_actions
-        self.obs_norm = ObsNormalizer(self.obs_shape, enabled=normalize_obs)
+        self.obs_norm = ObsNormalizer(self.layout.norm_shape, enabled=normalize_obs)
+        self.encoder = ObsEncoder(self.layout, discrete_obs, embedding_dim)
         layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
-        in_features = math.prod(self.obs_shape)
+        in_features = self.encoder.n_features
         for size in hidden:
             layers += [nn.Linear(in_features, size), nn.ReLU()]
             in_features = size
         layers.append(nn.Linear(in_features, n_actions))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """Q-values of shape (B, n_actions) for a batch of observations (B, *obs_shape)."""
-        return self.mlp(self.obs_norm(obs))
+    def forward(self, obs: Obs) -> torch.Tensor:
+        """Q-values of shape (B, n_actions) for a batch of observations: a tensor (bare Box,
+        (B, *shape)) or leaves (name -> (B, *shape))."""
+        return self.mlp(normalized_features(self.encoder, self.obs_norm, obs))
 
 
-def greedy_actions(net: QNetwork, obs: np.ndarray) -> np.ndarray:
-    """Argmax-Q actions (int64, shape (B,)) for a batch of observations."""
+def greedy_actions(net: QNetwork, obs: Any, mask: np.ndarray | None = None) -> np.ndarray:
+    """Argmax-Q actions (int64, shape (B,)) for a batch of observations (an array, or leaves
+    name -> (B, *shape)), over the valid actions of `mask` (bool (B, n)) if given."""
     device = next(net.parameters()).device
+    leaves = as_leaves(net.layout, obs)
     with torch.no_grad():
-        q_values = net(torch.as_tensor(np.asarray(obs), device=device))
+        q_values = net({k: torch.as_tensor(np.asarray(v), device=device) for k, v in leaves.items()})
+        if mask is not None:
+            q_values = q_values.masked_fill(~torch.as_tensor(mask, device=device), -torch.inf)
     return q_values.argmax(dim=1).cpu().numpy().astype(np.int64, copy=False)
+
+
+Obs = torch.Tensor | Mapping[str, Any]  # a bare Box's batch, or leaves name -> (B, *shape)
+
+
+def box_layout(obs_shape: tuple[int, ...]) -> ObsLayout:
+    """The layout of a bare Box of `obs_shape`: one leaf, the observation flattened."""
+    return build_layout(gym.spaces.Box(-np.inf, np.inf, obs_shape, np.float32))
+
+
+def normalized_features(encoder: ObsEncoder, obs_norm: ObsNormalizer, obs: Obs) -> torch.Tensor:
+    """The network input (B, F): a bare Box normalized then flattened (as before layouts);
+    otherwise the encoder's features with the running normalizer applied to their continuous
+    prefix only (one-hots, binaries and embeddings pass as they are)."""
+    if encoder.layout.plain:
+        x = next(iter(as_leaves(encoder.layout, obs).values()))
+        return obs_norm(torch.as_tensor(x)).flatten(start_dim=1)
+    features = encoder(obs)
+    n = encoder.n_continuous
+    if n == 0:
+        return features
+    return torch.cat([obs_norm(features[:, :n]), features[:, n:]], dim=1)
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -120,18 +167,24 @@ def _mlp(in_features: int, hidden: list[int], activation: str) -> list[nn.Module
 
 
 class ActorCritic(nn.Module):
-    """PPO's policy and value function over normalized, flattened observations.
+    """PPO's policy and value function over encoded, normalized observations.
 
+    The input is an observation layout (`soulsai.model.obs`): a bare Box is normalized and
+    flattened as always; Dict/Tuple leaves go through the `ObsEncoder` (one-hot or embedded
+    categorical leaves) with the running normalizer on the continuous features only
+    (`normalized_features`). A plain shape stands for a bare Box of that shape.
     `shared`: one MLP torso feeding an actor head and a critic head; otherwise two separate
     MLPs (`torso` is then empty). The actor outputs Categorical logits (discrete) or the mean of
     a diagonal Gaussian whose log-std is a state-independent parameter (`log_std`). Linear
     layers are orthogonally initialized: gain sqrt(2) hidden, 0.01 actor output, 1 critic output.
-    The whole state_dict is what clients receive, normalizer statistics included.
+    The whole state_dict is what clients receive, normalizer statistics included. With a
+    valid-action mask the Categorical is MaskablePPO's: invalid actions get probability zero,
+    and the entropy is taken over the valid ones (`soulsai.model.masks_torch`).
     """
 
     def __init__(
         self,
-        obs_shape: tuple[int, ...],
+        obs: tuple[int, ...] | ObsLayout,
         action_dim: int,
         discrete: bool,
         hidden: list[int],
@@ -139,12 +192,15 @@ class ActorCritic(nn.Module):
         activation: str = "tanh",
         normalize_obs: bool = True,
         init_log_std: float = 0.0,
+        discrete_obs: str = "onehot",
+        embedding_dim: int = 8,
     ) -> None:
         super().__init__()
-        self.obs_shape = tuple(obs_shape)
+        self.layout = obs if isinstance(obs, ObsLayout) else box_layout(tuple(obs))
         self.discrete = discrete
-        self.obs_norm = ObsNormalizer(self.obs_shape, enabled=normalize_obs)
-        in_features = math.prod(self.obs_shape)
+        self.obs_norm = ObsNormalizer(self.layout.norm_shape, enabled=normalize_obs)
+        self.encoder = ObsEncoder(self.layout, discrete_obs, embedding_dim)
+        in_features = self.encoder.n_features
         if shared:
             self.torso = nn.Sequential(*_mlp(in_features, hidden, activation))
             actor_layers: list[nn.Module] = []
@@ -159,9 +215,10 @@ class ActorCritic(nn.Module):
         if not discrete:
             self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits or Gaussian mean of shape (B, action_dim), values of shape (B,))."""
-        h = self.torso(self.obs_norm(obs).flatten(start_dim=1))
+    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits or Gaussian mean of shape (B, action_dim), values of shape (B,)) for a batch
+        of observations: a tensor (bare Box) or leaves (name -> (B, *shape))."""
+        h = self.torso(normalized_features(self.encoder, self.obs_norm, obs))
         return self.actor(h), self.critic(h).squeeze(-1)
 
     def distribution(self, actor_out: torch.Tensor) -> torch.distributions.Distribution:
@@ -169,14 +226,20 @@ class ActorCritic(nn.Module):
             return torch.distributions.Categorical(logits=actor_out)
         return torch.distributions.Normal(actor_out, self.log_std.exp().expand_as(actor_out))
 
-    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+    def get_value(self, obs: Obs) -> torch.Tensor:
         return self.forward(obs)[1]
 
     def get_action_and_value(
-        self, obs: torch.Tensor, action: torch.Tensor | None = None
+        self, obs: Obs, action: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(action, log-prob, entropy, value); samples an action when none is given."""
+        """(action, log-prob, entropy, value); samples an action when none is given. `mask`
+        (bool (B, n), discrete only) restricts the Categorical to the valid actions."""
         actor_out, value = self.forward(obs)
+        if mask is not None:
+            if action is None:
+                action = masked_sample(actor_out, mask)
+            logprob = masked_log_prob(actor_out, mask, action)
+            return action, logprob, masked_entropy(actor_out, mask), value
         dist = self.distribution(actor_out)
         if action is None:
             action = dist.sample()

@@ -1,17 +1,27 @@
 """The PPO client's policy: an ActorCritic state dict evaluated in numpy.
 
-Computes what `soulsai.model.nets.ActorCritic` computes (tested): normalize, flatten, an optional
-shared torso, then actor and critic MLPs. Sampling uses the client's own numpy generator.
+Computes what `soulsai.model.nets.ActorCritic` computes (tested): encode the observation's
+leaves (`NumpyObsEncoder`; a bare Box is flattened), normalize the continuous features, an
+optional shared torso, then actor and critic MLPs. Sampling uses the client's own numpy
+generator; with a valid-action mask it draws among the valid actions only
+(`soulsai.model.masks.masked_sample`), as the node's loss assumes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
+from soulsai.model.masks import masked_log_softmax, masked_sample
+from soulsai.model.obs import ObsLayout, build_layout
+from soulsai.model.obs_encode import NumpyObsEncoder
 from soulsai.model.shapes import NORM_CLIP, NORM_EPS
+
+Obs = np.ndarray | Mapping[str, np.ndarray]  # a bare Box's batch, or leaves name -> (B, *shape)
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -43,11 +53,23 @@ class NumpyActorCritic:
     """Acts for PPO: actions, their log-probabilities and the values of the observations."""
 
     def __init__(
-        self, state: dict[str, Any], discrete: bool, normalize_obs: bool, activation: str
+        self,
+        state: dict[str, Any],
+        discrete: bool,
+        normalize_obs: bool,
+        activation: str,
+        layout: ObsLayout | None = None,
+        discrete_obs: str = "onehot",
     ) -> None:
         self.discrete = discrete
         self.normalize = normalize_obs
         self.activation = activation
+        if layout is None:  # a bare Box of the normalizer's shape
+            shape = tuple(np.shape(_arr(state["obs_norm.mean"])))
+            layout = build_layout(gym.spaces.Box(-np.inf, np.inf, shape, np.float32))
+        self.layout = layout
+        self.encoder = NumpyObsEncoder.from_state(layout, state, discrete_obs, prefix="encoder.")
+        self.n_continuous = layout.n_continuous
         self.mean = _arr(state["obs_norm.mean"]).astype(np.float32).ravel()
         self.std = np.sqrt(_arr(state["obs_norm.var"]).astype(np.float32).ravel() + NORM_EPS)
         self.torso = _layers(state, "torso")
@@ -65,22 +87,35 @@ class NumpyActorCritic:
                 x = self._act_fn(x)
         return x
 
-    def forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def features(self, obs: Obs) -> np.ndarray:
+        """The network input (B, F): encoded, the continuous features normalized."""
+        x = self.encoder(obs)
+        if self.normalize and self.n_continuous:
+            n = self.n_continuous
+            if n == x.shape[1]:
+                x = np.clip((x - self.mean) / self.std, -NORM_CLIP, NORM_CLIP)
+            else:  # the encoder's output is new memory: normalize its prefix in place
+                x[:, :n] = np.clip((x[:, :n] - self.mean) / self.std, -NORM_CLIP, NORM_CLIP)
+        return x
+
+    def forward(self, obs: Obs) -> tuple[np.ndarray, np.ndarray]:
         """(logits or Gaussian mean, values) for a batch of observations."""
-        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
-        if self.normalize:
-            x = np.clip((x - self.mean) / self.std, -NORM_CLIP, NORM_CLIP)
+        x = self.features(obs)
         h = self._mlp(x, self.torso, last_linear=False)
         return self._mlp(h, self.actor, True), self._mlp(h, self.critic, True)[:, 0]
 
-    def value(self, obs: np.ndarray) -> np.ndarray:
+    def value(self, obs: Obs) -> np.ndarray:
         return self.forward(obs)[1]
 
     def act(
-        self, obs: np.ndarray, rng: np.random.Generator
+        self, obs: Obs, rng: np.random.Generator, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sampled actions (int64 indices, or raw float32 Gaussian samples), log-probs, values."""
+        """Sampled actions (int64 indices, or raw float32 Gaussian samples), log-probs, values;
+        with `mask` (bool (B, n), discrete only) among the valid actions only."""
         out, values = self.forward(obs)
+        if mask is not None:
+            actions, logprob = masked_sample(out, mask, rng)
+            return actions, logprob, values.astype(np.float32)
         if self.discrete:
             logp_all = _log_softmax(out)
             u = rng.random((len(out), 1))
@@ -95,9 +130,11 @@ class NumpyActorCritic:
             logprob = (-0.5 * noise**2 - self.log_std - LOG_SQRT_2PI).sum(axis=1)
         return actions, logprob.astype(np.float32), values.astype(np.float32)
 
-    def log_prob(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def log_prob(self, obs: Obs, actions: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Log-probabilities of given actions (for tests and diagnostics)."""
         out, _ = self.forward(obs)
+        if mask is not None:
+            return masked_log_softmax(out, mask)[np.arange(len(out)), actions.astype(np.int64)]
         if self.discrete:
             return _log_softmax(out)[np.arange(len(out)), actions.astype(np.int64)]
         assert self.log_std is not None

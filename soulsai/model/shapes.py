@@ -8,8 +8,10 @@ import math
 
 import gymnasium as gym
 
-from soulsai.config.schema import DQNConfig, PPOConfig
+from soulsai.config.schema import DQNConfig, EnvConfig, PPOConfig
 from soulsai.errors import ConfigError
+from soulsai.model.obs import ObsLayout, build_layout, env_layout
+from soulsai.model.obs_encode import encoder_weight_shapes
 
 # The observation normalizer shipped with the weights: (obs - mean) / sqrt(var + NORM_EPS),
 # clipped to +-NORM_CLIP. The training node's torch module and the clients' numpy use these.
@@ -45,22 +47,45 @@ def _linears(prefix: str, first: int, sizes: list[int]) -> Shapes:
     return shapes
 
 
-def dqn_weight_shapes(cfg: DQNConfig, obs_shape: tuple[int, ...], n_actions: int) -> Shapes:
-    """The state_dict of soulsai.model.nets.QNetwork: normalizer, then mlp = Flatten, Linear, ReLU,
-    ..., Linear (so its Linear layers sit at odd indices)."""
-    sizes = [math.prod(obs_shape), *cfg.hidden, n_actions]
-    return {**_normalizer_shapes(tuple(obs_shape)), **_linears("mlp", 1, sizes)}
+def dqn_weight_shapes(
+    cfg: DQNConfig,
+    obs: tuple[int, ...] | ObsLayout,
+    n_actions: int,
+    discrete_obs: str = "onehot",
+    embedding_dim: int = 8,
+) -> Shapes:
+    """The state_dict of soulsai.model.nets.QNetwork: normalizer, the encoder's embedding tables
+    (env.discrete_obs: embedding), then mlp = Flatten, Linear, ReLU, ..., Linear (so its Linear
+    layers sit at odd indices). `obs` is the observation layout, or a bare Box's shape."""
+    if not isinstance(obs, ObsLayout):
+        sizes = [math.prod(obs), *cfg.hidden, n_actions]
+        return {**_normalizer_shapes(tuple(obs)), **_linears("mlp", 1, sizes)}
+    sizes = [obs.n_features(discrete_obs, embedding_dim), *cfg.hidden, n_actions]
+    return {
+        **_normalizer_shapes(obs.norm_shape),
+        **encoder_weight_shapes(obs, discrete_obs, embedding_dim),
+        **_linears("mlp", 1, sizes),
+    }
 
 
-def ppo_weight_shapes(cfg: PPOConfig, obs_space: gym.Space, action_space: gym.Space) -> Shapes:
-    """The state_dict of soulsai.model.nets.ActorCritic for this config and these spaces."""
-    obs_shape = tuple(obs_space.shape or ())
+def ppo_weight_shapes(
+    cfg: PPOConfig, obs_space: gym.Space, action_space: gym.Space, env: EnvConfig | None = None
+) -> Shapes:
+    """The state_dict of soulsai.model.nets.ActorCritic for this config and these spaces: the
+    observation layout of `env` (obs_keys, drop_constant_obs; defaults without it), its
+    encoder's embedding tables (env.discrete_obs: embedding) and the normalizer over the
+    continuous features."""
+    layout = env_layout(env, obs_space) if env is not None else build_layout(obs_space)
+    discrete_obs = env.discrete_obs if env is not None else "onehot"
+    embedding_dim = env.embedding_dim if env is not None else 8
     if isinstance(action_space, gym.spaces.Discrete):
         action_dim = int(action_space.n)
     else:
         action_dim = math.prod(action_shape(action_space))
-    n_in, hidden = math.prod(obs_shape), list(cfg.hidden)
-    shapes = _normalizer_shapes(obs_shape)
+    n_in = layout.n_features(discrete_obs, embedding_dim)
+    hidden = list(cfg.hidden)
+    shapes = _normalizer_shapes(layout.norm_shape)
+    shapes |= encoder_weight_shapes(layout, discrete_obs, embedding_dim)
     if cfg.shared_network:
         shapes |= _linears("torso", 0, [n_in, *hidden])
         shapes |= _linears("actor", 0, [hidden[-1], action_dim])

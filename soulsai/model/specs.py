@@ -7,6 +7,10 @@ import gymnasium as gym
 import numpy as np
 
 from soulsai.errors import ConfigError
+from soulsai.model.masks import SETTING as MASK_SETTING
+from soulsai.model.masks import mask_field
+from soulsai.model.obs import ObsLayout, build_layout
+from soulsai.model.obs_wire import leaf_fields
 from soulsai.model.shapes import action_shape
 from soulsai.transport.envelope import ExperienceSpec, FieldSpec
 from soulsai.transport.spaces import MAX_ABS_OBS, MAX_ABS_REWARD, _magnitude, space_field
@@ -51,8 +55,15 @@ def ppo_experience_spec(
     max_abs_obs: float = MAX_ABS_OBS,
     max_abs_reward: float = MAX_ABS_REWARD,
     gamma: float = 0.99,
+    layout: ObsLayout | None = None,
+    masked: bool = False,
 ) -> ExperienceSpec:
     """Rollout fragments: per row one env step of one env copy, rows of a copy in time order.
+
+    The observation travels leaf by leaf (`obs_wire.leaf_fields` of `layout`, by default the
+    whole space's: a bare Box is the one field `obs`, a Dict's leaves `obs.<key>`). With
+    `masked` (env.action_mask set; Discrete actions only) each row carries `mask`: the packed
+    valid-action bits of the observation it acted on, which the node checks (`bad_mask`).
 
     GAE is exact from these fields alone: `next_value` is V(s_{t+1}) under the same model (the
     value of the true final observation on truncation, of the observation after the fragment's
@@ -69,9 +80,18 @@ def ppo_experience_spec(
         action = _magnitude(max_abs_obs, np.float32, action_shape(action_space))
     flag = FieldSpec(np.uint8, (), low=0, high=1)
     max_return = max_abs_reward / max(1.0 - gamma, 1e-3)
+    obs = leaf_fields(layout or build_layout(obs_space), "obs", max_abs_obs)
+    mask: dict[str, FieldSpec] = {}
+    if masked:
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ConfigError(
+                f"{MASK_SETTING}: action masks need a Discrete action space, got {action_space}"
+            )
+        mask["mask"] = mask_field(int(action_space.n))
     return ExperienceSpec(
         fields={
-            "obs": space_field(obs_space, "observation", max_abs_obs),
+            **obs,
+            **mask,
             "action": action,
             "reward": _magnitude(max_abs_reward),
             "terminated": flag,
