@@ -39,7 +39,7 @@ class _Body(BaseModel):
 
 
 class TimeRange(_Body):
-    """`range`: ISO 8601 strings ("2016-10-31T06:33:44.866Z"); epoch ms are accepted too."""
+    """`range`: ISO 8601 strings ("2023-11-14T22:13:20.000Z"); epoch ms are accepted too."""
 
     start: str | float | None = Field(None, alias="from")
     end: str | float | None = Field(None, alias="to")
