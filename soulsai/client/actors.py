@@ -9,10 +9,11 @@ time and never mixes model ids in a message.
   transitions are due, then n-step folding runs over all of them at once and they leave in
   messages of about `client.batch_size` (flushed early after `client.flush_interval` seconds
   or when the model changes).
-- PPOActor: samples from the policy, records log-probabilities and values, and sends whole
-  rollout fragments of `ppo.fragment_length` steps per env copy. A fragment is on-policy for
-  one model only, so a partial fragment is dropped (counted in `discarded`) when a newer model
-  arrives: the training node would reject it as stale anyway.
+- PPOActor: samples from the policy (among the valid actions when `env.action_mask` is set),
+  records log-probabilities, values, the observation leaf by leaf and the valid-action mask,
+  and sends whole rollout fragments of `ppo.fragment_length` steps per env copy. A fragment
+  is on-policy for one model only, so a partial fragment is dropped (counted in `discarded`)
+  when a newer model arrives: the training node would reject it as stale anyway.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from soulsai.client.envs import StepRows
 from soulsai.client.nstep import fold_nstep
 from soulsai.config import Config
 from soulsai.errors import ConfigError
+from soulsai.model.masks import pack_mask
 from soulsai.model.numpy_ac import NumpyActorCritic
 from soulsai.model.numpy_q import NumpyQPolicy
+from soulsai.model.obs import env_layout
+from soulsai.model.obs_wire import field_name
 from soulsai.model.schedules import epsilon
 from soulsai.model.shapes import action_shape, dqn_weight_shapes, ppo_weight_shapes
 
@@ -251,6 +255,8 @@ class PPOActor:
     Row t of a copy's fragment gets `next_value` = V(s_{t+1}) under the same model: the value
     computed when acting on s_{t+1}, the value of the true final observation on truncation,
     0 on termination, and for the fragment's last row the value of the observation after it.
+    The observation is kept per leaf of the `env.obs_keys` layout (wire fields `obs` or
+    `obs.<leaf>`); with masks on, the mask each action was drawn under goes out as `mask` bits.
     """
 
     eager = True
@@ -267,12 +273,18 @@ class PPOActor:
         self.rng = rng
         self.space = action_space
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        self.expected = ppo_weight_shapes(cfg.ppo, obs_space, action_space)
+        self.expected = ppo_weight_shapes(cfg.ppo, obs_space, action_space, cfg.env)
+        self.layout = env_layout(cfg.env, obs_space)
+        n_mask = int(action_space.n) if cfg.env.action_mask is not None and self.discrete else 0
         n, length = cfg.env.num_envs, cfg.ppo.fragment_length
         act_shape = action_shape(action_space)
         act_dtype = np.int64 if self.discrete else np.float32
+        self.obs_fields = {leaf.name: field_name("obs", leaf) for leaf in self.layout.leaves}
         self.fragment: dict[str, np.ndarray] = {
-            "obs": np.zeros((n, length, *(obs_space.shape or ())), dtype=obs_space.dtype),
+            **{
+                field_name("obs", leaf): np.zeros((n, length, *leaf.shape), dtype=leaf.dtype)
+                for leaf in self.layout.leaves
+            },
             "action": np.zeros((n, length, *act_shape), dtype=act_dtype),
             **{
                 name: np.zeros((n, length), dtype=np.float32)
@@ -280,7 +292,10 @@ class PPOActor:
             },
             **{name: np.zeros((n, length), dtype=np.uint8) for name in ("terminated", "truncated")},
         }
-        self.rows = StepRows(1, n, obs_space, action_space)  # one step, taken in by observe()
+        if n_mask:  # the mask each action was drawn under, packed into bits when sent
+            self.fragment["mask"] = np.zeros((n, length, n_mask), dtype=bool)
+        # one step, taken in by observe()
+        self.rows = StepRows(1, n, obs_space, action_space, self.layout, n_mask)
         self.pos = 0
         self.waiting = np.zeros(n, dtype=bool)  # row pos-1 of these copies awaits V(s_{t+1})
         self.disc_return = np.zeros(n, dtype=np.float64)
@@ -288,6 +303,7 @@ class PPOActor:
         self.policy: NumpyActorCritic | None = None
         self.discarded = 0
         self._step: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._mask: np.ndarray | None = None  # the mask of the step in progress
         # Each connected client's share of an iteration, in whole messages (rows). A client
         # that has sent it waits (ppo.share_wait) for the next model instead of sampling rows
         # the node would reject as stale once the iteration closed.
@@ -297,7 +313,14 @@ class PPOActor:
 
     def make_policy(self, state: dict[str, Any]) -> NumpyActorCritic:
         p = self.cfg.ppo
-        return NumpyActorCritic(state, self.discrete, p.normalize_obs, p.activation)
+        return NumpyActorCritic(
+            state,
+            self.discrete,
+            p.normalize_obs,
+            p.activation,
+            self.layout,
+            self.cfg.env.discrete_obs,
+        )
 
     def set_model(self, model_id: int, policy: Any, meta: dict[str, Any]) -> list[Message]:
         if self.policy is not None and model_id != self.model_id:
@@ -317,9 +340,13 @@ class PPOActor:
         iteration needs more than the shares): sample on with this model without waiting."""
         self.share, self.share_sent = math.inf, False
 
-    def act(self, obs: np.ndarray, client_steps: int) -> np.ndarray:
+    def act(self, obs: Any, client_steps: int) -> np.ndarray:
+        """Sample for `obs` (the rows' observation: an array, or leaves by name); with masks on,
+        among the valid actions of `rows.mask[0]` (the mask of that observation)."""
         assert self.policy is not None
-        actions, logprob, value = self.policy.act(obs, self.rng)
+        mask = self.rows.mask[0].copy() if self.rows.n_mask else None
+        self._mask = mask
+        actions, logprob, value = self.policy.act(obs, self.rng, mask)
         if self.pos > 0 and self.waiting.any():
             self.fragment["next_value"][self.waiting, self.pos - 1] = value[self.waiting]
         self.waiting[:] = False
@@ -334,32 +361,44 @@ class PPOActor:
     def observe(self) -> list[Message]:
         rows = self.rows
         out = self.record(
-            rows.obs[0],
+            rows.obs_rows[0],
             rows.reward[0],
             rows.terminated[0],
             rows.truncated[0],
-            rows.obs[1],
-            rows.final_obs[0],
+            rows.obs_rows[1],
+            rows.final_obs[0] if rows.plain else rows.obs_at(0, slice(None), final=True),
+            self._mask,
         )
-        rows.obs[0] = rows.obs[1]  # the next step acts on it
+        for a in rows.leaves.values():
+            a[0] = a[1]  # the next step acts on it
+        rows.mask[0] = rows.mask[1]
         rows.terminated[0] = rows.truncated[0] = False  # as StepRows promises for rows from t on
         return out
 
     def record(
         self,
-        obs: np.ndarray,
+        obs: Any,
         rewards: np.ndarray,
         terms: np.ndarray,
         truncs: np.ndarray,
-        next_obs: np.ndarray,
+        next_obs: Any,
         final_obs: Any,
+        mask: np.ndarray | None = None,
     ) -> list[Message]:
-        """Take in one vector-env step (final_obs[i] matters only where copy i ended)."""
+        """Take in one vector-env step (final_obs[i] matters only where copy i ended).
+        Observations are arrays (a bare Box) or leaves by name, each (num_envs, ...); `mask`
+        is the valid-action mask the actions were drawn under (masks on)."""
         assert self._step is not None and self.policy is not None
         actions, logprob, value = self._step
         p, rows = self.pos, self.fragment
         self.disc_return = self.disc_return * self.cfg.ppo.gamma + rewards
-        rows["obs"][:, p] = obs
+        if isinstance(obs, dict):
+            for name, field in self.obs_fields.items():
+                rows[field][:, p] = obs[name]
+        else:
+            rows["obs"][:, p] = obs
+        if mask is not None:
+            rows["mask"][:, p] = mask
         rows["action"][:, p] = actions.reshape(rows["action"][:, p].shape)
         rows["reward"][:, p] = rewards
         rows["terminated"][:, p] = terms
@@ -370,7 +409,10 @@ class PPOActor:
         rows["next_value"][:, p] = 0.0
         cut = np.asarray(truncs, bool) & ~np.asarray(terms, bool)
         if cut.any():  # truncation bootstraps from the true final observation
-            final = np.stack([final_obs[i] for i in np.flatnonzero(cut)])
+            if isinstance(final_obs, dict):
+                final: Any = {name: leaf[cut] for name, leaf in final_obs.items()}
+            else:
+                final = np.stack([final_obs[i] for i in np.flatnonzero(cut)])
             rows["next_value"][cut, p] = self.policy.value(final)
         done = np.asarray(terms, bool) | np.asarray(truncs, bool)
         self.disc_return[done] = 0.0
@@ -379,7 +421,9 @@ class PPOActor:
         if self.pos < self.cfg.ppo.fragment_length:
             return []
         if self.waiting.any():
-            rows["next_value"][self.waiting, p] = self.policy.value(next_obs[self.waiting])
+            w = self.waiting
+            after = {k: v[w] for k, v in next_obs.items()} if isinstance(next_obs, dict) else None
+            rows["next_value"][w, p] = self.policy.value(next_obs[w] if after is None else after)
         self.waiting[:] = False
         self.pos = 0
         self.sent += self.fragment["reward"].size
@@ -390,6 +434,8 @@ class PPOActor:
         """The full fragments as one message: copy by copy, each in time order."""
         n, length = self.fragment["reward"].shape
         fields = {k: v.reshape(n * length, *v.shape[2:]).copy() for k, v in self.fragment.items()}
+        if "mask" in fields:
+            fields["mask"] = pack_mask(fields["mask"])
         last = np.zeros((n, length), dtype=np.uint8)
         last[:, -1] = 1
         fields["last"] = last.reshape(-1)

@@ -4,6 +4,10 @@ Each experience message holds whole fragments (see `ppo_experience_spec`): rows 
 in time order, with the value the client's model gave each observation and `next_value`, the
 value of the observation that followed. That makes every message self-contained, so GAE runs
 per message, in any order, and is exact: nothing is bootstrapped from a guess.
+
+Observations are kept as the wire brought them, leaf by leaf (`obs` for a bare Box, `obs.<key>`
+for a Dict's leaves), and so are the valid-action masks (`mask`, bool, already unpacked and
+checked by the driver) when the run uses them.
 """
 
 from __future__ import annotations
@@ -13,18 +17,40 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from soulsai.model.obs import ObsLayout
+from soulsai.model.obs_wire import from_fields
+
 REWARD_CLIP = 10.0  # scaled rewards are clipped to +-this (as gymnasium's NormalizeReward users do)
 
 
-class RolloutBatch(NamedTuple):
-    """One iteration's training data (torch tensors, first dimension = transitions)."""
+ObsBatch = torch.Tensor | dict[str, torch.Tensor]  # a bare Box's tensor, or leaves by name
 
-    obs: torch.Tensor
+
+class RolloutBatch(NamedTuple):
+    """One iteration's training data (torch tensors, first dimension = transitions): the
+    observations (one tensor for a bare Box, else one per leaf) and, when the run masks
+    actions, the valid-action masks (bool (N, n_actions)) the actions were sampled under."""
+
+    obs: ObsBatch
     actions: torch.Tensor
     logprobs: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
     values: torch.Tensor
+    masks: torch.Tensor | None = None
+
+
+def index_obs(obs: ObsBatch, idx: torch.Tensor) -> ObsBatch:
+    """The rows `idx` of a batch of observations (every leaf alike)."""
+    if isinstance(obs, dict):
+        return {name: leaf[idx] for name, leaf in obs.items()}
+    return obs[idx]
+
+
+def obs_to(obs: ObsBatch, device: torch.device) -> ObsBatch:
+    if isinstance(obs, dict):
+        return {name: leaf.to(device) for name, leaf in obs.items()}
+    return obs.to(device)
 
 
 def compute_gae(
@@ -64,9 +90,10 @@ class RolloutBuffer:
     Not thread-safe: the caller serializes `add` and `take` with its own lock.
     """
 
-    def __init__(self, gamma: float, gae_lambda: float) -> None:
+    def __init__(self, gamma: float, gae_lambda: float, layout: ObsLayout | None = None) -> None:
         self.gamma = gamma
         self.gae_lambda = gae_lambda
+        self.layout = layout  # None: the observation is the one field "obs"
         self._parts: list[dict[str, np.ndarray]] = []
         self.size = 0
 
@@ -108,10 +135,28 @@ class RolloutBuffer:
             return torch.from_numpy(np.concatenate([f[name] for f in parts]))
 
         return RolloutBatch(
-            obs=cat("obs"),
+            obs=_tensors(self.observations(parts)),
             actions=cat("action"),
             logprobs=cat("logprob"),
             advantages=torch.from_numpy(np.concatenate(advantages)),
             returns=torch.from_numpy(np.concatenate(returns)),
             values=cat("value"),
+            masks=cat("mask") if parts and "mask" in parts[0] else None,
         )
+
+    def observations(
+        self, parts: list[dict[str, np.ndarray]]
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """The observations of `parts`, concatenated: the array of a bare Box (or of any space
+        when no layout was given), else the layout's leaves by name."""
+        if self.layout is None or self.layout.plain:
+            return np.concatenate([f["obs"] for f in parts])
+        names = [name for name in parts[0] if name == "obs" or name.startswith("obs.")]
+        merged = {name: np.concatenate([f[name] for f in parts]) for name in names}
+        return from_fields(self.layout, merged)
+
+
+def _tensors(obs: np.ndarray | dict[str, np.ndarray]) -> ObsBatch:
+    if isinstance(obs, dict):
+        return {name: torch.from_numpy(a) for name, a in obs.items()}
+    return torch.from_numpy(obs)

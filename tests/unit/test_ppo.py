@@ -278,7 +278,7 @@ class FakePolicy:
     def value(self, obs: np.ndarray) -> np.ndarray:
         return obs[:, 0].astype(np.float32)
 
-    def act(self, obs, rng):
+    def act(self, obs, rng, mask=None):
         n = len(obs)
         actions = np.full((n, 1), 3.0, np.float32) if self.box else np.ones(n, np.int64)
         return actions, -obs[:, 0].astype(np.float32), self.value(obs)

@@ -10,6 +10,10 @@ Design choices:
   normalization the clients sampled with (the first epoch's ratio is 1).
 - A minibatch step whose loss or gradient norm is NaN or inf is skipped, and so is a merge
   that would leave NaN or inf in the observation or return statistics (`nonfinite_updates`).
+- Observations may be Dict/Tuple leaves (the network's encoder takes them as they came off
+  the wire); with valid-action masks the log-probabilities and the entropy are those of the
+  masked Categorical (MaskablePPO's): the ratio compares like with like, since the clients
+  sampled from the same masked distribution, and the entropy bonus counts valid actions only.
 - Reward scaling (optional) happens on the node: rewards travel raw, and each client sends the
   discounted return of its episode so far; the node keeps their running variance and divides
   rewards by its square root. Clients never need the statistic.
@@ -27,12 +31,13 @@ import torch
 from torch import nn
 
 from soulsai.config import Config
-from soulsai.config.schema import PPOConfig
+from soulsai.config.schema import EnvConfig, PPOConfig
 from soulsai.errors import CheckpointError
 from soulsai.model.nets import ActorCritic, ObsNormalizer, adam, cpu_state
+from soulsai.model.obs import ObsLayout, build_layout, continuous_features, env_layout
 from soulsai.model.shapes import action_shape
 from soulsai.training.algorithms.guards import finite, guarded_update
-from soulsai.training.rollout import RolloutBatch
+from soulsai.training.rollout import RolloutBatch, index_obs, obs_to
 
 if TYPE_CHECKING:  # soulsai.training.policies imports this module for its table
     from soulsai.training.policies import EvalPolicy
@@ -72,16 +77,23 @@ def value_loss(
     return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
 
 
+def ppo_layout(obs_space: gym.Space, env: EnvConfig | None = None) -> ObsLayout:
+    """The observation layout of `env`'s settings (all leaves by default)."""
+    return env_layout(env, obs_space) if env is not None else build_layout(obs_space)
+
+
 def build_actor_critic(
-    cfg: PPOConfig, obs_space: gym.Space, action_space: gym.Space
+    cfg: PPOConfig, obs_space: gym.Space, action_space: gym.Space, env: EnvConfig | None = None
 ) -> ActorCritic:
-    """The network for `cfg` and the env's spaces (clients build the same to check weights)."""
+    """The network for `cfg`, `env`'s observation settings (obs_keys, drop_constant_obs,
+    discrete_obs, embedding_dim; defaults without it) and the env's spaces (clients check the
+    weights they receive against the same shapes, `ppo_weight_shapes`)."""
     if isinstance(action_space, gym.spaces.Discrete):
         discrete, action_dim = True, int(action_space.n)
     else:
         discrete, action_dim = False, math.prod(action_shape(action_space))
     return ActorCritic(
-        tuple(obs_space.shape or ()),
+        ppo_layout(obs_space, env),
         action_dim,
         discrete,
         cfg.hidden,
@@ -89,6 +101,8 @@ def build_actor_critic(
         activation=cfg.activation,
         normalize_obs=cfg.normalize_obs,
         init_log_std=cfg.init_log_std,
+        discrete_obs=env.discrete_obs if env is not None else "onehot",
+        embedding_dim=env.embedding_dim if env is not None else 8,
     )
 
 
@@ -102,13 +116,15 @@ class PPOLearner:
         action_space: gym.Space,
         seed: int,
         device: str = "cpu",
+        env: EnvConfig | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(seed)
-            net = build_actor_critic(cfg, obs_space, action_space)
+            net = build_actor_critic(cfg, obs_space, action_space, env)
         self.net = net.to(self.device)
+        self.layout = net.layout
         self.action_shape = action_shape(action_space)
         self.optimizer = adam(self.net.parameters(), cfg.lr, ADAM_EPS)
         self.return_stats = ObsNormalizer((), enabled=cfg.scale_rewards)
@@ -130,11 +146,14 @@ class PPOLearner:
         lr = cfg.lr * lr_frac
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values = (
-            t.to(self.device) for t in batch
+        b_obs = obs_to(batch.obs, self.device)
+        b_actions, b_logprobs, b_advantages, b_returns, b_values = (
+            t.to(self.device)
+            for t in (batch.actions, batch.logprobs, batch.advantages, batch.returns, batch.values)
         )
+        b_masks = None if batch.masks is None else batch.masks.to(self.device)
         b_actions = b_actions.reshape(-1, *self.action_shape)
-        batch_size = len(b_obs)
+        batch_size = len(b_values)
         minibatch_size = max(1, math.ceil(batch_size / cfg.num_minibatches))
         clipfracs, approx_kls = [], []
         pg_loss = v_loss = entropy_loss = torch.zeros(())
@@ -143,7 +162,9 @@ class PPOLearner:
             for start in range(0, batch_size, minibatch_size):
                 mb_inds = b_inds[start : start + minibatch_size]
                 _, newlogprob, entropy, newvalue = self.net.get_action_and_value(
-                    b_obs[mb_inds], b_actions[mb_inds]
+                    index_obs(b_obs, mb_inds),
+                    b_actions[mb_inds],
+                    None if b_masks is None else b_masks[mb_inds],
                 )
                 mb_advantages = b_advantages[mb_inds]
                 if cfg.norm_adv and len(mb_inds) > 1:
@@ -188,9 +209,12 @@ class PPOLearner:
             "lr": lr,
         }
 
-    def update_normalizer(self, obs: np.ndarray) -> None:
-        """Merge an iteration's observations into the running statistics (no-op if disabled)."""
-        if self.cfg.normalize_obs and not guarded_update(self.net.obs_norm, obs):
+    def update_normalizer(self, obs: np.ndarray | dict[str, np.ndarray]) -> None:
+        """Merge an iteration's observations (a bare Box's array, or leaves by name) into the
+        running statistics of the continuous features (no-op if disabled or none)."""
+        if not self.cfg.normalize_obs or self.layout.n_continuous == 0:
+            return
+        if not guarded_update(self.net.obs_norm, continuous_features(self.layout, obs)):
             self.nonfinite_updates += 1
 
     def policy_state(self) -> dict[str, torch.Tensor]:
@@ -220,30 +244,39 @@ class PPOLearner:
 def ppo_deterministic(
     cfg: Config, state: dict[str, Any], obs_space: gym.Space, act_space: gym.Space
 ) -> EvalPolicy:
-    """The checkpoint's policy without sampling: the most likely action (Categorical) or the
-    Gaussian mean clipped to the action space (Box)."""
+    """The checkpoint's policy without sampling: the most likely action (Categorical; among the
+    valid ones when a mask is given) or the Gaussian mean clipped to the action space (Box).
+    It takes a batch of observations in the layout of `cfg.env` (as in training): the array
+    of a bare Box, else the leaves by name (`soulsai.model.obs.obs_leaves`)."""
+    from soulsai.model.masks import masked_greedy
     from soulsai.model.numpy_ac import NumpyActorCritic
-
     tensors = state.get("policy") or state["learner"]["net"]
-    net = build_actor_critic(cfg.ppo, obs_space, act_space)
+    net = build_actor_critic(cfg.ppo, obs_space, act_space, cfg.env)
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != want:
         raise CheckpointError(
             "the checkpoint's actor-critic does not match its config (ppo.hidden, "
-            f"ppo.shared_network, env spaces): {sorted(set(got.items()) ^ set(want.items()))[:4]}"
+            "ppo.shared_network, env.obs_keys, env.discrete_obs, env spaces): "
+            f"{sorted(set(got.items()) ^ set(want.items()))[:4]}"
         )
     space = act_space
     policy = NumpyActorCritic(
-        tensors, isinstance(space, gym.spaces.Discrete), cfg.ppo.normalize_obs, cfg.ppo.activation
+        tensors,
+        isinstance(space, gym.spaces.Discrete),
+        cfg.ppo.normalize_obs,
+        cfg.ppo.activation,
+        net.layout,
+        cfg.env.discrete_obs,
     )
 
-    def act(obs: np.ndarray) -> np.ndarray:
+    def act(obs: Any, mask: np.ndarray | None = None) -> np.ndarray:
         out, _ = policy.forward(obs)
         if isinstance(space, gym.spaces.Discrete):
-            return out.argmax(axis=1).astype(np.int64) + int(space.start)
+            best = out.argmax(axis=1) if mask is None else masked_greedy(out, mask)
+            return best.astype(np.int64) + int(space.start)
         assert isinstance(space, gym.spaces.Box)  # build_actor_critic accepted nothing else
-        mean = out.reshape(len(obs), *space.shape)
+        mean = out.reshape(len(out), *space.shape)
         return np.clip(mean, space.low, space.high).astype(space.dtype)
 
     return act

@@ -11,6 +11,11 @@ at least `ppo.min_fraction` of the target, and otherwise waits and logs why.
 
 While the node trains, clients are paused (`ppo.pause_clients`): what they sampled with model
 k after its batch closed would be rejected anyway.
+
+Observations arrive leaf by leaf (the layout of `env.obs_keys` and `env.drop_constant_obs`);
+with `env.action_mask` set each row carries the packed mask it was sampled under, checked here
+(`bad_mask`: padding bits set or no valid action; the whole message is rejected) and used by
+the loss.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import gymnasium as gym
 import numpy as np
 
 from soulsai.config.schema import check_ppo_config
+from soulsai.errors import ProtocolError
 from soulsai.logs import RateLimitedLog
+from soulsai.model.masks import check_mask_bits
 from soulsai.model.specs import ppo_experience_spec
 from soulsai.training.algorithms.ppo import PPOLearner
 from soulsai.training.driver import Host, IntakeHooks
@@ -56,6 +63,9 @@ class PPODriver:
         check_ppo_config(cfg)
         p = cfg.ppo
         self.host = host
+        self.learner = PPOLearner(p, obs_space, act_space, cfg.seed, cfg.training.device, cfg.env)
+        self.masked = cfg.env.action_mask is not None
+        self.n_actions = int(act_space.n) if isinstance(act_space, gym.spaces.Discrete) else 0
         self.spec = ppo_experience_spec(
             obs_space,
             act_space,
@@ -64,9 +74,10 @@ class PPODriver:
             max_abs_obs=cfg.training.max_abs_obs,
             max_abs_reward=cfg.training.max_abs_reward,
             gamma=p.gamma,
+            layout=self.learner.layout,
+            masked=self.masked,
         )
-        self.learner = PPOLearner(p, obs_space, act_space, cfg.seed, cfg.training.device)
-        self.rollout = RolloutBuffer(p.gamma, p.gae_lambda)  # under the host's lock
+        self.rollout = RolloutBuffer(p.gamma, p.gae_lambda, self.learner.layout)  # host's lock
         self.collecting = True  # False while model k's batch is closed and trains
         self.iteration_started = self.last_sample = time.monotonic()
         self.last_info: dict[str, float] = {}
@@ -85,12 +96,21 @@ class PPODriver:
 
     def accept(self, exp: Experience) -> None:
         host = self.host
+        fields = exp.fields
+        if self.masked:
+            try:  # stored unpacked: the loss reads the bool mask (B, n_actions)
+                fields = {**fields, "mask": check_mask_bits(fields["mask"], self.n_actions)}
+            except ProtocolError as e:
+                with host.lock:
+                    host.intake.rejected[e.reason] += 1
+                self._log.warning(e.reason, f"rejected experience message: {e}")
+                return
         with host.lock:
             if not self.collecting or exp.model_id != host.model_id:
                 # model k's batch closed (or k+1 published) between the check and now
                 host.intake.rejected["stale_model"] += exp.n
                 return
-            self.rollout.add(exp.fields)
+            self.rollout.add(fields)
             host.accepted += exp.n
             self.last_sample = time.monotonic()
         host.data_ready.set()
@@ -144,14 +164,15 @@ class PPODriver:
         with host.lock:
             self.collecting = False
             parts = self.rollout.take()
-        obs = np.concatenate([f["obs"] for f in parts])
+        obs = self.rollout.observations(parts)
         scale = self.learner.reward_scale(np.concatenate([f["disc_return"] for f in parts]))
         batch = self.rollout.compute_returns_and_advantage(parts, scale)
         info = self.learner.update(batch, self._lr_frac())
         self.learner.update_normalizer(obs)  # after the update: it trained with model k's stats
         now = time.monotonic()
+        n = len(batch.values)
         info.update(
-            transitions=len(obs),
+            transitions=n,
             reward_scale=scale,
             iteration_seconds=now - self.iteration_started,
         )
@@ -168,7 +189,7 @@ class PPODriver:
             "iteration %d: collected %d transitions in %.3f s, trained in %.3f s, published in "
             "%.3f s",
             self.learner.iterations,
-            len(obs),
+            n,
             collect_s,
             now - closed,
             time.monotonic() - now,
