@@ -4,13 +4,17 @@ spaces: shared by the clients, the training node and `soulsai evaluate`."""
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from typing import Any
 
 import gymnasium as gym
 
 from soulsai.config.schema import EnvConfig
+from soulsai.envs.soulsgym_spaces import known_spaces
 from soulsai.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class StepDelay(gym.Wrapper):
@@ -89,9 +93,33 @@ def make_single_env(cfg: EnvConfig) -> gym.Env:
 
 
 def env_spaces(cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:
-    """Observation and action space of one copy (the training node needs them)."""
-    env = make_single_env(cfg)
+    """Observation and action space of one copy (the training node needs them).
+
+    A SoulsGym env that cannot be built here (soulsgym runs on Windows with the game open, the
+    node usually on a Linux server) has its spaces from soulsai's table, when no wrapper is
+    configured; any other env that cannot be built is the ConfigError it raised."""
+    try:
+        env = make_single_env(cfg)
+    except ConfigError:
+        known = None if cfg.wrappers else _known_spaces(cfg)
+        if known is None:
+            raise
+        log.info(
+            "env %s cannot be built on this machine; its spaces come from soulsai's table of "
+            "SoulsGym envs (soulsai/envs/soulsgym_spaces.py)",
+            cfg.id,
+        )
+        return known
     try:
         return env.observation_space, env.action_space
     finally:
         env.close()
+
+
+def _known_spaces(cfg: EnvConfig) -> tuple[gym.Space, gym.Space] | None:
+    try:
+        return known_spaces(cfg.id, cfg.kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"config error in {_where(cfg, 'kwargs')}: key 'env.kwargs' for {cfg.id!r}: {e}"
+        ) from None

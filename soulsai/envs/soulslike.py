@@ -40,17 +40,17 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-PLAYER_MAX_HP = 454  # the Iudex knight's stats in SoulsGym
-PLAYER_MAX_SP = 95
-BOSS_MAX_HP = 1037
-N_PLAYER_ANIMATIONS = 50  # SoulsGym's Dark Souls III player animation table
-N_BOSS_ANIMATIONS = 32  # ... and Iudex's
+from soulsai.envs.soulsgym_spaces import (
+    BOSS_MAX_HP,
+    IMAGE_SHAPE,
+    PLAYER_MAX_HP,
+    PLAYER_MAX_SP,
+    iudex_observation_space,
+)
+
 STEP_SECONDS = 0.1  # game time per step, as in SoulsGym
 MAX_EPISODE_STEPS = 3000
 MAX_DURATION_TICKS = 100  # durations are observed up to 10 s (the space's bound)
-IMAGE_SHAPE = (90, 160, 3)
-POSE_LOW = [110.0, 540.0, -73.0, -3.1416]
-POSE_HIGH = [190.0, 640.0, -55.0, 3.1416]
 ACTION_NAMES = (
     "forward", "forward_right", "right", "right_backward",
     "backward", "backward_left", "left", "left_forward",
@@ -138,32 +138,6 @@ def phase_attacks(phase: int) -> dict[int, BossAttack]:
 
 class GameCrash(RuntimeError):
     """The injected crash: the game process is gone, this env is dead; make a new one."""
-
-
-def iudex_observation_space() -> spaces.Dict:
-    """The observation space of SoulsGym's `SoulsGymIudex-v0`, key by key."""
-    low, high = np.array(POSE_LOW, np.float32), np.array(POSE_HIGH, np.float32)
-    cam_low = np.array(POSE_LOW[:3] + [-1.0] * 3, np.float32)
-    cam_high = np.array(POSE_HIGH[:3] + [1.0] * 3, np.float32)
-    return spaces.Dict(
-        {
-            "phase": spaces.Discrete(2, start=1),
-            "player_hp": spaces.Box(0, PLAYER_MAX_HP),
-            "player_max_hp": spaces.Discrete(1, start=PLAYER_MAX_HP),
-            "player_sp": spaces.Box(0, PLAYER_MAX_SP),
-            "player_max_sp": spaces.Discrete(1, start=PLAYER_MAX_SP),
-            "boss_hp": spaces.Box(0, BOSS_MAX_HP),
-            "boss_max_hp": spaces.Discrete(1, start=BOSS_MAX_HP),
-            "player_pose": spaces.Box(low, high, dtype=np.float32),
-            "boss_pose": spaces.Box(low, high, dtype=np.float32),
-            "camera_pose": spaces.Box(cam_low, cam_high, dtype=np.float32),
-            "player_animation": spaces.Discrete(N_PLAYER_ANIMATIONS + 1, start=-1),
-            "player_animation_duration": spaces.Box(0.0, 10.0),
-            "boss_animation": spaces.Discrete(N_BOSS_ANIMATIONS + 1, start=-1),
-            "boss_animation_duration": spaces.Box(0.0, 10.0),
-            "lock_on": spaces.Discrete(2),
-        }
-    )
 
 
 def _masks() -> dict[tuple[bool, bool, bool], np.ndarray]:
