@@ -23,6 +23,7 @@ from soulsai.errors import ProtocolError
 from soulsai.logs import RateLimitedLog
 from soulsai.metrics import NodeMetrics
 from soulsai.telemetry.figures import draw_stats
+from soulsai.telemetry.live import LiveWatch
 from soulsai.telemetry.stats import EpisodeStats, SystemSeries, stream_seconds
 from soulsai.telemetry.stream import START, SeenRecords, StreamCursor
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
@@ -109,6 +110,7 @@ class TelemetryNode:
         self.last_draw = -math.inf
         self._log = RateLimitedLog(log)
         self.http: Any = None
+        self.watch = LiveWatch(cfg.algo, cfg.max_steps)
 
     @staticmethod
     def _start_time(first: dict[str, Any]) -> float | None:
@@ -172,6 +174,7 @@ class TelemetryNode:
             y_keys=list(self.tcfg.figure_y),
             title=self._title(),
             registry=self.metrics.registry,
+            live=self.live_sections,
         )
         app = make_app(state, token=token, cors_origins=self.tcfg.cors_origins)
         host = self.tcfg.http_host
@@ -281,7 +284,9 @@ class TelemetryNode:
         """Steps/s and connected clients over time; heartbeat changes become annotations."""
         now = time.time()
         self.env_steps = max(self.env_steps, self.link.trainer_env_steps())
-        ids = self.link.client_ids()
+        beats = self.link.client_heartbeats()
+        ids = set(beats)
+        self.watch.observe(now, self.link.stats("trainer"), beats)  # for the live page
         if self.clients is not None:
             for cid in sorted(ids - self.clients):
                 self.stats.note_client(cid, True, now)
@@ -314,6 +319,15 @@ class TelemetryNode:
                 "duplicates": self.seen.duplicates,
                 "wall_time": None if self.t0 is None else round(time.time() - self.t0, 1),
             }
+
+    def live_sections(self, points: int, summary: dict[str, Any]) -> dict[str, Any]:
+        """The live page's model, learner, progress, clients and rejects sections; the ETA
+        uses the summary's smoothed rate."""
+        rate = summary.get("env_steps_per_second", summary.get("steps_per_s"))
+        rate = rate if isinstance(rate, (int, float)) else None
+        out = self.watch.payload(time.time(), self.stats, self.env_steps, rate, points)
+        out["telemetry_rejects"] = dict(self.rejected)
+        return out
 
     def _publish(self) -> None:
         s = self.summary()

@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from soulsai.errors import ConfigError
 from soulsai.telemetry.grafana import MAX_RESPONSE_POINTS, MAX_SERIES, GrafanaSource, make_router
 from soulsai.telemetry.grafana_requests import QueryError, parse_time
+from soulsai.telemetry.live import best_markers
 from soulsai.telemetry.stats import (
     AVG,
     EpisodeStats,
@@ -71,6 +72,9 @@ class WebState:
     y_keys: list[str]
     title: str
     registry: CollectorRegistry | None = None
+    # the model, learner, progress, clients and rejects sections (live.py), given `points`
+    # and the summary (whose smoothed rate gives the ETA)
+    live: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None
 
 
 def _clean(values: np.ndarray) -> list[float | None]:
@@ -102,13 +106,17 @@ def live_payload(state: WebState, points: int) -> dict[str, Any]:
         ts, ys = downsample(t, values[key], points, "mean" if key == "steps_per_s" else "last")
         system[key] = _clean(ys)
         system["t"] = _clean(ts)
+    summary = state.summary()
     return {
         "title": state.title,
         "x_key": state.x_key,
         "window": stats.window,
-        "summary": state.summary(),
+        "summary": summary,
         "panels": panels,
         "system": system,
+        "best_key": stats.cfg.best_key,
+        "best_markers": best_markers(stats, state.x_key),
+        **(state.live(points, summary) if state.live is not None else {}),
     }
 
 
