@@ -106,6 +106,9 @@ class TrainingConfig(_Strict):
     # bounds on received experience (docs/protocol.md); defaults for configs saved before them
     max_abs_obs: float = Field(default=1e6, gt=0.0, le=1e30)
     max_abs_reward: float = Field(default=1e6, gt=0.0, le=1e30)
+    # learner stats as TensorBoard scalars in <run>/tensorboard/training (soulsai/scalars.py);
+    # a default so that configs saved before the key existed still load
+    tensorboard: bool = True
 
 
 class DQNConfig(_Strict):
@@ -196,6 +199,9 @@ class TelemetryConfig(_Strict):
     figure_interval: float = Field(ge=0.0)
     best_key: str = Field(min_length=1)
     best_interval: int = Field(ge=1)
+    # episode series as TensorBoard scalars in <run>/tensorboard/telemetry; a default so that
+    # configs saved before the key existed still load
+    tensorboard: bool = True
 
     @model_validator(mode="after")
     def _known_series(self) -> TelemetryConfig:
@@ -214,6 +220,16 @@ class TelemetryConfig(_Strict):
         ):
             raise ValueError(f"best_key: {self.best_key!r} is not among metrics {sorted(raw)}")
         return self
+
+
+class WandbConfig(_Strict):
+    """Optional Weights & Biases logging of both server nodes (soulsai/scalars.py); off by
+    default. The API key, when online, comes from wandb's own login or WANDB_API_KEY."""
+
+    enabled: bool = False
+    project: str = Field(default="soulsai", pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
+    entity: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
+    mode: Literal["offline", "online"] = "offline"
 
 
 Algo = Literal["dqn", "ppo"]  # one entry per algorithm (with its section below)
@@ -244,6 +260,7 @@ class Config(_Strict):
     ppo: PPOConfig
     checkpoint: CheckpointConfig
     telemetry: TelemetryConfig
+    wandb: WandbConfig = WandbConfig()  # a default: configs saved before the section load
 
     @field_validator("redis_url")
     @classmethod

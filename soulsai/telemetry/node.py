@@ -22,9 +22,10 @@ from soulsai.config import Config
 from soulsai.errors import ProtocolError
 from soulsai.logs import RateLimitedLog
 from soulsai.metrics import NodeMetrics
+from soulsai.scalars import WandbOptions, open_scalars
 from soulsai.telemetry.figures import draw_stats
 from soulsai.telemetry.live import LiveWatch
-from soulsai.telemetry.stats import EpisodeStats, SystemSeries, stream_seconds
+from soulsai.telemetry.stats import BASE_SERIES, EpisodeStats, SystemSeries, stream_seconds
 from soulsai.telemetry.stream import START, SeenRecords, StreamCursor
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.commands import encode_command
@@ -110,6 +111,16 @@ class TelemetryNode:
         self.last_draw = -math.inf
         self._log = RateLimitedLog(log)
         self.http: Any = None
+        self.scalars = open_scalars(  # TensorBoard / W&B: one point per episode from here on
+            run_dir,
+            "telemetry",
+            tensorboard=self.tcfg.tensorboard,
+            wandb=WandbOptions(cfg.wandb.project, cfg.wandb.mode, cfg.wandb.entity)
+            if cfg.wandb.enabled
+            else None,
+            config=cfg.model_dump(),
+            prefix="episode",
+        )
         self.watch = LiveWatch(cfg.algo, cfg.max_steps)
 
     @staticmethod
@@ -156,6 +167,7 @@ class TelemetryNode:
                     backoff = min(2 * backoff, 5.0)
         finally:
             self.flush(final=True)
+            self.scalars.close()
             if self.http is not None:
                 self.http.stop()
 
@@ -251,6 +263,20 @@ class TelemetryNode:
         }
         self.stats.add(rec)
         self.unwritten.append(rec)
+        self._write_scalars(env_steps, received)
+
+    def _write_scalars(self, env_steps: int, when: float) -> None:
+        """The episode just added, every series of it (return, length, their moving averages,
+        info.*, wins), as TensorBoard / W&B scalars at its env steps."""
+        if not self.scalars:
+            return
+        with self.stats.lock:
+            row = {}
+            for key in self.stats.series_names():
+                col = self.stats.view(key)
+                if key not in BASE_SERIES and col is not None and len(col):
+                    row[key] = float(col[-1])
+        self.scalars.write(row, env_steps, when)
 
     def _check_best(self) -> None:
         if not self.unwritten:

@@ -26,6 +26,7 @@ from soulsai.config import Config
 from soulsai.envs import env_spaces
 from soulsai.logs import RateLimitedLog
 from soulsai.metrics import NodeMetrics
+from soulsai.scalars import WandbOptions, open_scalars
 from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.common import (
     STATS_INTERVAL,
@@ -44,6 +45,9 @@ from soulsai.transport.links import TRANSIENT
 from soulsai.transport.weights import encode_weights_parts
 
 log = logging.getLogger(__name__)
+
+SCALARS_EVERY = 2.0  # seconds between two points of the learner stats in TensorBoard / W&B
+NOT_SCALARS = ("time", "env_steps")  # a clock, and the x axis itself
 
 SHELL_METRICS = {
     "env_steps": "env steps received (accepted or stale)",
@@ -102,6 +106,17 @@ class TrainingNode:
         )
         self.metrics = NodeMetrics("trainer", {**SHELL_METRICS, **self.driver.metrics})
         self._last_stats: dict[str, Any] | None = None
+        self.scalars = open_scalars(  # learner stats as TensorBoard / W&B scalars
+            run_dir,
+            "training",
+            tensorboard=cfg.training.tensorboard,
+            wandb=WandbOptions(cfg.wandb.project, cfg.wandb.mode, cfg.wandb.entity)
+            if cfg.wandb.enabled
+            else None,
+            config=cfg.model_dump(),
+            prefix="trainer",
+        )
+        self._next_scalars = 0.0
         self.saves = Saves(cfg, run_dir, self)
         if resume is not None:
             self._restore(resume)
@@ -142,6 +157,8 @@ class TrainingNode:
             self.driver.release()
             self.intake.join(2.0)
             self.saves.save("final")
+            self._write_scalars(self.stats())  # the last point, however short the run
+            self.scalars.close()
             with contextlib.suppress(*TRANSIENT):
                 self.link.clear_alive()
             stopped = self.driver.note("stopped")
@@ -212,6 +229,13 @@ class TrainingNode:
             self.clients = clients
         self.metrics.set_all(s, dict(self.intake.rejected))
         self._last_stats = s
+        if now >= self._next_scalars:
+            self._next_scalars = now + SCALARS_EVERY
+            self._write_scalars(s)
+
+    def _write_scalars(self, s: dict[str, Any]) -> None:
+        """The learner's stats (every number of them) as TensorBoard / W&B scalars."""
+        self.scalars.write({k: v for k, v in s.items() if k not in NOT_SCALARS}, s["env_steps"])
 
     def _log_progress(self) -> None:
         """The driver's progress line, filled in from the last stats round (`rejected` by
