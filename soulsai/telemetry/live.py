@@ -202,7 +202,10 @@ class LiveWatch:
         }
 
     def _client_rows(self, now: float, received: dict[str, int]) -> list[dict[str, Any]]:
-        order = sorted(self.clients, key=lambda c: (c not in self.live, c))[:MAX_CLIENT_ROWS]
+        # live first, then those whose episodes arrived (a flood of made-up heartbeats must
+        # not push the real clients off the table), then by id
+        ranked = sorted(self.clients, key=lambda c: (c not in self.live, -received.get(c, 0), c))
+        order = ranked[:MAX_CLIENT_ROWS]
         rows = []
         for cid in order:
             seen = self.clients[cid]
