@@ -114,13 +114,19 @@ class DQNActor:
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
         self.action_start = int(action_space.start)
-        obs_shape = tuple(obs_space.shape or ())
-        self.expected = dqn_weight_shapes(cfg.dqn, obs_shape, int(action_space.n))
+        n_actions = int(action_space.n)
+        self.layout = env_layout(cfg.env, obs_space)
+        self.n_mask = n_actions if cfg.env.action_mask is not None else 0
+        self.expected = dqn_weight_shapes(
+            cfg.dqn, self.layout, n_actions, cfg.env.discrete_obs, cfg.env.embedding_dim
+        )
         n_envs, self.n_step = cfg.env.num_envs, cfg.dqn.n_step
         # A full block holds the n-1 rows still open from the last one plus enough new rows
         # for FOLD_AT_LEAST transitions (or a batch, if larger).
         new_rows = -(-max(cfg.client.batch_size, self.FOLD_AT_LEAST) // n_envs)
-        self.rows = StepRows(new_rows + self.n_step - 1, n_envs, obs_space, action_space)
+        self.rows = StepRows(
+            new_rows + self.n_step - 1, n_envs, obs_space, action_space, self.layout, self.n_mask
+        )
         self.action_rows = self.rows.action_rows
         self._argmax_into_rows = self.rows.action.dtype == np.intp  # argmax writes intp only
         self.start = np.zeros(n_envs, dtype=np.int64)  # per copy: first row not folded yet
@@ -138,7 +144,9 @@ class DQNActor:
         self._steps_at_model: int | None = None  # client steps when the model arrived
 
     def make_policy(self, state: dict[str, Any]) -> NumpyQPolicy:
-        return NumpyQPolicy(state, self.cfg.dqn.normalize_obs)
+        return NumpyQPolicy(
+            state, self.cfg.dqn.normalize_obs, self.layout, self.cfg.env.discrete_obs
+        )
 
     def set_model(self, model_id: int, policy: Any, meta: dict[str, Any]) -> list[Message]:
         out = self._flush()  # one model id per message
@@ -155,7 +163,9 @@ class DQNActor:
             self._steps_at_model = client_steps
         return int(self.meta.get("env_steps", 0)) + client_steps - self._steps_at_model
 
-    def act(self, obs: np.ndarray, client_steps: int) -> np.ndarray:
+    def act(self, obs: Any, client_steps: int) -> np.ndarray:
+        """Epsilon-greedy actions for the observations of row `rows.t` (among the valid
+        actions of its masks when masks are on)."""
         if client_steps >= self._epsilon_due:
             num_clients = max(1, int(self.meta.get("num_clients", 1)))
             self.epsilon = epsilon(
@@ -166,10 +176,12 @@ class DQNActor:
             )
             self._epsilon_due = client_steps + self.EPSILON_EVERY
         assert self.policy is not None
+        mask = self.rows.mask_rows[self.rows.t] if self.n_mask else None
         if self._argmax_into_rows:  # the policy writes the actions where they are recorded
-            actions = self.policy.act(obs, self.epsilon, self.rng, self.action_rows[self.rows.t])
+            out = self.action_rows[self.rows.t]
+            actions = self.policy.act(obs, self.epsilon, self.rng, out, mask)
         else:
-            actions = self.policy.act(obs, self.epsilon, self.rng)
+            actions = self.policy.act(obs, self.epsilon, self.rng, mask=mask)
             self.action_rows[self.rows.t][...] = actions
         return actions + self.action_start if self.action_start else actions
 
@@ -215,16 +227,23 @@ class DQNActor:
         if len(f.row):
             t, i, k = f.row, f.copy, f.steps
             last = t + k - 1  # the row of the transition's last step
-            next_obs = rows.obs[t + k, i]  # fancy indexing copies: safe from keep_last below
-            next_obs[f.ended] = rows.final_obs[last[f.ended], i[f.ended]]
-            fields = {
-                "obs": rows.obs[t, i],
-                "action": rows.action[t, i],
-                "reward": f.reward.astype(np.float32),
-                "next_obs": next_obs,
-                "terminated": (f.ended & rows.terminated[last, i]).astype(np.uint8),
-                "steps": k.astype(np.uint8),
-            }
+            ended, e_row, e_copy = f.ended, last[f.ended], i[f.ended]
+            fields = {}
+            for leaf in self.layout.leaves:
+                fields[field_name("obs", leaf)] = rows.leaves[leaf.name][t, i]
+            fields["action"] = rows.action[t, i]
+            fields["reward"] = f.reward.astype(np.float32)
+            for leaf in self.layout.leaves:
+                # fancy indexing copies: safe from keep_last below
+                next_obs = rows.leaves[leaf.name][t + k, i]
+                next_obs[ended] = rows.final_leaves[leaf.name][e_row, e_copy]
+                fields[field_name("next_obs", leaf)] = next_obs
+            fields["terminated"] = (ended & rows.terminated[last, i]).astype(np.uint8)
+            fields["steps"] = k.astype(np.uint8)
+            if self.n_mask:  # the valid actions of the observation k steps later, as bits
+                next_mask = rows.mask[t + k, i]
+                next_mask[ended] = rows.final_mask[e_row, e_copy]
+                fields["next_mask"] = pack_mask(next_mask)
             out = self._messages(fields, len(t))
         self.start = f.next_start - rows.keep_last(self.n_step - 1)
         self._rearm()

@@ -119,7 +119,8 @@ def greedy_actions(net: QNetwork, obs: Any, mask: np.ndarray | None = None) -> n
     device = next(net.parameters()).device
     leaves = as_leaves(net.layout, obs)
     with torch.no_grad():
-        q_values = net({k: torch.as_tensor(np.asarray(v), device=device) for k, v in leaves.items()})
+        batch = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in leaves.items()}
+        q_values = net(batch)
         if mask is not None:
             q_values = q_values.masked_fill(~torch.as_tensor(mask, device=device), -torch.inf)
     return q_values.argmax(dim=1).cpu().numpy().astype(np.int64, copy=False)

@@ -1,45 +1,83 @@
 """The client's acting policy: weights in, actions out, never blocking the env loop.
 
 Inference runs in numpy: for the small MLPs of control tasks one call costs a few microseconds,
-where a torch forward costs tens. The result equals QNetwork's forward (tested).
+where a torch forward costs tens. The result equals QNetwork's forward (tested), for a bare Box
+and for Dict/Tuple observations (the `NumpyObsEncoder`, with the running normalizer on the
+continuous features only). With a valid-action mask, exploration and the greedy choice take
+valid actions only (`soulsai.model.masks`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from soulsai.model.masks import masked_epsilon_greedy
+from soulsai.model.obs import ObsLayout
+from soulsai.model.obs_encode import NumpyObsEncoder
+from soulsai.model.shapes import NORM_CLIP, NORM_EPS
+
+
+def _arr(t: Any) -> np.ndarray:
+    # A live torch module's tensors are copied (training would change them under us);
+    # freshly decoded numpy arrays are owned by nobody else and are used as they are.
+    return t.detach().cpu().numpy().copy() if hasattr(t, "detach") else np.asarray(t)
+
 
 class NumpyQPolicy:
-    """Epsilon-greedy over a QNetwork state dict (obs_norm.* and mlp.<i>.weight/bias)."""
+    """Epsilon-greedy over a QNetwork state dict (obs_norm.*, encoder.*, mlp.<i>.weight/bias).
 
-    def __init__(self, state: dict[str, Any], normalize_obs: bool) -> None:
-        def arr(t: Any) -> np.ndarray:
-            # A live torch module's tensors are copied (training would change them under us);
-            # freshly decoded numpy arrays are owned by nobody else and are used as they are.
-            return t.detach().cpu().numpy().copy() if hasattr(t, "detach") else np.asarray(t)
+    `layout` None stands for a bare Box (the observation flattened, as before layouts).
+    """
 
+    def __init__(
+        self,
+        state: Mapping[str, Any],
+        normalize_obs: bool,
+        layout: ObsLayout | None = None,
+        discrete_obs: str = "onehot",
+    ) -> None:
         self.normalize = normalize_obs
-        self.mean = arr(state["obs_norm.mean"]).astype(np.float32).ravel()
-        self.std = np.sqrt(arr(state["obs_norm.var"]).astype(np.float32).ravel() + 1e-8)
+        self.encoder = (
+            None
+            if layout is None or layout.plain
+            else NumpyObsEncoder.from_state(layout, state, discrete_obs, prefix="encoder.")
+        )
+        self.n_continuous = layout.n_continuous if layout is not None else 0
+        self.mean = _arr(state["obs_norm.mean"]).astype(np.float32).ravel()
+        self.std = np.sqrt(_arr(state["obs_norm.var"]).astype(np.float32).ravel() + NORM_EPS)
         self.inv_std = (1.0 / self.std).astype(np.float32)
         idx = sorted({int(k.split(".")[1]) for k in state if k.startswith("mlp.")})
         # (in, out) views of the (out, in) weights: matmul reads them transposed, no copy.
         self.layers = [
             (
-                arr(state[f"mlp.{i}.weight"]).astype(np.float32, copy=False).T,
-                arr(state[f"mlp.{i}.bias"]).astype(np.float32, copy=False),
+                _arr(state[f"mlp.{i}.weight"]).astype(np.float32, copy=False).T,
+                _arr(state[f"mlp.{i}.bias"]).astype(np.float32, copy=False),
             )
             for i in idx
         ]
 
-    def q_values(self, obs: np.ndarray) -> np.ndarray:
-        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
-        if self.normalize:  # ufuncs in place: np.clip's wrapper costs more than the math here
-            x = (x - self.mean) * self.inv_std
-            np.minimum(x, 10.0, out=x)
-            np.maximum(x, -10.0, out=x)
+    def features(self, obs: Any) -> np.ndarray:
+        """The network input (B, F) of a batch: an array (bare Box) or leaves name -> batch."""
+        if self.encoder is None:
+            x = np.asarray(obs)
+            x = x.reshape(len(x), -1).astype(np.float32, copy=False)
+            if self.normalize:  # ufuncs in place: np.clip's wrapper costs more than the math
+                x = (x - self.mean) * self.inv_std
+                np.minimum(x, NORM_CLIP, out=x)
+                np.maximum(x, -NORM_CLIP, out=x)
+            return x
+        x = self.encoder(obs)
+        n = self.n_continuous
+        if self.normalize and n:
+            c = (x[:, :n] - self.mean) * self.inv_std
+            np.clip(c, -NORM_CLIP, NORM_CLIP, out=x[:, :n])
+        return x
+
+    def q_values(self, obs: Any) -> np.ndarray:
+        x = self.features(obs)
         last = len(self.layers) - 1
         for i, (w, b) in enumerate(self.layers):
             x = x @ w
@@ -50,14 +88,21 @@ class NumpyQPolicy:
 
     def act(
         self,
-        obs: np.ndarray,
+        obs: Any,
         epsilon: float,
         rng: np.random.Generator,
         out: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
     ) -> np.ndarray:
         """Greedy actions, each replaced by a uniform one with probability `epsilon`; written
-        into `out` (an intp array: where the caller records them) if given."""
+        into `out` (an intp array: where the caller records them) if given. With `mask`
+        (bool (B, n), every row with a valid action), both draw among valid actions only."""
         q = self.q_values(obs)
+        if mask is not None:
+            actions = masked_epsilon_greedy(q, mask, epsilon, rng)
+            if out is not None:
+                out[...] = actions
+            return actions
         actions = q.argmax(axis=1, out=out)
         if epsilon > 0:
             explore = rng.random(len(actions)) < epsilon

@@ -13,7 +13,19 @@ from soulsai.model.obs import ObsLayout, build_layout
 from soulsai.model.obs_wire import leaf_fields
 from soulsai.model.shapes import action_shape
 from soulsai.transport.envelope import ExperienceSpec, FieldSpec
-from soulsai.transport.spaces import MAX_ABS_OBS, MAX_ABS_REWARD, _magnitude, space_field
+from soulsai.transport.spaces import MAX_ABS_OBS, MAX_ABS_REWARD, _magnitude
+
+# Fields per message at most: the decoder reads maps of at most 64 entries (envelope.unpack).
+MAX_FIELDS = 64
+
+
+def check_field_count(fields: dict[str, FieldSpec], layout: ObsLayout, what: str) -> None:
+    """A ConfigError when a message of `fields` would exceed MAX_FIELDS (too many leaves)."""
+    if len(fields) > MAX_FIELDS:
+        raise ConfigError(
+            f"env.obs_keys: the observation has {len(layout.leaves)} leaves, so {what} would "
+            f"carry {len(fields)} fields (at most {MAX_FIELDS}): select fewer keys"
+        )
 
 
 def dqn_experience_spec(
@@ -24,27 +36,36 @@ def dqn_experience_spec(
     max_bytes: int,
     max_abs_obs: float = MAX_ABS_OBS,
     max_abs_reward: float = MAX_ABS_REWARD,
+    layout: ObsLayout | None = None,
+    masked: bool = False,
 ) -> ExperienceSpec:
     """n-step transitions: obs, action, n-step reward, obs k steps later, terminated, k.
 
-    Observations lie within `box_bounds(obs_space, max_abs_obs)`; the reward, a discounted sum
+    The observations travel leaf by leaf (`obs_wire.leaf_fields` of `layout`, by default the
+    whole space's): a bare Box is the one field `obs` (and `next_obs`), as before layouts; a
+    Dict's leaves are `obs.<key>` and `next_obs.<key>`, each in its own dtype and range. With
+    `masked` (env.action_mask set) a transition also carries `next_mask`: the packed
+    valid-action bits of the observation k steps later, which the double-DQN target's argmax
+    honours (the node checks them: `bad_mask`).
+
+    Box values lie within `box_bounds(leaf space, max_abs_obs)`; the reward, a discounted sum
     of at most `n_step` rewards, within +-`n_step * max_abs_reward`.
     """
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
-    obs = space_field(obs_space, "observation", max_abs_obs)
-    return ExperienceSpec(
-        fields={
-            "obs": obs,
-            "action": FieldSpec(np.int64, (), low=0, high=int(action_space.n) - 1),
-            "reward": _magnitude(n_step * max_abs_reward),
-            "next_obs": obs,
-            "terminated": FieldSpec(np.uint8, (), low=0, high=1),
-            "steps": FieldSpec(np.uint8, (), low=1, high=n_step),
-        },
-        max_batch=max_batch,
-        max_bytes=max_bytes,
-    )
+    layout = layout or build_layout(obs_space)
+    mask = {"next_mask": mask_field(int(action_space.n))} if masked else {}
+    fields = {
+        **leaf_fields(layout, "obs", max_abs_obs),
+        "action": FieldSpec(np.int64, (), low=0, high=int(action_space.n) - 1),
+        "reward": _magnitude(n_step * max_abs_reward),
+        **leaf_fields(layout, "next_obs", max_abs_obs),
+        "terminated": FieldSpec(np.uint8, (), low=0, high=1),
+        "steps": FieldSpec(np.uint8, (), low=1, high=n_step),
+        **mask,
+    }
+    check_field_count(fields, layout, "a DQN transition")
+    return ExperienceSpec(fields=fields, max_batch=max_batch, max_bytes=max_bytes)
 
 
 def ppo_experience_spec(

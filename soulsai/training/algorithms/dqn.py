@@ -6,6 +6,8 @@ Design choices:
   update; Polyak averaging touches parameters only, never the normalizer buffers.
 - Adam uses eps=1.5e-4 (as in Rainbow/Dopamine) instead of torch's 1e-8, which keeps steps
   bounded when the second-moment estimate is tiny.
+- With valid-action masks the target's argmax takes only the next observation's valid actions
+  (`masks_torch.masked_double_dqn_target`, the mask stored with the transition).
 - A step whose loss or gradient norm is NaN or inf is skipped (counted in `nonfinite_updates`),
   and so is a normalizer merge that would leave NaN or inf statistics: no batch can poison the
   weights that clients get.
@@ -21,29 +23,42 @@ import torch
 from torch import nn
 
 from soulsai.config.schema import DQNConfig
+from soulsai.model.masks_torch import masked_double_dqn_target
 from soulsai.model.nets import QNetwork, adam, cpu_state
+from soulsai.model.obs import ObsLayout
 from soulsai.training.algorithms.guards import finite, guarded_update
-from soulsai.training.replay import ReplayBatch
+from soulsai.training.replay import Obs, ReplayBatch
 
 ADAM_EPS = 1.5e-4
 
 
 class DQNLearner:
-    """Online and target Q-networks, the optimizer and the update counter."""
+    """Online and target Q-networks, the optimizer and the update counter.
+
+    `obs` is the observation layout (`soulsai.model.obs`) or a bare Box's shape."""
 
     def __init__(
         self,
         cfg: DQNConfig,
-        obs_shape: tuple[int, ...],
+        obs: tuple[int, ...] | ObsLayout,
         n_actions: int,
         seed: int,
         device: str = "cpu",
+        discrete_obs: str = "onehot",
+        embedding_dim: int = 8,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(seed)
-            online = QNetwork(tuple(obs_shape), n_actions, cfg.hidden, cfg.normalize_obs)
+            online = QNetwork(
+                obs if isinstance(obs, ObsLayout) else tuple(obs),
+                n_actions,
+                cfg.hidden,
+                cfg.normalize_obs,
+                discrete_obs,
+                embedding_dim,
+            )
         self.online = online.to(self.device)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
@@ -53,11 +68,24 @@ class DQNLearner:
 
     def update(self, batch: ReplayBatch) -> dict[str, float]:
         """One double-DQN gradient step on `batch`, then the target-network update."""
-        obs, action, reward, next_obs, discount = (t.to(self.device) for t in batch)
+        obs, next_obs = self._to_device(batch.obs), self._to_device(batch.next_obs)
+        action, reward, discount = (
+            t.to(self.device) for t in (batch.action, batch.reward, batch.discount)
+        )
         with torch.no_grad():
-            next_actions = self.online(next_obs).argmax(dim=1, keepdim=True)
-            next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
-            td_target = reward + discount * next_q
+            if batch.next_mask is None:
+                next_actions = self.online(next_obs).argmax(dim=1, keepdim=True)
+                next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
+                td_target = reward + discount * next_q
+            else:  # discount is gamma**k * (1 - terminated): done=0, gamma_k=discount
+                td_target = masked_double_dqn_target(
+                    self.online(next_obs),
+                    self.target(next_obs),
+                    batch.next_mask.to(self.device),
+                    reward,
+                    torch.zeros_like(discount),
+                    discount,
+                )
         q = self.online(obs).gather(1, action.long().view(-1, 1)).squeeze(1)
         loss = nn.functional.huber_loss(q, td_target, delta=self.cfg.huber_delta)
 
@@ -86,9 +114,15 @@ class DQNLearner:
             "grad_norm": grad_norm.item(),
         }
 
+    def _to_device(self, obs: Obs) -> Obs:
+        if isinstance(obs, torch.Tensor):
+            return obs.to(self.device)
+        return {k: v.to(self.device) for k, v in obs.items()}
+
     def update_normalizer(self, obs: np.ndarray) -> None:
-        """Merge a batch of observations into the running statistics (no-op if disabled)."""
-        if not self.cfg.normalize_obs:
+        """Merge a batch of continuous features (`obs.continuous_features`; a bare Box's
+        observations) into the running statistics (no-op if disabled or there are none)."""
+        if not self.cfg.normalize_obs or self.online.obs_norm.mean.numel() == 0:
             return
         if not guarded_update(self.online.obs_norm, obs):
             self.nonfinite_updates += 1

@@ -4,6 +4,11 @@ Asynchronous (Ape-X-like): any number of clients; a sample is accepted when its 
 the newest by at most `dqn.max_model_delay`. The learner owes `accepted * replay_ratio /
 batch_size` gradient steps and pays them while the intake thread keeps draining Redis; the
 clients are paused while it owes `max_update_debt` (`soulsai.training.ratio`).
+
+Observations arrive per leaf of the env's observation layout (`env.obs_keys`,
+`env.drop_constant_obs`) and are stored so; with `env.action_mask` each transition carries its
+next observation's valid actions as bits (`next_mask`), checked here: a set padding bit, or no
+valid action after a step that did not terminate, drops the transition (counted as `bad_mask`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from soulsai.errors import CheckpointError
+from soulsai.logs import RateLimitedLog
+from soulsai.model.masks import unpack_mask
+from soulsai.model.obs import continuous_features, env_layout
+from soulsai.model.obs_wire import from_fields
 from soulsai.model.schedules import epsilon
 from soulsai.model.specs import dqn_experience_spec
 from soulsai.training.algorithms.dqn import DQNLearner
@@ -45,6 +55,8 @@ class DQNDriver:
         cfg = self.cfg = host.cfg
         d = cfg.dqn
         self.host = host
+        self.layout = env_layout(cfg.env, obs_space)
+        self.n_mask = int(act_space.n) if cfg.env.action_mask is not None else 0
         self.spec = dqn_experience_spec(
             obs_space,
             act_space,
@@ -53,13 +65,27 @@ class DQNDriver:
             cfg.training.max_message_bytes,
             max_abs_obs=cfg.training.max_abs_obs,
             max_abs_reward=cfg.training.max_abs_reward,
+            layout=self.layout,
+            masked=self.n_mask > 0,
         )
         self.learner = DQNLearner(
-            d, tuple(obs_space.shape), int(act_space.n), cfg.seed, cfg.training.device
+            d,
+            self.layout,
+            int(act_space.n),
+            cfg.seed,
+            cfg.training.device,
+            cfg.env.discrete_obs,
+            cfg.env.embedding_dim,
         )
         self.buffer = ReplayBuffer(
-            d.buffer_size, tuple(obs_space.shape), obs_space.dtype, seed=cfg.seed
+            d.buffer_size,
+            tuple(obs_space.shape or ()),
+            obs_space.dtype or np.float32,
+            seed=cfg.seed,
+            layout=self.layout,
+            n_mask=self.n_mask,
         )
+        self._log = RateLimitedLog(host.log, cfg.training.log_interval)
         self.new_obs: list[np.ndarray] = []
         self.ratio = ReplayRatio(d.replay_ratio, d.batch_size, d.max_update_debt, d.throttle)
         self.gate = PauseGate(d.max_update_debt)
@@ -80,16 +106,40 @@ class DQNDriver:
 
     # ---------------------------------------------------------------- intake side
 
+    def check_masks(self, f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`f` without the transitions whose mask bits are bad (a padding bit set, or no valid
+        action where the episode goes on), which are counted as `bad_mask`."""
+        bits, n = f["next_mask"], self.n_mask
+        pad = 8 * bits.shape[1] - n
+        bad = ~unpack_mask(bits, n).any(axis=1) & (f["terminated"] == 0)
+        if pad:
+            bad |= (bits[:, -1] & ((1 << pad) - 1)) != 0
+        if not bad.any():
+            return f
+        count = int(bad.sum())
+        self.host.intake.rejected["bad_mask"] += count
+        self._log.warning("bad_mask", f"dropped {count} transitions with bad action-mask bits")
+        return {name: value[~bad] for name, value in f.items()}
+
     def accept_rows(self, f: dict[str, np.ndarray]) -> None:
         """The good transitions of one intake round into the buffer, one write per field."""
         host = self.host
+        if self.n_mask:
+            f = self.check_masks(f)
         # bootstrap factor gamma**k, or 0 where the episode terminated
         discount = self._gamma_pow[f["steps"]] * (1 - f["terminated"])
         n = len(discount)
+        if n == 0:
+            return
+        layout = self.layout
+        obs = f["obs"] if layout.plain else from_fields(layout, f, "obs")
+        next_obs = f["next_obs"] if layout.plain else from_fields(layout, f, "next_obs")
         with host.lock:
-            self.buffer.add_batch(f["obs"], f["action"], f["reward"], f["next_obs"], discount)
+            self.buffer.add_batch(
+                obs, f["action"], f["reward"], next_obs, discount, f.get("next_mask")
+            )
             if self.cfg.dqn.normalize_obs:
-                self.new_obs.append(f["obs"])
+                self.new_obs.append(obs if layout.plain else continuous_features(layout, obs))
             host.accepted += n
             if self.gate.paused and self.gate.ignored(host.intake.drained_at, time.monotonic()):
                 self.ratio.forgive(n)
@@ -213,7 +263,10 @@ class DQNDriver:
 
     def restore(self, state: dict[str, Any], counters: dict[str, Any]) -> None:
         if "buffer" in state:
-            self.buffer.load_state_dict(state["buffer"])
+            try:
+                self.buffer.load_state_dict(state["buffer"])
+            except ValueError as e:
+                raise CheckpointError(f"the checkpoint's replay buffer does not fit: {e}") from None
         if "replay" in state["rng"]:
             self.buffer.rng.bit_generator.state = state["rng"]["replay"]
         self.ratio.restart(self.host.accepted, self.learner.updates)
