@@ -22,7 +22,7 @@ COMMON_STATS = {
 }  # fmt: skip
 # what the DQN and PPO nodes published before the shell (and so what dashboards read)
 STATS = {
-    "dqn": COMMON_STATS | {"pauses", "forgiven", "debt"},
+    "dqn": COMMON_STATS | {"pauses", "forgiven", "debt", "q_mean", "epsilon"},
     "ppo": COMMON_STATS
     | {"iterations", "collected", "waiting", "approx_kl", "clipfrac", "entropy"}
     | {"explained_variance", "lr", "iteration_seconds"},

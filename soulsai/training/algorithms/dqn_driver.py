@@ -228,6 +228,9 @@ class DQNDriver:
             "forgiven": int(self.ratio.forgiven),
             "debt": int(debt) if learning else 0,
             "loss": round(self.last_info.get("loss", float("nan")), 6),
+            "q_mean": round(self.last_info.get("q_mean", float("nan")), 6),
+            # every client's epsilon now (schedule), or the ladder's highest (client 0's)
+            "epsilon": round(epsilon(self.cfg.dqn, self.host.env_steps, 0, 1), 6),
         }
 
     def note(self, event: str) -> str:
