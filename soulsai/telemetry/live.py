@@ -215,6 +215,7 @@ class LiveWatch:
             if mid is not None and self.model_id is not None:
                 lag = max(0, self.model_id - int(mid))
             dropped = [info.get(k) for k in ("dropped", "dropped_episodes")]
+            discarded = info.get("discarded")
             rows.append(
                 {
                     "id": cid,
@@ -226,7 +227,7 @@ class LiveWatch:
                     "model_id": None if mid is None else int(mid),
                     "model_lag": lag,
                     "dropped": int(sum(v for v in dropped if v is not None)),
-                    "discarded": None if info.get("discarded") is None else int(info["discarded"]),
+                    "discarded": None if discarded is None else int(discarded),
                 }
             )
         return rows
