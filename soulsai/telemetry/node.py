@@ -21,7 +21,7 @@ from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.errors import ProtocolError
 from soulsai.logs import RateLimitedLog
-from soulsai.metrics import NodeMetrics
+from soulsai.metrics import EPISODE_REJECTS, NodeMetrics, run_labels
 from soulsai.scalars import WandbOptions, open_scalars
 from soulsai.telemetry.figures import draw_stats
 from soulsai.telemetry.live import LiveWatch
@@ -37,17 +37,20 @@ log = logging.getLogger(__name__)
 READ_BATCH = 500  # stream entries per read
 SAMPLE_EVERY = 1.0  # seconds between samples of steps/s and connected clients
 CHECK_EVERY = 2.0  # seconds between checks of the stream position while idle
-METRICS = {
-    "episodes": "episodes received",
-    "env_steps": "env steps (training node's total)",
+GAUGES = {
     "last_return": "return of the last episode",
     "rolling_return": "moving-average return",
     "best_rolling_return": "best moving-average return so far",
     "clients": "connected sampling clients",
-    "steps_per_s": "env steps per second",
+    "env_steps_per_second": "env steps per second over the last 30 s (the live page's rate)",
+}
+COUNTERS = {
+    "episodes": "episodes received",
+    "env_steps": "env steps (training node's total)",
     "missing": "episodes numbered by a client that never arrived",
     "duplicates": "episode records received twice and skipped",
 }
+METRICS = {**GAUGES, **COUNTERS}  # every metric the telemetry node exports
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
@@ -106,7 +109,8 @@ class TelemetryNode:
         self.unwritten: list[dict[str, Any]] = []
         self.pending_commands: list[bytes] = []
         self.rejected: dict[str, int] = {}
-        self.metrics = NodeMetrics("telemetry", METRICS)
+        labels = run_labels(run_dir.name, cfg.algo, cfg.env.id, cfg.preset)
+        self.metrics = NodeMetrics("telemetry", GAUGES, COUNTERS, EPISODE_REJECTS, labels)
         self.clients: set[str] | None = None
         self.last_draw = -math.inf
         self._log = RateLimitedLog(log)
@@ -309,7 +313,8 @@ class TelemetryNode:
     def sample(self) -> None:
         """Steps/s and connected clients over time; heartbeat changes become annotations."""
         now = time.time()
-        self.env_steps = max(self.env_steps, self.link.trainer_env_steps())
+        counter = self.link.trainer_env_steps()  # 0 while the trainer's hash is missing
+        self.env_steps = max(self.env_steps, counter)
         beats = self.link.client_heartbeats()
         ids = set(beats)
         self.watch.observe(now, self.link.stats("trainer"), beats)  # for the live page
@@ -319,7 +324,9 @@ class TelemetryNode:
             for cid in sorted(self.clients - ids):
                 self.stats.note_client(cid, False, now)
         self.clients = ids
-        self.system.sample(now, self.env_steps, len(ids))
+        if counter == 0 and self.env_steps > 0:
+            counter = self.env_steps  # no reading (Redis restarted empty): not a restart to 0
+        self.system.sample(now, self.env_steps, len(ids), counter)
         self._publish()
 
     # ---------------------------------------------------------------- outputs
@@ -327,6 +334,7 @@ class TelemetryNode:
     def summary(self) -> dict[str, Any]:
         """The latest numbers (None where there is nothing yet)."""
         stats = self.stats
+        rate = self.system.latest("steps_per_s")  # env steps per second over the last 30 s
         with stats.lock:
             return {
                 "episodes": self.episodes,
@@ -339,7 +347,8 @@ class TelemetryNode:
                 "solved": stats.solved,
                 "target_return": self.cfg.target_return,
                 "clients": self.system.latest("clients"),
-                "steps_per_s": self.system.latest("steps_per_s"),
+                "env_steps_per_second": rate,
+                "steps_per_s": rate,  # the same smoothed rate, under its old name
                 "rejected": sum(self.rejected.values()),
                 "missing": self.seen.missing,
                 "duplicates": self.seen.duplicates,
@@ -361,7 +370,7 @@ class TelemetryNode:
         self.metrics.set_all(numbers, self.rejected)
         fields = (
             "episodes", "env_steps", "last_return", "rolling_return", "best_rolling_return",
-            "rejected", "missing", "duplicates",
+            "rejected", "missing", "duplicates", "env_steps_per_second",
         )  # fmt: skip
         out: dict[str, Any] = {k: "" if s[k] is None else _round(s[k]) for k in fields}
         out["solved"] = int(bool(s["solved"]))

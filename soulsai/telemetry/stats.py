@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from soulsai.config.schema import TelemetryConfig
+from soulsai.metrics import RATE_WINDOW, WindowRate
 
 AVG = "_avg"  # suffix of a moving-average series: return -> return_avg
 BASE_SERIES = ("episode", "env_steps", "wall_time", "time")  # always present
@@ -299,26 +300,30 @@ def _num(v: Any) -> float:
 
 class SystemSeries:
     """Samples over wall time (env steps, steps/s, connected clients), bounded in memory:
-    when full, every other sample is dropped, so old history stays at a coarser resolution."""
+    when full, every other sample is dropped, so old history stays at a coarser resolution.
+    Steps/s is the smoothed rate (`WindowRate`, env steps over the last 30 s), not the
+    difference of two samples: the training node's count grows in bursts, and that difference
+    read 0 about every other second."""
 
     KEYS = ("env_steps", "steps_per_s", "clients")
 
-    def __init__(self, capacity: int = 20000) -> None:
+    def __init__(self, capacity: int = 20000, window: float = RATE_WINDOW) -> None:
         self.capacity = capacity
         self.lock = threading.Lock()
         self.t: list[float] = []
         self.values: dict[str, list[float]] = {k: [] for k in self.KEYS}
-        self._last: tuple[float, float] | None = None
+        self.rate = WindowRate(window)
 
-    def sample(self, now: float, env_steps: int, clients: int) -> None:
+    def sample(
+        self, now: float, env_steps: int, clients: int, counter: float | None = None
+    ) -> None:
+        """One sample at `now`; `counter` is the training node's own env-step count for the
+        rate (default `env_steps`): it may go back when that node restarts."""
         with self.lock:
-            if self._last is not None and now - self._last[0] > 0:
-                sps = max(0.0, (env_steps - self._last[1]) / (now - self._last[0]))
-            else:
-                sps = 0.0
-            self._last = (now, float(env_steps))
+            sps = self.rate.add(now, env_steps if counter is None else counter)
             self.t.append(now)
-            for k, v in zip(self.KEYS, (env_steps, sps, clients), strict=True):
+            row = (env_steps, math.nan if sps is None else sps, clients)
+            for k, v in zip(self.KEYS, row, strict=True):
                 self.values[k].append(float(v))
             if len(self.t) > self.capacity:
                 self.t = self.t[::2]
@@ -331,7 +336,7 @@ class SystemSeries:
     def latest(self, key: str) -> float | None:
         with self.lock:
             v = self.values[key]
-            return v[-1] if v else None
+            return v[-1] if v and not math.isnan(v[-1]) else None
 
 
 # ---------------------------------------------------------------------- down-sampling

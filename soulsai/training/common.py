@@ -18,6 +18,7 @@ from typing import Any
 from soulsai.config import Config
 from soulsai.config.trust import published_json
 from soulsai.errors import ProtocolError
+from soulsai.metrics import WindowRate
 from soulsai.training.checkpoint import first_nonfinite
 from soulsai.training.saves import Saves, answer_json
 from soulsai.transport import TrainerLink
@@ -54,16 +55,20 @@ def announce_run(link: TrainerLink, cfg: Config, run_dir: Path) -> None:
 
 
 class Rates:
-    """Per-second rates of growing counters between two calls of `update`."""
+    """Per-second rates of growing counters over the last `RATE_WINDOW` seconds (a
+    `WindowRate` each): never 0 while a counter grows in bursts, None before two samples."""
 
     def __init__(self, **counters: float) -> None:
-        self.t = time.monotonic()
-        self.last = dict(counters)
+        now = time.monotonic()
+        self.rates = {k: WindowRate() for k in counters}
+        for k, v in counters.items():
+            self.rates[k].add(now, v)
 
-    def update(self, now: float, **counters: float) -> dict[str, float]:
-        dt = max(now - self.t, 1e-9)
-        out = {f"{k}_per_s": round((v - self.last.get(k, 0)) / dt, 1) for k, v in counters.items()}
-        self.t, self.last = now, dict(counters)
+    def update(self, now: float, **counters: float) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for k, v in counters.items():
+            rate = self.rates.setdefault(k, WindowRate()).add(now, v)
+            out[f"{k}_per_s"] = None if rate is None else round(rate, 1)
         return out
 
 

@@ -25,7 +25,7 @@ import torch
 from soulsai.config import Config
 from soulsai.envs import env_spaces
 from soulsai.logs import RateLimitedLog
-from soulsai.metrics import NodeMetrics
+from soulsai.metrics import TRAINER_REJECTS, NodeMetrics, run_labels
 from soulsai.scalars import WandbOptions, open_scalars
 from soulsai.training.checkpoint import rng_state, set_rng_state
 from soulsai.training.common import (
@@ -56,11 +56,28 @@ SHELL_METRICS = {
     "clients": "connected sampling clients (live heartbeats)",
     "queued": "experience messages waiting in Redis",
     "client_dropped": "experience messages the live clients dropped (full outbox or queue)",
-    "samples_per_s": "accepted transitions per second (last interval)",
     "nonfinite_blocked": "publishes and checkpoints refused: the model held NaN or inf",
 }
-# every gauge a training node may export, whatever its algorithm (for dashboards and tests)
-METRICS = {k: v for d in DRIVERS.values() for k, v in {**SHELL_METRICS, **d.metrics}.items()}
+# Stats that only grow within a process: Prometheus counters (`..._total`; Grafana takes their
+# rate()); every other metric is a gauge. Rates are not exported: rate() of the counters.
+COUNTERS = frozenset(
+    {"env_steps", "accepted", "updates", "iterations", "nonfinite_updates", "nonfinite_blocked"}
+)
+# every metric a training node may export, whatever its algorithm (for dashboards and tests)
+METRICS = {
+    k: v
+    for d in DRIVERS.values()
+    for k, v in {**SHELL_METRICS, **d.metrics}.items()
+    if not k.endswith("_per_s")
+}
+
+
+def node_metrics(metrics: dict[str, str], labels: dict[str, str]) -> NodeMetrics:
+    """The training node's /metrics: `metrics` split into counters and gauges (a driver's
+    `..._per_s` stats are left to rate()), every known reject reason at 0 from the start."""
+    counters = {k: v for k, v in metrics.items() if k in COUNTERS}
+    gauges = {k: v for k, v in metrics.items() if k not in COUNTERS and not k.endswith("_per_s")}
+    return NodeMetrics("trainer", gauges, counters, TRAINER_REJECTS, labels)
 
 
 class TrainingNode:
@@ -104,7 +121,8 @@ class TrainingNode:
             accept_rows=hooks.accept_rows,
             shares=hooks.shares,
         )
-        self.metrics = NodeMetrics("trainer", {**SHELL_METRICS, **self.driver.metrics})
+        labels = run_labels(run_dir.name, cfg.algo, cfg.env.id, cfg.preset)
+        self.metrics = node_metrics({**SHELL_METRICS, **self.driver.metrics}, labels)
         self._last_stats: dict[str, Any] | None = None
         self.scalars = open_scalars(  # learner stats as TensorBoard / W&B scalars
             run_dir,
