@@ -40,8 +40,9 @@ class DQNDriver:
     metrics = {
         "accepted": "transitions accepted into the replay buffer",
         "buffer": "transitions in the replay buffer",
-        "updates_per_s": "gradient updates per second (last interval)",
         "loss": "last TD loss",
+        "q_mean": "mean Q value of the last update's batch",
+        "epsilon": "exploration rate now (the schedule's, or the ladder's highest)",
         "nonfinite_updates": "gradient steps and normalizer merges skipped: NaN or inf",
     }
     rates: tuple[str, ...] = ("samples", "updates")
