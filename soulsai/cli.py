@@ -167,6 +167,15 @@ def _load(
     return cfg, cdir, overrides
 
 
+def _check_spaces(cfg: Config) -> None:
+    """The env's spaces are ones the algorithm trains on; an unsupported one (say a Text
+    observation, or Box actions for DQN) is a usage error naming it, before anything starts."""
+    from soulsai.envs import env_spaces
+    from soulsai.model.specs import check_spaces
+
+    check_spaces(cfg, *env_spaces(cfg.env))
+
+
 def resume_option(f: Any) -> Any:
     return click.option(
         "--resume",
@@ -269,6 +278,7 @@ def train(
     point = None
     if resume is not None:
         cfg, point = _resume(cfg, cdir, overrides, resume)
+    _check_spaces(cfg)
     signal.signal(signal.SIGTERM, _interrupt)
     stack = LocalStack(
         cfg, cdir, overrides, clients, redis_mode, progress=not no_progress, resume=point
@@ -299,6 +309,7 @@ def server(
     point = None
     if resume is not None:
         cfg, point = _resume(cfg, cdir, overrides, resume)
+    _check_spaces(cfg)
     signal.signal(signal.SIGTERM, _interrupt)
     stack = LocalStack(
         cfg,

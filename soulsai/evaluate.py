@@ -28,6 +28,9 @@ from soulsai.config.loader import parse_set
 from soulsai.config.trust import check_env_id, local_source, take_local_code
 from soulsai.envs import make_single_env
 from soulsai.errors import ConfigError
+from soulsai.model.masks import METHOD as MASK_METHOD
+from soulsai.model.masks import mask_from_env, mask_from_info
+from soulsai.model.obs import ObsLayout, env_layout, obs_leaves
 from soulsai.training.checkpoint import MANIFEST, load_checkpoint, read_config
 from soulsai.training.policies import build_policy
 from soulsai.training.resume import LATEST, latest_run
@@ -171,6 +174,22 @@ class GifWriter:
         return path
 
 
+def _policy_input(layout: ObsLayout, obs: Any) -> Any:
+    """One observation as the policy's batch of one: a bare Box's array, else the leaves."""
+    return np.asarray(obs)[None] if layout.plain else obs_leaves(layout, obs, batched=False)
+
+
+def _mask(cfg: Config, env: Any, info: Any) -> np.ndarray | None:
+    """The valid actions (1, n) that env.action_mask names, or None when masks are off."""
+    setting = cfg.env.action_mask
+    if setting is None:
+        return None
+    n = int(env.action_space.n)
+    if setting == MASK_METHOD:
+        return mask_from_env(env, n, 1)
+    return mask_from_info(info or {}, setting, n, 1)
+
+
 def evaluate(
     folder: Path,
     cfg: Config,
@@ -192,15 +211,16 @@ def evaluate(
     result = Evaluation(folder, summary)
     try:
         policy = build_policy(cfg, state, env.observation_space, env.action_space)
+        layout = env_layout(cfg.env, env.observation_space)
         gif = GifWriter(env.metadata.get("render_fps", 30)) if video_dir is not None else None
         for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
+            obs, info = env.reset(seed=seed + i)
             if gif is not None:
                 gif.add(env.render())
             ret, length, done = 0.0, 0, False
             while not done:
-                action = policy(np.asarray(obs)[None])[0]
-                obs, reward, terminated, truncated, _ = env.step(action)
+                action = policy(_policy_input(layout, obs), _mask(cfg, env, info))[0]
+                obs, reward, terminated, truncated, info = env.step(action)
                 ret += float(reward)
                 length += 1
                 done = bool(terminated or truncated)

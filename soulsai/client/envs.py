@@ -10,10 +10,10 @@ import numpy as np
 from soulsai.config.schema import EnvConfig
 from soulsai.envs import make_single_env
 from soulsai.errors import ConfigError
-from soulsai.model.masks import mask_from_env, mask_from_info
+from soulsai.model.masks import METHOD, mask_from_env, mask_from_info
 from soulsai.model.obs import ObsLayout, build_layout, obs_leaves
 
-MASK_METHOD = "action_masks()"  # env.action_mask's value that asks the env's method
+MASK_METHOD = METHOD  # env.action_mask's value that asks the env's method
 
 
 class StepRows:

@@ -19,6 +19,7 @@ from soulsai.errors import ConfigError, ProtocolError
 from soulsai.transport.envelope import FieldSpec
 
 SETTING = "env.action_mask"  # the config key that names where masks come from
+METHOD = "action_masks()"  # its value that asks the env's action_masks() instead of an info key
 
 
 def check_mask(

@@ -3,13 +3,16 @@ clients encode exactly these fields; the training node validates against the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gymnasium as gym
 import numpy as np
 
+from soulsai.config import Config
 from soulsai.errors import ConfigError
 from soulsai.model.masks import SETTING as MASK_SETTING
 from soulsai.model.masks import mask_field
-from soulsai.model.obs import ObsLayout, build_layout
+from soulsai.model.obs import ObsLayout, build_layout, env_layout
 from soulsai.model.obs_wire import leaf_fields
 from soulsai.model.shapes import action_shape
 from soulsai.transport.envelope import ExperienceSpec, FieldSpec
@@ -126,3 +129,40 @@ def ppo_experience_spec(
         max_batch=max_batch,
         max_bytes=max_bytes,
     )
+
+
+def _dqn_spaces(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> None:
+    dqn_experience_spec(
+        obs_space,
+        act_space,
+        cfg.dqn.n_step,
+        1,
+        1,
+        layout=env_layout(cfg.env, obs_space),
+        masked=cfg.env.action_mask is not None,
+    )
+
+
+def _ppo_spaces(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> None:
+    ppo_experience_spec(
+        obs_space,
+        act_space,
+        1,
+        1,
+        layout=env_layout(cfg.env, obs_space),
+        masked=cfg.env.action_mask is not None,
+    )
+
+
+# cfg.algo -> a check that its clients and node can work with these spaces (a fixed table)
+SPACE_CHECKS: dict[str, Callable[[Config, gym.Space, gym.Space], None]] = {
+    "dqn": _dqn_spaces,
+    "ppo": _ppo_spaces,
+}
+
+
+def check_spaces(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> None:
+    """A ConfigError (exit 2) naming the space and what is supported when the configured
+    algorithm cannot train on the env's spaces (observation layout, action space, masks, the
+    number of fields a message would carry): what the CLI checks before it starts anything."""
+    SPACE_CHECKS[cfg.algo](cfg, obs_space, act_space)

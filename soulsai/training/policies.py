@@ -1,8 +1,10 @@
 """Acting policies built from checkpoints, one builder per algorithm (for `soulsai evaluate`).
 
 A builder takes (config, checkpoint state, observation space, action space) and returns an
-`EvalPolicy`: a batch of observations in, a batch of env actions out, deterministic (greedy Q
-for DQN, the mean action for PPO). `POLICIES` is the fixed table of builders: an algorithm
+`EvalPolicy`: a batch of observations in (the array of a bare Box, else the leaves of the
+config's observation layout by name), optionally the valid-action mask (bool (B, n)), a batch of
+env actions out, deterministic (greedy Q for DQN, the mean action for PPO; among valid actions
+when masked). `POLICIES` is the fixed table of builders: an algorithm
 adds its entry here; nothing is imported by a name from the config.
 """
 
@@ -20,7 +22,7 @@ from soulsai.training.algorithms.ppo import ppo_deterministic
 
 
 class EvalPolicy(Protocol):
-    def __call__(self, obs: np.ndarray) -> np.ndarray: ...
+    def __call__(self, obs: Any, mask: np.ndarray | None = None) -> np.ndarray: ...
 
 
 PolicyBuilder = Callable[[Config, dict[str, Any], gym.Space, gym.Space], EvalPolicy]
@@ -39,25 +41,33 @@ def build_policy(
 def dqn_greedy(
     cfg: Config, state: dict[str, Any], obs_space: gym.Space, act_space: gym.Space
 ) -> EvalPolicy:
-    """Greedy actions of the checkpoint's online Q-network (the weights clients act with)."""
+    """Greedy actions of the checkpoint's online Q-network (the weights clients act with), on
+    the observation layout of `cfg.env`; among the valid actions when given a mask."""
+    from soulsai.model.masks import masked_greedy
     from soulsai.model.numpy_q import NumpyQPolicy
+    from soulsai.model.obs import env_layout
     from soulsai.model.shapes import dqn_weight_shapes
 
     if not isinstance(act_space, gym.spaces.Discrete):
         raise CheckpointError(f"DQN acts in a discrete action space, not {act_space}")
     tensors = state.get("policy") or state["learner"]["online"]
-    want = dqn_weight_shapes(cfg.dqn, tuple(obs_space.shape or ()), int(act_space.n))
+    layout = env_layout(cfg.env, obs_space)
+    want = dqn_weight_shapes(
+        cfg.dqn, layout, int(act_space.n), cfg.env.discrete_obs, cfg.env.embedding_dim
+    )
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != want:
         raise CheckpointError(
-            "the checkpoint's Q-network does not match its config "
-            f"(dqn.hidden, env spaces): {sorted(set(got.items()) ^ set(want.items()))[:4]}"
+            "the checkpoint's Q-network does not match its config (dqn.hidden, env.obs_keys, "
+            f"env.discrete_obs, env spaces): {sorted(set(got.items()) ^ set(want.items()))[:4]}"
         )
-    q = NumpyQPolicy(tensors, cfg.dqn.normalize_obs)
+    q = NumpyQPolicy(tensors, cfg.dqn.normalize_obs, layout, cfg.env.discrete_obs)
     start = int(act_space.start)
 
-    def act(obs: np.ndarray) -> np.ndarray:
-        return q.q_values(obs).argmax(axis=1).astype(np.int64) + start
+    def act(obs: Any, mask: np.ndarray | None = None) -> np.ndarray:
+        values = q.q_values(obs)
+        greedy = values.argmax(axis=1) if mask is None else masked_greedy(values, mask)
+        return greedy.astype(np.int64) + start
 
     return act
 
