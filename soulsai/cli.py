@@ -628,6 +628,37 @@ def acl(
         click.echo(f"wrote {res.client_secret}: copy it to client machines as config/redis.secret")
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("compare.png"),
+    show_default=True,
+    help="Figure to write (.png, .pdf or .svg).",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(1, 100000),
+    default=20,
+    show_default=True,
+    help="Episodes in the moving average (the bold lines).",
+)
+def compare(run_dirs: tuple[str, ...], out: Path, window: int) -> None:
+    """Plot the returns of several runs in one figure: against env steps and wall time.
+
+    Each RUN_DIR is a run folder (saves/<date>_<algo>_<env>); its episodes.jsonl is read
+    (nothing in it is executed), the legend names each run by its folder, algo and env.
+    """
+    from soulsai.compare import compare as draw_compare
+
+    curves = draw_compare([Path(d) for d in run_dirs], out, window)
+    for c in curves:
+        click.echo(f"{c.label}: {len(c.returns)} episodes, {int(c.env_steps[-1])} env steps")
+    click.echo(f"wrote {out}")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

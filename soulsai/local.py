@@ -104,6 +104,7 @@ class LocalStack:
     console: Console = field(default_factory=_console)
     children: list[Child] = field(default_factory=list)
     restarts: int = 0  # client restarts after crashes
+    run_dir: Path | None = None  # the run folder, once run() made or found it (soulsai.train)
 
     def run(self) -> int:
         t0 = time.time()
@@ -119,6 +120,7 @@ class LocalStack:
         else:
             run_dir = runfolder.make_run_dir(self.cfg.save_dir, self.cfg.algo, self.cfg.env.id)
             (run_dir / runfolder.LOG_DIR).mkdir()
+        self.run_dir = run_dir
         runfolder.atomic_write_json(run_dir / runfolder.CONFIG_FILE, self.cfg.model_dump())
         if self.cfg.preset:
             self.console.print(f"preset {self.cfg.preset} (config.yaml and --set override it)")
