@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from soulsai.config import default_config_dir, load_config
+from soulsai.telemetry.node import COUNTERS as TELEMETRY_COUNTERS
 from soulsai.telemetry.node import METRICS as TELEMETRY_METRICS
 from soulsai.telemetry.stats import EpisodeStats, SystemSeries
 from soulsai.telemetry.web import WebState, make_app
@@ -106,15 +108,55 @@ def test_infinity_urls_are_served(client: TestClient) -> None:
             assert {c["selector"] for c in t["columns"]} <= set(rows[0]), p["title"]
 
 
-def test_prometheus_expressions_name_metrics_the_nodes_export() -> None:
+def exported_metric_names() -> set[str]:
+    """Every metric name the two nodes export: counters as `..._total`, gauges as they are."""
+    from soulsai.training.node import COUNTERS as TRAINER_COUNTERS
     from soulsai.training.node import METRICS as TRAINER_METRICS
 
-    exported = {f"soulsai_telemetry_{k}" for k in TELEMETRY_METRICS}
-    exported |= {f"soulsai_trainer_{k}" for k in TRAINER_METRICS}
-    exported |= {"soulsai_telemetry_rejected_total", "soulsai_trainer_rejected_total"}
+    def name(node: str, key: str, counters: Collection[str]) -> str:
+        return f"soulsai_{node}_{key}" + ("_total" if key in counters else "")
+
+    exported = {name("telemetry", k, TELEMETRY_COUNTERS) for k in TELEMETRY_METRICS}
+    exported |= {name("trainer", k, TRAINER_COUNTERS) for k in TRAINER_METRICS}
+    return exported | {
+        "soulsai_telemetry_rejected_total",
+        "soulsai_trainer_rejected_total",
+        "soulsai_run_info",
+    }
+
+
+def test_prometheus_expressions_name_metrics_the_nodes_export() -> None:
+    exported = exported_metric_names()
     for p in panels():
         if p["datasource"]["uid"] != "soulsai-prometheus":
             continue
         for t in p["targets"]:
             names = set(re.findall(r"soulsai_[a-z_]+", t["expr"]))
             assert names and names <= exported, (p["title"], names - exported)
+            for counter in {n for n in names if n.endswith("_total")} - {
+                "soulsai_telemetry_episodes_total",
+                "soulsai_telemetry_missing_total",
+                "soulsai_telemetry_duplicates_total",
+            }:  # a count shown as a total; any other counter is read through rate()
+                assert f"rate({counter}[" in t["expr"], (p["title"], t["expr"])
+
+
+def test_learner_panels_per_algorithm_say_why_they_are_empty() -> None:
+    from soulsai.training.algorithms.dqn_driver import DQNDriver
+    from soulsai.training.algorithms.ppo_driver import PPODriver
+
+    by_metric = {}
+    for p in panels():
+        for t in p["targets"]:
+            for n in re.findall(r"soulsai_trainer_([a-z_]+)", t.get("expr", "")):
+                by_metric[n] = p
+    for key in ("approx_kl", "entropy", "clipfrac", "explained_variance", "lr"):
+        assert (
+            key in PPODriver.metrics
+            and "PPO" in by_metric[key]["fieldConfig"]["defaults"]["noValue"]
+        )
+    for key in ("q_mean", "epsilon"):
+        assert (
+            key in DQNDriver.metrics
+            and "DQN" in by_metric[key]["fieldConfig"]["defaults"]["noValue"]
+        )
