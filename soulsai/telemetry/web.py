@@ -48,7 +48,6 @@ from soulsai.telemetry.stats import (
     EpisodeStats,
     SystemSeries,
     bucket_edges,
-    downsample,
     in_range,
     reduce_buckets,
 )
@@ -100,12 +99,15 @@ def live_payload(state: WebState, points: int) -> dict[str, Any]:
                 panel["raw"] = _clean(reduce_buckets(raw[keep], edges, "mean"))
                 panel["avg"] = _clean(reduce_buckets(avg[keep], edges, "mean"))
         panels.append(panel)
+    # one time axis for both series (a rate not known yet is None at its time, not dropped:
+    # dropping it per series gave the series different lengths than `t`)
     t, values = state.system.arrays()
-    system: dict[str, Any] = {}
-    for key in ("steps_per_s", "clients"):
-        ts, ys = downsample(t, values[key], points, "mean" if key == "steps_per_s" else "last")
-        system[key] = _clean(ys)
-        system["t"] = _clean(ts)
+    edges = bucket_edges(len(t), points)
+    system: dict[str, Any] = {"t": [], "steps_per_s": [], "clients": []}
+    if len(edges) >= 2:
+        system["t"] = _clean(reduce_buckets(t, edges, "last"))
+        for key, how in (("steps_per_s", "mean"), ("clients", "last")):
+            system[key] = _clean(reduce_buckets(values[key], edges, how))
     summary = state.summary()
     return {
         "title": state.title,

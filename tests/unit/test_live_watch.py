@@ -19,7 +19,8 @@ from soulsai.telemetry.live import (
     progress,
     reasons,
 )
-from soulsai.telemetry.stats import EpisodeStats
+from soulsai.telemetry.stats import EpisodeStats, SystemSeries
+from soulsai.telemetry.web import WebState, live_payload
 
 
 def episode_stats(*clients: str) -> EpisodeStats:
@@ -185,3 +186,13 @@ def test_best_markers_sit_at_the_x_of_the_last_episode_before_the_save() -> None
     assert [(m["x"], m["model_id"]) for m in markers] == [(400.0, 1), (800.0, 2)]
     assert markers[0]["title"] == "best model saved (model 1)"
     assert math.isfinite(markers[1]["x"])
+
+
+def test_live_payload_system_series_share_one_time_axis_while_the_rate_is_unknown() -> None:
+    system = SystemSeries()
+    for i in range(5):  # the smoothed rate needs two samples: the first is NaN
+        system.sample(1000.0 + i, 100 * i, 2)
+    state = WebState(episode_stats(), system, dict, "env_steps", ["return"], "t")
+    out = live_payload(state, 100)["system"]
+    assert len(out["t"]) == len(out["steps_per_s"]) == len(out["clients"]) == 5
+    assert out["steps_per_s"][0] is None and out["steps_per_s"][-1] == pytest.approx(100.0)
