@@ -80,12 +80,32 @@ class SumTree:
     def find(self, mass: np.ndarray) -> np.ndarray:
         """For each prefix mass u in [0, total), the leaf i with sum(p[:i]) <= u < sum(p[:i+1]).
 
-        Never a zero-priority leaf: a step right is taken only into a subtree with mass, so a
-        u at or past the total through rounding ends on the last leaf that has priority.
+        Never a zero-priority leaf: a u at or past the total through rounding ends on the last
+        leaf that has priority (the rare draws that walked into an empty leaf walk again, this
+        time stepping right only into subtrees with mass).
         """
         if not self._sum[1] > 0:
             raise ValueError("cannot sample from a sum-tree whose total priority is 0")
-        u = np.array(mass, dtype=np.float64).reshape(-1)
+        mass = np.asarray(mass, dtype=np.float64).reshape(-1)
+        u = mass.copy()
+        node = np.ones(len(u), dtype=np.int64)
+        left = np.empty(len(u), dtype=np.float64)
+        right = np.empty(len(u), dtype=bool)
+        for _ in range(self.depth):  # in place, 5 numpy calls a level: the hot loop of sampling
+            node <<= 1
+            np.take(self._sum, node, out=left)
+            np.greater_equal(u, left, out=right)
+            left *= right
+            u -= left
+            node += right
+        empty = self._sum[node] == 0
+        if empty.any():
+            node[empty] = self._find_guarded(mass[empty])
+        return node - self.n_leaves
+
+    def _find_guarded(self, mass: np.ndarray) -> np.ndarray:
+        """`find`'s walk that steps right only into a subtree with mass: node indices."""
+        u = mass.copy()
         node = np.ones(len(u), dtype=np.int64)
         for _ in range(self.depth):
             left = node << 1
@@ -93,7 +113,7 @@ class SumTree:
             right = (u >= left_sum) & (self._sum[left + 1] > 0)
             u -= np.where(right, left_sum, 0.0)
             node = left + right
-        return node - self.n_leaves
+        return node
 
     def stratified(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """`batch_size` leaf indices, one uniform draw in each of `batch_size` equal segments of
