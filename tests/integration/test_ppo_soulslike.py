@@ -1,6 +1,7 @@
 """PPO on the SoulsGym-shaped env through a real Redis: a training node's intake takes a real
 client's masked Dict fragments and rejects (and counts) bad mask bits; `soulsai train --algo
-ppo` on soulsai/IudexLike-v0 runs with masks and without."""
+ppo` on soulsai/IudexLike-v0 runs with masks and without, and `soulsai evaluate` plays the
+masked Dict-observation policy it saved."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from soulsai.training.node import TrainingNode
 from soulsai.transport.envelope import encode_experience
 
 pytestmark = pytest.mark.integration
-IUDEX = ["env.id=soulsai/IudexLike-v0", "env.imports=[soulsai.envs.soulslike]"]
+IUDEX = ["env.id=soulsai/IudexLike-v0", "env.imports=[soulsai.envs.soulslike]"]  # in-process
 
 
 def _fragments(cfg, node: TrainingNode, count: int) -> list[dict[str, np.ndarray]]:
@@ -62,12 +63,16 @@ def test_bad_mask_bits_are_rejected_and_counted_by_a_ppo_node(redis_server, node
 
 @pytest.mark.slow
 @pytest.mark.parametrize("masks", [True, False])
-def test_soulsai_train_ppo_on_iudexlike_with_and_without_masks(tmp_path, masks):
+def test_soulsai_train_ppo_on_iudexlike_with_and_without_masks(tmp_path, config_dir, masks):
+    """Masked: the run folder's latest checkpoint then plays under soulsai evaluate."""
+    (config_dir / "config.yaml").write_text(
+        "env:\n  id: soulsai/IudexLike-v0\n  imports: [soulsai.envs.soulslike]\n"
+    )
     save = tmp_path / "saves"
     cmd = [sys.executable, "-m", "soulsai", "train", "--algo", "ppo", "--save-dir", str(save)]
-    cmd += ["--env", "soulsai/IudexLike-v0", "--max-steps", "2500", "--no-progress"]
+    cmd += ["--config-dir", str(config_dir), "--max-steps", "2500", "--no-progress"]
     cmd += ["--clients", "2", "--redis", "embedded"]
-    sets = [*IUDEX, "training.metrics_port=0", "telemetry.http_port=0"]
+    sets = ["training.metrics_port=0", "telemetry.http_port=0", "target_return=null"]
     sets += ["ppo.n_steps_total=512", "ppo.update_epochs=2", "ppo.hidden=[32]"]
     if masks:
         sets.append("env.action_mask=action_mask")
@@ -86,3 +91,11 @@ def test_soulsai_train_ppo_on_iudexlike_with_and_without_masks(tmp_path, masks):
     assert len(lines) == summary["episodes"]
     log = (run / "logs" / "training.log").read_text()
     assert "bad_mask" not in log and "Traceback" not in log, log[-3000:]
+    if masks:
+        ev = subprocess.run(
+            [sys.executable, "-m", "soulsai", "evaluate", str(run), "--config-dir",
+             str(config_dir), "--model", "latest", "--episodes", "1"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert ev.returncode == 0, ev.stdout + ev.stderr
+        assert "over 1 episodes" in ev.stdout

@@ -182,3 +182,25 @@ def test_a_real_ppo_actor_on_iudexlike_never_draws_an_invalid_action(cfg_dir) ->
         np.testing.assert_allclose(  # the log-prob sent is the masked one of the action sent
             policy.log_prob(leaves, exp.fields["action"], mask), exp.fields["logprob"], atol=1e-5
         )
+
+
+def test_the_evaluate_policy_of_a_dict_masked_checkpoint_is_greedy_among_valid_actions(
+    cfg_dir,
+) -> None:
+    from soulsai.training.policies import build_policy
+
+    cfg = _cfg(cfg_dir, "env.action_mask=action_mask")
+    space, observations, masks = _iudex_batch(100)
+    learner = PPOLearner(cfg.ppo, space, S.Discrete(20), seed=0, env=cfg.env)
+    with torch.no_grad():
+        learner.net.actor[-1].bias[17] = 5.0  # the heavy attack, invalid in many states
+    act = build_policy(cfg, {"learner": learner.state_dict()}, space, S.Discrete(20))
+    layout = learner.layout
+    for obs, mask in zip(observations, masks, strict=True):
+        leaves = obs_leaves(layout, obs, batched=False)
+        (action,) = act(leaves, mask[None])
+        assert mask[action]
+        with torch.no_grad():
+            logits, _ = learner.net({k: torch.as_tensor(v) for k, v in leaves.items()})
+        assert action == int(np.where(mask, logits[0].numpy(), -np.inf).argmax())
+    assert not masks[:, 17].all()  # the unmasked argmax (17) would have been invalid somewhere
