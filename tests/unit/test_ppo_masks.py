@@ -204,3 +204,22 @@ def test_the_evaluate_policy_of_a_dict_masked_checkpoint_is_greedy_among_valid_a
             logits, _ = learner.net({k: torch.as_tensor(v) for k, v in leaves.items()})
         assert action == int(np.where(mask, logits[0].numpy(), -np.inf).argmax())
     assert not masks[:, 17].all()  # the unmasked argmax (17) would have been invalid somewhere
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["env.discrete_obs=embedding", "env.embedding_dim=3"],
+        ["env.obs_keys=[-boss_pose,-camera_pose]", "ppo.shared_network=true"],
+        ["env.drop_constant_obs=false"],
+    ],
+)
+def test_weight_shapes_the_client_checks_equal_the_dict_actor_critic(cfg_dir, sets) -> None:
+    from soulsai.model.shapes import ppo_weight_shapes
+
+    cfg = _cfg(cfg_dir, *sets)
+    space = gym.make(IUDEX).observation_space
+    net = build_actor_critic(cfg.ppo, space, S.Discrete(20), cfg.env)
+    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert ppo_weight_shapes(cfg.ppo, space, S.Discrete(20), cfg.env) == got
