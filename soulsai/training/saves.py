@@ -6,9 +6,11 @@ Algorithm-agnostic: a node (DQN, PPO) implements `Checkpointable` and hands save
 - `checkpoint/` is written every `checkpoint.every` updates and when the node stops; with
   `checkpoint.keep_last K` a copy of each also goes to `checkpoints/<time>_u<updates>/`, the
   newest K kept.
-- `best_model/` on the telemetry node's `save_best` command (metric, value, episode and model
-  id in its state.json); a value that does not beat the saved one is skipped unless the command
-  says `"force": true`, so a restarted telemetry node cannot overwrite a better model.
+- `best_model/` on the telemetry node's `save_best` command (metric, value, episode, model id
+  and the command's `measured_model_id` in its state.json); a value that does not beat the
+  saved one, or a model id that best_model/ already holds (the same weights again), is skipped
+  unless the command says `"force": true`, so a restarted telemetry node cannot overwrite a
+  better model and a PPO run does not rewrite one model many times.
 - `manual_save/` on `quicksave` (`soulsai quicksave [--buffer]`).
 A command carrying `"reply": <token>` is answered with what was written (or why not).
 """
@@ -69,6 +71,11 @@ class Checkpointable(Protocol):
         ...
 
     def restore_state(self, state: dict[str, Any], summary: dict[str, Any]) -> None: ...
+
+    @property
+    def model_id(self) -> int:
+        """The newest published model id: the weights a save would write."""
+        ...
 
 
 @dataclass
@@ -202,7 +209,19 @@ class Saves:
             "value": value,
             "episode": episode if isinstance(episode, int) else None,
         }
+        measured = cmd.get("model_id")  # the model the telemetry node saw reach `value`
+        measured = measured if type(measured) is int and 0 <= measured < 2**63 else None
+        current = self.node.model_id
+        log.info(
+            "save_best: %s %s at episode %s, measured on model %s; this node's model is %s",
+            extra["metric"], value, extra["episode"], measured, current,
+        )  # fmt: skip
+        extra["measured_model_id"] = measured
         old = read_summary(self.folder("best")) or {}
+        if not cmd.get("force") and old.get("model_id") == current:
+            reason = f"best_model/ already holds model {current} (the command named {measured})"
+            log.info("best model not rewritten: %s", reason)
+            return SaveResult("best", self.folder("best"), False, reason=reason)
         old_value = old.get("value")
         if (
             not cmd.get("force")

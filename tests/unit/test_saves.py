@@ -8,8 +8,11 @@ test_checkpoint.py; here: what goes where, history, best-model rules, answers, r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +29,10 @@ from soulsai.training import resume
 from soulsai.training import saves as saves_mod
 from soulsai.training.algorithms.dqn import DQNLearner
 from soulsai.training.checkpoint import load_checkpoint, rng_state, set_rng_state
+from soulsai.training.common import run_command
 from soulsai.training.policies import build_policy
 from soulsai.training.saves import Saves
+from soulsai.transport.commands import encode_command
 
 torch.set_num_threads(1)
 
@@ -69,6 +74,10 @@ class FakeNode:
         self.learner.load_state_dict(state["learner"])
         set_rng_state(state["rng"])
         self.restored = summary
+
+    @property
+    def model_id(self) -> int:
+        return int(self.counters["model_id"])
 
 
 def run_folder(tmp_path: Path, cfg: Config, name: str = "2026-01-01_00-00-00_dqn_x") -> Path:
@@ -130,6 +139,34 @@ def test_best_model_records_metric_and_is_never_replaced_by_a_worse_one(
     assert load_checkpoint(best)[1]["model_id"] == 3
     assert saves.on_command({**cmd, "value": 150.0, "force": True, "reply": None}) is None
     assert load_checkpoint(best)[1]["model_id"] == 9
+
+
+def test_save_best_for_the_model_already_in_best_model_writes_nothing(
+    tmp_path: Path, cdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PPO run plays many episodes per model: the telemetry node's commands for a rising
+    average used to rewrite the same weights (41 saves for about 17 models in 90 s)."""
+    cfg = small_cfg(cdir)
+    node = FakeNode(cfg)
+    saves = Saves(cfg, tmp_path / "run", node)
+    best = tmp_path / "run" / "best_model"
+    rejected: Counter[str] = Counter()
+
+    def command(value: float, model_id: int) -> None:
+        raw = encode_command("save_best", key="return", value=value, episode=1, model_id=model_id)
+        run_command(raw, None, saves, threading.Event(), rejected)  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.INFO, logger="soulsai.training.saves"):
+        command(100.0, 3)
+        first = (best / "state.json").stat().st_mtime_ns
+        command(120.0, 3)  # better, but the node still has model 3
+    assert (best / "state.json").stat().st_mtime_ns == first
+    summary = load_checkpoint(best)[1]
+    assert (summary["value"], summary["model_id"], summary["measured_model_id"]) == (100.0, 3, 3)
+    assert "already holds model 3" in caplog.text and "measured on model 3" in caplog.text
+    node.counters["model_id"] = 4
+    command(120.0, 4)
+    assert load_checkpoint(best)[1]["model_id"] == 4 and not rejected
 
 
 def test_quicksave_answers_only_well_formed_reply_tokens(tmp_path: Path, cdir: Path) -> None:
