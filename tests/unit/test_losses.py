@@ -40,6 +40,17 @@ def test_quantile_huber_loss_by_hand(kappa: float, expected: float) -> None:
     assert loss.item() == pytest.approx(expected, abs=1e-7)
 
 
+def test_more_target_than_predicted_quantiles_by_hand() -> None:
+    """Sum over predicted quantiles i, mean over target quantiles j (N = 2, N' = 3)."""
+    theta = torch.tensor([[0.0, 1.0]])
+    target = torch.tensor([[0.5, 3.0, -1.0]])
+    # i=0 (tau .25): u = [0.5, 3, -1], L = [.125, 2.5, .5], weights [.25, .25, .75]
+    #   -> (.03125 + .625 + .375) / 3 = 1.03125 / 3
+    # i=1 (tau .75): u = [-0.5, 2, -2], L = [.125, 1.5, 1.5], weights [.25, .75, .25]
+    #   -> (.03125 + 1.125 + .375) / 3 = 1.53125 / 3;          sum 2.5625 / 3
+    assert quantile_huber_loss(theta, target).item() == pytest.approx(2.5625 / 3, abs=1e-7)
+
+
 def test_losses_are_per_sample_and_weightable() -> None:
     rng = torch.Generator().manual_seed(0)
     theta = torch.randn(5, 8, generator=rng, requires_grad=True)
