@@ -294,7 +294,10 @@ class PPOActor:
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.expected = ppo_weight_shapes(cfg.ppo, obs_space, action_space, cfg.env)
         self.layout = env_layout(cfg.env, obs_space)
-        n_mask = int(action_space.n) if cfg.env.action_mask is not None and self.discrete else 0
+        masked = cfg.env.action_mask is not None
+        n_mask = (
+            int(action_space.n) if masked and isinstance(action_space, gym.spaces.Discrete) else 0
+        )
         n, length = cfg.env.num_envs, cfg.ppo.fragment_length
         act_shape = action_shape(action_space)
         act_dtype = np.int64 if self.discrete else np.float32
@@ -385,7 +388,7 @@ class PPOActor:
             rows.terminated[0],
             rows.truncated[0],
             rows.obs_rows[1],
-            rows.final_obs[0] if rows.plain else rows.obs_at(0, slice(None), final=True),
+            rows.final_obs[0] if rows.final_obs is not None else rows.obs_at(0, slice(None), True),
             self._mask,
         )
         for a in rows.leaves.values():
