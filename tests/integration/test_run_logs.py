@@ -60,7 +60,8 @@ def test_python_api_trains_and_the_nodes_write_tensorboard_and_wandb_offline(
 
     check_episode_scalars(run)
     trainer = read_scalars(run / TB_DIR / "training")
-    assert {"trainer/loss", "trainer/updates", "trainer/model_id", "trainer/buffer"} <= set(trainer)
+    dqn = {"loss", "q_mean", "epsilon", "updates", "model_id", "buffer"}
+    assert {f"trainer/{k}" for k in dqn} <= set(trainer), sorted(trainer)
     steps = [s for s, _ in trainer["trainer/updates"]]
     assert steps == sorted(steps) and trainer["trainer/updates"][-1][1] > 0
     assert "trainer/time" not in trainer and "trainer/env_steps" not in trainer
