@@ -368,7 +368,10 @@ class PPOActor:
         assert self.policy is not None
         mask = self.rows.mask[0].copy() if self.rows.n_mask else None
         self._mask = mask
-        actions, logprob, value = self.policy.act(obs, self.rng, mask)
+        if mask is None:
+            actions, logprob, value = self.policy.act(obs, self.rng)
+        else:
+            actions, logprob, value = self.policy.act(obs, self.rng, mask)
         if self.pos > 0 and self.waiting.any():
             self.fragment["next_value"][self.waiting, self.pos - 1] = value[self.waiting]
         self.waiting[:] = False
