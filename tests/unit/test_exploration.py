@@ -28,7 +28,7 @@ class _RecordingPolicy:
     def __init__(self) -> None:
         self.eps: list[float] = []
 
-    def act(self, obs: np.ndarray, eps: float, rng: np.random.Generator, out=None):
+    def act(self, obs: np.ndarray, eps: float, rng: np.random.Generator, out=None, mask=None):
         self.eps.append(eps)
         actions = np.zeros(len(obs), dtype=np.intp)
         if out is not None:
