@@ -131,7 +131,8 @@ def test_node_writes_files_serves_http_and_sends_save_best(
     fams = {f.name: f for f in text_string_to_metric_families(http(port, "/metrics").decode())}
     assert fams["soulsai_telemetry_episodes"].samples[0].value == 40
     assert fams["soulsai_telemetry_best_rolling_return"].samples[0].value == 38.0
-    assert fams["soulsai_telemetry_rejected"].samples[0].labels == {"reason": "not_msgpack"}
+    rejected = {s.labels["reason"]: s.value for s in fams["soulsai_telemetry_rejected"].samples}
+    assert rejected["not_msgpack"] == 1 and rejected["out_of_range"] == 0  # every reason, from 0
     node.terminate()
     assert node.wait(20) == 0
 
