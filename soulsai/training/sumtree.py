@@ -3,8 +3,9 @@
 Prioritized replay (Schaul et al. 2016) samples leaf i with probability p_i / sum(p): a draw u
 in [0, total) is found by walking from the root, going right (and subtracting the left sum)
 whenever u >= the left child's sum. Here a whole batch of draws walks down at once, one numpy
-step per tree level, and a batch of priority updates walks up the same way: no Python loop per
-transition. The min-tree gives min(p) for the importance-weight normalization.
+step per tree level (the top levels in one search over the running sum of the nodes below
+them), and a batch of priority updates walks up the same way: no Python loop per transition.
+The min-tree gives min(p) for the importance-weight normalization.
 
 Layout: a complete binary tree in an array of 2 * L floats (L = the capacity rounded up to a
 power of two); the root is node 1, node k has children 2k and 2k + 1, leaf i is node L + i.
@@ -15,6 +16,8 @@ adjusted by a delta, so a tree rebuilt from its leaves equals the live one bit f
 from __future__ import annotations
 
 import numpy as np
+
+SEARCH_LEVELS = 10  # sampling finds the node among the 2**10 this far down with one search
 
 
 class SumTree:
@@ -32,6 +35,7 @@ class SumTree:
         self.n_leaves = 1 << self.depth
         self._sum = np.zeros(2 * self.n_leaves, dtype=np.float64)
         self._min = np.full(2 * self.n_leaves, np.inf, dtype=np.float64)
+        self._shifts = np.arange(1, self.depth + 1, dtype=np.int64)[:, None]
 
     @property
     def total(self) -> float:
@@ -71,11 +75,14 @@ class SumTree:
         last = values[::-1][first_in_reversed]
         self._sum[nodes] = last
         self._min[nodes] = last
-        for _ in range(self.depth):  # parents may repeat: they get the same value, any order
-            nodes >>= 1
-            left = nodes << 1
-            self._sum[nodes] = self._sum[left] + self._sum[left + 1]
-            self._min[nodes] = np.minimum(self._min[left], self._min[left + 1])
+        # every ancestor of every leaf, bottom up, in one shift: (depth, n) node indices
+        parents = nodes >> self._shifts
+        lefts = parents << 1
+        rights = lefts + 1
+        for p, left, right in zip(parents, lefts, rights, strict=True):
+            # parents may repeat within a level: they get the same value, in any order
+            self._sum[p] = self._sum[left] + self._sum[right]
+            self._min[p] = np.minimum(self._min[left], self._min[right])
 
     def find(self, mass: np.ndarray) -> np.ndarray:
         """For each prefix mass u in [0, total), the leaf i with sum(p[:i]) <= u < sum(p[:i+1]).
@@ -87,11 +94,18 @@ class SumTree:
         if not self._sum[1] > 0:
             raise ValueError("cannot sample from a sum-tree whose total priority is 0")
         mass = np.asarray(mass, dtype=np.float64).reshape(-1)
-        u = mass.copy()
-        node = np.ones(len(u), dtype=np.int64)
+        # the top levels in one search: over the running sum of the nodes `top` levels down
+        top = min(self.depth, SEARCH_LEVELS)
+        first = 1 << top
+        prefix = np.zeros(first + 1, dtype=np.float64)
+        np.cumsum(self._sum[first : 2 * first], out=prefix[1:])
+        j = np.searchsorted(prefix[1:], mass, side="right")  # the first node ending past u
+        np.minimum(j, first - 1, out=j)  # u at or past the total: an empty leaf, walked again
+        u = mass - prefix[j]
+        node = j + first
         left = np.empty(len(u), dtype=np.float64)
         right = np.empty(len(u), dtype=bool)
-        for _ in range(self.depth):  # in place, 5 numpy calls a level: the hot loop of sampling
+        for _ in range(self.depth - top):  # in place, 5 numpy calls a level: sampling's hot loop
             node <<= 1
             np.take(self._sum, node, out=left)
             np.greater_equal(u, left, out=right)

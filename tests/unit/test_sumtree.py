@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from soulsai.training import sumtree
 from soulsai.training.sumtree import SumTree
 
 # Upper 0.1 % points of the chi-square distribution (from the standard table), by degrees of freedom
@@ -51,7 +52,14 @@ def test_a_duplicate_index_takes_its_last_priority() -> None:
     _assert_consistent(tree)
 
 
-def test_find_walks_the_prefix_sums_and_never_lands_on_an_empty_leaf() -> None:
+@pytest.fixture(params=[0, 2, sumtree.SEARCH_LEVELS])
+def search_levels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Sampling with the top levels found by one search (the default) and walked level by level."""
+    monkeypatch.setattr(sumtree, "SEARCH_LEVELS", request.param)
+    return request.param
+
+
+def test_find_walks_the_prefix_sums_and_never_lands_on_an_empty_leaf(search_levels: int) -> None:
     tree = SumTree(7)  # 8 leaves: the last one never set
     tree.update(np.array([0, 1, 2, 3, 4, 5, 6]), np.array([1.0, 0.0, 2.0, 0.5, 0.0, 0.25, 0.25]))
     # leaf i owns [cum[i], cum[i+1]): the boundary itself belongs to the next non-empty leaf
@@ -62,7 +70,7 @@ def test_find_walks_the_prefix_sums_and_never_lands_on_an_empty_leaf() -> None:
 
 
 @pytest.mark.parametrize("stratified", [True, False])
-def test_sampling_frequencies_match_the_priorities(stratified: bool) -> None:
+def test_sampling_frequencies_match_the_priorities(stratified: bool, search_levels: int) -> None:
     """Chi-square goodness of fit of 256,000 seeded draws against p_i / sum(p)."""
     capacity = 13  # 16 leaves, three of them empty; one set leaf has priority 0
     rng = np.random.default_rng(7)
@@ -81,6 +89,19 @@ def test_sampling_frequencies_match_the_priorities(stratified: bool) -> None:
     keep = priorities > 0
     probs = priorities[keep] / priorities.sum()
     assert _chi2(counts[:capacity][keep], probs) < CHI2_999[int(keep.sum()) - 1]
+
+
+def test_find_in_a_deep_tree_equals_a_search_over_the_running_sum() -> None:
+    """Depth 13: the search covers the top 10 levels, the walk the rest."""
+    rng = np.random.default_rng(11)
+    priorities = rng.exponential(size=5000)
+    priorities[rng.random(5000) < 0.2] = 0.0
+    tree = SumTree(5000)
+    tree.update(np.arange(5000), priorities)
+    assert tree.depth > sumtree.SEARCH_LEVELS
+    mass = rng.random(20_000) * tree.total
+    expected = np.searchsorted(np.cumsum(priorities), mass, side="right")
+    np.testing.assert_array_equal(tree.find(mass), expected)
 
 
 def test_stratified_sampling_takes_one_draw_per_segment() -> None:
