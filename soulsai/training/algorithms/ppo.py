@@ -250,6 +250,7 @@ def ppo_deterministic(
     of a bare Box, else the leaves by name (`soulsai.model.obs.obs_leaves`)."""
     from soulsai.model.masks import masked_greedy
     from soulsai.model.numpy_ac import NumpyActorCritic
+
     tensors = state.get("policy") or state["learner"]["net"]
     net = build_actor_critic(cfg.ppo, obs_space, act_space, cfg.env)
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
