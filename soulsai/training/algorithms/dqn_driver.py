@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from soulsai.errors import CheckpointError
+from soulsai.errors import CheckpointError, ConfigError
 from soulsai.logs import RateLimitedLog
 from soulsai.model.masks import unpack_mask
 from soulsai.model.obs import continuous_features, env_layout
@@ -56,6 +56,8 @@ class DQNDriver:
         cfg = self.cfg = host.cfg
         d = cfg.dqn
         self.host = host
+        if not isinstance(act_space, gym.spaces.Discrete):
+            raise ConfigError(f"env: DQN needs a Discrete action space, got {act_space}")
         self.layout = env_layout(cfg.env, obs_space)
         self.n_mask = int(act_space.n) if cfg.env.action_mask is not None else 0
         self.spec = dqn_experience_spec(
@@ -140,7 +142,7 @@ class DQNDriver:
                 obs, f["action"], f["reward"], next_obs, discount, f.get("next_mask")
             )
             if self.cfg.dqn.normalize_obs:
-                self.new_obs.append(obs if layout.plain else continuous_features(layout, obs))
+                self.new_obs.append(f["obs"] if layout.plain else continuous_features(layout, obs))
             host.accepted += n
             if self.gate.paused and self.gate.ignored(host.intake.drained_at, time.monotonic()):
                 self.ratio.forgive(n)
