@@ -149,6 +149,7 @@ def test_masked_double_dqn_target_through_the_learners_update_by_hand() -> None:
     batch = ReplayBatch(
         obs, torch.tensor([1]), reward, next_obs, discount, torch.tensor([[False, True]])
     )
+
     def huber(err: float, d: float = cfg.huber_delta) -> float:
         return 0.5 * err**2 if abs(err) <= d else d * (abs(err) - 0.5 * d)
 

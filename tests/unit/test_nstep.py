@@ -190,9 +190,11 @@ def test_fold_block_by_hand() -> None:
 
 
 class _Policy:
-    """Acts 7 on copy 0, 8 on copy 1, ...: actions are recognizable, randomness is not needed."""
+    """Acts 7 on copy 0, 8 on copy 1, ...: actions are recognizable, randomness is not needed
+    (the env has no action mask, so `mask` is always None)."""
 
-    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator, out=None):
+    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator, out=None, mask=None):
+        assert mask is None
         actions = 7 + np.arange(len(obs))
         if out is not None:
             out[...] = actions

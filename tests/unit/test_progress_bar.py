@@ -45,7 +45,7 @@ def test_bar_percent_elapsed_and_eta_are_whole_and_clients_stay(width: int) -> N
     text = render(width, 1_234_000, 2_000_000, BIG["trn"], BIG["tel"], 100)
     row, info = text.splitlines()[:2]
     assert all(len(line) <= width for line in text.splitlines())
-    bar = re.match(r"ppo (.{%d}) " % BAR_WIDTH, row).group(1)  # what is left to do: blank
+    bar = re.match(rf"ppo (.{{{BAR_WIDTH}}}) ", row).group(1)  # what is left to do: blank
     assert bar.rstrip() and set(bar) <= set(BAR_CELLS + " ")
     assert " 62% " in row and "1.23M/2.00M steps" in row
     assert re.search(r" \d+:\d\d:\d\d eta 0:01:02$", row), row  # elapsed, then ETA: 766k/12.3k/s
