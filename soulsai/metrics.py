@@ -37,6 +37,7 @@ MESSAGE_REJECTS = (
     "out_of_range",
     "non_finite",
     "bad_mask",
+    "bad_compression",
 )
 INTAKE_REJECTS = ("future_model", "stale_model", "over_share", "internal_error")
 COMMAND_REJECTS = tuple(

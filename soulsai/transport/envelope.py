@@ -10,6 +10,7 @@ nodes count. The batched decoder the intake uses lives in `batch.py`.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import msgpack
 import numpy as np
 
 from soulsai.errors import ProtocolError
+from soulsai.transport.compress import compress, decompress
 
 PROTOCOL_VERSION = 1
 KIND_EXPERIENCE = "exp"
@@ -33,6 +35,7 @@ class FieldSpec:
     shape: tuple[int, ...] = ()
     low: float | None = None  # inclusive bounds, checked for integer and float fields
     high: float | None = None
+    compressible: bool = False  # may travel compressed (transport.compress: image frames)
     item_bytes: int = field(default=0, init=False)  # bytes of one item, derived
 
     def __post_init__(self) -> None:
@@ -110,13 +113,23 @@ def read_model_id(msg: dict) -> int:
     return mid
 
 
-def encode_experience(client_id: str, model_id: int, fields: dict[str, np.ndarray]) -> bytes:
-    """Pack a batch of transitions (every array shaped (n, ...)) into one envelope."""
+def encode_experience(
+    client_id: str,
+    model_id: int,
+    fields: dict[str, np.ndarray],
+    codec: str | None = None,
+    compress_fields: Collection[str] = (),
+) -> bytes:
+    """Pack a batch of transitions (every array shaped (n, ...)) into one envelope; with a
+    `codec` (transport.compress.CODECS) the fields in `compress_fields` travel compressed."""
     n = len(next(iter(fields.values())))
-    body = {}
+    body: dict[str, list] = {}
     for name, arr in fields.items():
         a = np.ascontiguousarray(arr)
-        body[name] = [a.dtype.str, list(a.shape), a.tobytes()]
+        if codec is not None and name in compress_fields:
+            body[name] = [a.dtype.str, list(a.shape), compress(codec, a.data), codec]
+        else:
+            body[name] = [a.dtype.str, list(a.shape), a.tobytes()]
     msg = {
         "v": PROTOCOL_VERSION,
         "t": KIND_EXPERIENCE,
@@ -152,6 +165,12 @@ def decode_structure(raw: Any, spec: ExperienceSpec) -> Experience:
         missing = sorted(set(spec.fields) - set(body))
         extra = sorted(str(k) for k in set(body) - set(spec.fields))
         raise ProtocolError("bad_field", f"missing {missing} unexpected {extra[:5]}")
+    if any(isinstance(item, list) and len(item) == 4 for item in body.values()):
+        # compressed fields: what the whole envelope decompresses to is known from n and the
+        # spec, and capped like an uncompressed envelope, before anything is decompressed
+        unpacked = n * sum(fs.item_bytes for fs in spec.fields.values())
+        if unpacked > spec.max_bytes:
+            raise ProtocolError("too_large", f"decompressed {unpacked} bytes > {spec.max_bytes}")
     out: dict[str, np.ndarray] = {}
     for name, fs in spec.fields.items():
         out[name] = _decode_field(name, body[name], fs, n)
@@ -159,14 +178,20 @@ def decode_structure(raw: Any, spec: ExperienceSpec) -> Experience:
 
 
 def _decode_field(name: str, item: Any, fs: FieldSpec, n: int) -> np.ndarray:
-    if not isinstance(item, list) or len(item) != 3:
+    """One field's array: [dtype, shape, bytes], or [dtype, shape, bytes, codec] for a field
+    the spec lets travel compressed (decompressed to exactly what the shape needs)."""
+    if not isinstance(item, list) or len(item) not in (3, 4):
         raise ProtocolError("bad_structure", f"field {name} is not [dtype, shape, bytes]")
-    dtype_str, shape, data = item
+    if len(item) == 4 and not fs.compressible:
+        raise ProtocolError("bad_structure", f"field {name} may not travel compressed")
+    dtype_str, shape, data = item[:3]
     if dtype_str != fs.dtype.str:
         raise ProtocolError("bad_dtype", f"{name}: {str(dtype_str)[:16]!r} != {fs.dtype.str!r}")
     expected_shape = [n, *fs.shape]
     if shape != expected_shape:
         raise ProtocolError("bad_shape", f"{name}: {str(shape)[:40]} != {expected_shape}")
+    if len(item) == 4:
+        data = decompress(name, item[3], data, n * fs.item_bytes)
     if not isinstance(data, bytes) or len(data) != n * fs.item_bytes:
         raise ProtocolError("bad_shape", f"{name}: buffer length does not match shape")
     return np.frombuffer(data, dtype=fs.dtype).reshape(expected_shape)
