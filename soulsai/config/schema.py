@@ -33,6 +33,20 @@ class WrapperConfig(_Strict):
     kwargs: dict[str, Any] = {}
 
 
+class AtariConfig(_Strict):
+    """soulsai's Atari preprocessing (soulsai/envs/atari.py): Gymnasium's AtariPreprocessing,
+    then frame stacking. Episodic life and reward clipping apply while training only."""
+
+    frame_skip: int = Field(default=4, ge=1, le=16)
+    screen_size: int = Field(default=84, ge=8, le=512)
+    grayscale: bool = True
+    noop_max: int = Field(default=30, ge=0, le=1000)
+    terminal_on_life_loss: bool = True
+    clip_reward: bool = True
+    fire_reset: bool = True
+    frame_stack: int = Field(default=4, ge=1, le=16)
+
+
 class EnvConfig(_Strict):
     """`imports`, `wrappers` and an `id` of the form `module:Env-v0` name code: they are
     local-only (soulsai/config/trust.py), never taken from Redis, a run folder or a preset."""
@@ -54,6 +68,19 @@ class EnvConfig(_Strict):
     action_mask: str | None = Field(
         default=None, pattern=r"^([A-Za-z0-9_.\-]{1,64}|action_masks\(\))$"
     )
+    # Image observations (soulsai/model/cnn_spec.py): uint8 frames go through a CNN
+    image_encoder: Literal["nature", "impala", "flatten"] = "nature"
+    image_channels: Literal["auto", "last", "first"] = "auto"
+    image_features: int | None = Field(default=None, ge=0, le=65536)
+    impala_channels: list[int] = Field(default=[16, 32, 32], min_length=1, max_length=8)
+    atari: AtariConfig | None = None  # Atari preprocessing (null: the env as gymnasium makes it)
+
+    @field_validator("impala_channels")
+    @classmethod
+    def _channels_bounded(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= c <= 1024 for c in v):
+            raise ValueError("every IMPALA stage has 1 to 1024 channels")
+        return v
     # Which file (or --set) set each key, for errors that must name it: load_config fills it.
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 

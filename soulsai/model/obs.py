@@ -3,9 +3,12 @@
 Dict and Tuple spaces (nested) are walked into leaves named by their dotted path (`player_hp`,
 `a.b`, `pair.0`); each leaf is a Box (continuous features), a binary leaf (MultiBinary or a bool
 Box) or a categorical leaf (Discrete, MultiDiscrete: integers `start .. start + n - 1` that the
-encoders one-hot or embed). Each leaf travels in its own compact wire dtype: a Box keeps its
-dtype, integers take the smallest integer dtype holding their range. A bare Box is one leaf
-named "" whose features are the flattened observation, exactly as before layouts existed.
+encoders one-hot or embed) or an image leaf (a uint8 Box of frames, at least 8x8: HxW, HxWxC,
+CxHxW or stacked SxHxWxC / SxCxHxW) that a CNN encodes (`soulsai.model.cnn_spec`; config
+`env.image_encoder`, `flatten` keeps frames as Box features). Each leaf travels in its own
+compact wire dtype: a Box keeps its dtype, integers take the smallest integer dtype holding
+their range. A bare Box is one leaf named "" whose features are the flattened observation,
+exactly as before layouts existed; a bare Box of frames is one image leaf named "".
 
 Numpy and gymnasium only: the client imports this without torch.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -22,8 +25,16 @@ import numpy as np
 
 from soulsai.config.schema import EnvConfig
 from soulsai.errors import ConfigError, SoulsaiError
+from soulsai.model.cnn_spec import (
+    ImageOptions,
+    channels_last,
+    check_frame,
+    chw,
+    cnn_features,
+    is_frame,
+)
 
-Kind = Literal["box", "binary", "categorical"]
+Kind = Literal["box", "binary", "categorical", "image"]
 SUPPORTED = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict/Tuple of these"
 # Smallest first: a categorical leaf travels in the first one that holds its whole range.
 _INT_DTYPES = [np.dtype(t) for t in ("i1", "u1", "<i2", "<u2", "<i4", "<u4", "<i8")]
@@ -42,20 +53,33 @@ class Leaf:
     start: int = 0  # categorical: the lowest value ...
     n: int = 0  # ... and how many values (every element shares them)
     element: int | None = None  # one element (flat index) of a MultiDiscrete split per element
+    channels_last: bool = True  # image: HxWxC (SxHxWxC) rather than CxHxW (SxCxHxW)
 
     @property
     def size(self) -> int:
         """Elements per observation."""
         return math.prod(self.shape)
 
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        """Image: the (channels, height, width) its CNN sees."""
+        return chw(self.shape, self.channels_last)
+
 
 @dataclass(frozen=True)
 class ObsLayout:
-    """The leaves in a fixed order: Box leaves first, then binary, then categorical, so the
-    continuous features (the ones the running normalizer sees) are a prefix of the encoding."""
+    """The leaves in a fixed order: Box leaves first, then binary, categorical and image, so
+    the continuous features (the ones the running normalizer sees) are a prefix of the
+    encoding. Images are scaled inside their CNN, never by the normalizer."""
 
     leaves: tuple[Leaf, ...]
     plain: bool  # a bare Box: the encoding is the flattened observation, nothing else
+    image: ImageOptions = ImageOptions()  # how image leaves are encoded
+
+    @property
+    def images(self) -> list[Leaf]:
+        """The image leaves, in layout order (their CNNs are `encoder.cnns.<i>`)."""
+        return [leaf for leaf in self.leaves if leaf.kind == "image"]
 
     @property
     def names(self) -> list[str]:
@@ -76,10 +100,12 @@ class ObsLayout:
 
     def n_features(self, discrete_obs: str = "onehot", embedding_dim: int = 8) -> int:
         """Width of the encoding: Box and binary leaves flattened, categorical leaves one-hot
-        (`n` per element) or embedded (`embedding_dim` per element)."""
+        (`n` per element) or embedded (`embedding_dim` per element), images through their CNN."""
         total = 0
         for leaf in self.leaves:
-            if leaf.kind != "categorical":
+            if leaf.kind == "image":
+                total += cnn_features(self.image, *leaf.chw)
+            elif leaf.kind != "categorical":
                 total += leaf.size
             else:
                 total += leaf.size * (leaf.n if discrete_obs == "onehot" else embedding_dim)
@@ -177,13 +203,18 @@ def build_layout(
     drop: Sequence[str] = (),
     drop_constant: bool = True,
     where: str = "env.obs_keys",
+    image: ImageOptions | None = None,
 ) -> ObsLayout:
     """The layout of `space`: leaves under a `keep` name (None: all), minus those under a
     `drop` name, minus leaves constant by their space (`drop_constant`; a bare space is never
     dropped). A name matches a leaf or any Dict/Tuple above it (`player` selects `player.hp`).
-    Unsupported spaces and names that match nothing are a ConfigError naming `where`."""
-    plain = isinstance(space, gym.spaces.Box) and space.dtype != np.bool_
-    leaves = _leaves(space, ())
+    Unsupported spaces and names that match nothing are a ConfigError naming `where`.
+    uint8 frames become image leaves unless `image.encoder` is `flatten`."""
+    image = image or ImageOptions()
+    leaves = [_as_image(leaf, image) for leaf in _leaves(space, ())]
+    plain = (
+        isinstance(space, gym.spaces.Box) and space.dtype != np.bool_ and leaves[0].kind == "box"
+    )
     names = [leaf.name for leaf in leaves]
     if len(set(names)) != len(names):
         raise ConfigError(f"env: observation keys {names} are not unique as dotted paths")
@@ -201,9 +232,19 @@ def build_layout(
     ]
     if not chosen:
         raise ConfigError(f"{where}: no observation key is left to train on (have: {names})")
-    order = {"box": 0, "binary": 1, "categorical": 2}
+    order = {"box": 0, "binary": 1, "categorical": 2, "image": 3}
     chosen.sort(key=lambda leaf: order[leaf.kind])  # stable: space order within a kind
-    return ObsLayout(tuple(chosen), plain)
+    return ObsLayout(tuple(chosen), plain, image)
+
+
+def _as_image(leaf: Leaf, image: ImageOptions) -> Leaf:
+    """A uint8 Box of frames as an image leaf (its channel order found, its size checked)."""
+    if leaf.kind != "box" or image.encoder == "flatten" or not is_frame(leaf.shape, leaf.dtype):
+        return leaf
+    last = channels_last(leaf.shape, image.channels, leaf.name)
+    out = replace(leaf, kind="image", channels_last=last)
+    check_frame(image, *out.chw, leaf.name)
+    return out
 
 
 def _value_at(obs: Any, leaf: Leaf) -> Any:
@@ -248,7 +289,14 @@ def env_layout(env: EnvConfig, space: gym.Space) -> ObsLayout:
     """The layout the config asks for: `env.obs_keys` (keep / -drop) and `env.drop_constant_obs`
     applied to the env's observation space. Clients and the training node build the same."""
     keep, drop = parse_obs_keys(env.obs_keys)
-    return build_layout(space, keep, drop, env.drop_constant_obs)
+    return build_layout(space, keep, drop, env.drop_constant_obs, image=image_options(env))
+
+
+def image_options(env: EnvConfig) -> ImageOptions:
+    """The image encoder settings of `env` (env.image_encoder, image_channels, ...)."""
+    return ImageOptions(
+        env.image_encoder, env.image_channels, env.image_features, tuple(env.impala_channels)
+    )
 
 
 def continuous_features(layout: ObsLayout, leaves: Mapping[str, Any] | Any) -> np.ndarray:

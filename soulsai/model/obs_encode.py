@@ -4,9 +4,11 @@ of its torch twin, `soulsai.model.obs_torch.ObsEncoder`.
 Leaves -> float32 features (B, F), in layout order: Box leaves flattened (the continuous
 features the running normalizer applies to, a prefix of width `layout.n_continuous`), binary
 leaves as 0.0/1.0, categorical leaves one-hot of `x - start` per element, or (`embedding`) a
-learned `embedding_dim`-vector per element from one table per leaf. The tables are the torch
-encoder's `embeddings.<i>.weight` (i: the categorical leaf's index among the categorical
-leaves), so they travel with the model's state_dict.
+learned `embedding_dim`-vector per element from one table per leaf, then image leaves through
+their CNN (`soulsai.model.cnn_numpy`). The tables are the torch encoder's
+`embeddings.<i>.weight` (i: the categorical leaf's index among the categorical leaves), the
+CNNs its `cnns.<i>.*` (i: the image leaf's index among the image leaves), so they travel with
+the model's state_dict.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Literal
 import numpy as np
 
 from soulsai.errors import ConfigError
+from soulsai.model.cnn_numpy import NumpyCNN, to_nhwc
+from soulsai.model.cnn_spec import cnn_weight_shapes
 from soulsai.model.obs import ObsLayout
 
 DiscreteObs = Literal["onehot", "embedding"]
@@ -37,13 +41,17 @@ def embedding_names(layout: ObsLayout, prefix: str = "") -> list[str]:
 def encoder_weight_shapes(
     layout: ObsLayout, discrete_obs: str, embedding_dim: int, prefix: str = "encoder."
 ) -> Shapes:
-    """Tensors the torch encoder adds to a network's state_dict (none for one-hot)."""
+    """Tensors the torch encoder adds to a network's state_dict: embedding tables (none for
+    one-hot) and the image leaves' CNNs."""
     check_discrete_obs(discrete_obs)
-    if discrete_obs == "onehot":
-        return {}
-    cats = [leaf for leaf in layout.leaves if leaf.kind == "categorical"]
-    names = embedding_names(layout, prefix)
-    return {name: (leaf.n, embedding_dim) for name, leaf in zip(names, cats, strict=True)}
+    shapes: Shapes = {}
+    if discrete_obs == "embedding":
+        cats = [leaf for leaf in layout.leaves if leaf.kind == "categorical"]
+        names = embedding_names(layout, prefix)
+        shapes |= {name: (leaf.n, embedding_dim) for name, leaf in zip(names, cats, strict=True)}
+    for i, leaf in enumerate(layout.images):
+        shapes |= cnn_weight_shapes(layout.image, *leaf.chw, prefix=f"{prefix}cnns.{i}.")
+    return shapes
 
 
 def as_leaves(layout: ObsLayout, obs: Mapping[str, Any] | Any) -> Mapping[str, Any]:
@@ -63,9 +71,13 @@ class NumpyObsEncoder:
         layout: ObsLayout,
         discrete_obs: str = "onehot",
         embeddings: list[np.ndarray] | None = None,
+        cnns: list[NumpyCNN] | None = None,
     ) -> None:
         check_discrete_obs(discrete_obs)
         self.layout = layout
+        self.cnns = list(cnns or [])
+        if len(self.cnns) != len(layout.images):
+            raise ValueError(f"the layout's {len(layout.images)} image leaves need as many CNNs")
         self.discrete_obs = discrete_obs
         cats = [leaf for leaf in layout.leaves if leaf.kind == "categorical"]
         if discrete_obs == "embedding":
@@ -86,7 +98,11 @@ class NumpyObsEncoder:
         tables = None
         if discrete_obs == "embedding":
             tables = [_arr(state[name]) for name in embedding_names(layout, prefix)]
-        return cls(layout, discrete_obs, tables)
+        cnns = [
+            NumpyCNN(layout.image, leaf.chw, state, f"{prefix}cnns.{i}.")
+            for i, leaf in enumerate(layout.images)
+        ]
+        return cls(layout, discrete_obs, tables, cnns)
 
     def __call__(self, obs: Mapping[str, Any] | np.ndarray) -> np.ndarray:
         """float32 features (B, F) of a batch of leaves (name -> (B, *shape))."""
@@ -97,8 +113,15 @@ class NumpyObsEncoder:
         first = np.asarray(leaves[self.layout.leaves[0].name])
         batch = len(first)
         out = np.zeros((batch, self.n_features), np.float32)
-        col, cat = 0, 0
+        col, cat, img = 0, 0, 0
         for leaf in self.layout.leaves:
+            if leaf.kind == "image":
+                frames = to_nhwc(np.asarray(leaves[leaf.name]), leaf.shape, leaf.channels_last)
+                features = self.cnns[img](frames)
+                out[:, col : col + features.shape[1]] = features
+                col += features.shape[1]
+                img += 1
+                continue
             x = np.asarray(leaves[leaf.name]).reshape(batch, leaf.size)
             if leaf.kind != "categorical":
                 out[:, col : col + leaf.size] = x

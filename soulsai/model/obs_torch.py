@@ -3,7 +3,9 @@
 Computes what `soulsai.model.obs_encode.NumpyObsEncoder` computes (tested): Box leaves
 flattened first (the continuous prefix the normalizer applies to), binary leaves as floats,
 categorical leaves one-hot or through one `nn.Embedding` per leaf (`embeddings.<i>.weight` in
-the state_dict, so the tables travel to the clients with the rest of the model).
+the state_dict, so the tables travel to the clients with the rest of the model), image leaves
+through one CNN each (`cnns.<i>.*`, `soulsai.model.cnn`). A network with actor and critic
+(ActorCritic) holds one encoder, so its CNN is one set of weights that both heads train.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from soulsai.model.cnn import make_cnn, to_nchw
 from soulsai.model.obs import ObsLayout
 from soulsai.model.obs_encode import as_leaves, check_discrete_obs
 
@@ -34,6 +37,7 @@ class ObsEncoder(nn.Module):
             if discrete_obs == "embedding"
             else []
         )
+        self.cnns = nn.ModuleList([make_cnn(layout.image, *leaf.chw) for leaf in layout.images])
         self.n_features = layout.n_features(discrete_obs, embedding_dim)
         self.n_continuous = layout.n_continuous
 
@@ -43,9 +47,13 @@ class ObsEncoder(nn.Module):
             x = torch.as_tensor(leaves[self.layout.leaves[0].name])
             return x.flatten(start_dim=1).to(torch.float32)
         parts: list[torch.Tensor] = []
-        cat = 0
+        cat, img = 0, 0
         for leaf in self.layout.leaves:
             x = torch.as_tensor(leaves[leaf.name])
+            if leaf.kind == "image":
+                parts.append(self.cnns[img](to_nchw(x, leaf.shape, leaf.channels_last)))
+                img += 1
+                continue
             x = x.reshape(x.shape[0], leaf.size)
             if leaf.kind != "categorical":
                 parts.append(x.to(torch.float32))

@@ -25,7 +25,7 @@ def field_name(prefix: str, leaf: Leaf) -> str:
 
 def leaf_spec(leaf: Leaf, max_abs: float = MAX_ABS_OBS) -> FieldSpec:
     """What one received value of `leaf` may hold."""
-    if leaf.kind == "box":
+    if leaf.kind in ("box", "image"):
         low, high = box_bounds(leaf.space, max_abs)  # type: ignore[arg-type]
         return FieldSpec(leaf.dtype, leaf.shape, low=low, high=high)
     if leaf.kind == "binary":
