@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # noqa: E402
 from soulsai.config import load_config  # noqa: E402
 from soulsai.config.schema import DQNConfig  # noqa: E402
+from soulsai.transport.client_link import ClientLink  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.envelope import encode_experience  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
-from soulsai.transport.links import ClientLink  # noqa: E402
 
 SHAPES = {"CartPole-v1": (4, 2), "LunarLander-v3": (8, 4)}
 BATCH = 64  # transitions per envelope, the client default

@@ -18,9 +18,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine_line  # noqa: E402
+from soulsai.transport.client_link import ClientLink  # noqa: E402
 from soulsai.transport.embedded import EmbeddedRedis  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
-from soulsai.transport.links import ClientLink  # noqa: E402
 
 MAX_QUEUE, MAXLEN = 10000, 100000
 

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from soulsai.errors import ProtocolError
+from soulsai.transport.client_link import ClientLink
 from soulsai.transport.commands import decode_command
-from soulsai.transport.links import TRANSIENT, ClientLink
+from soulsai.transport.links import TRANSIENT
 from soulsai.transport.weights import decode_weights, weights_metadata
 
 log = logging.getLogger(__name__)

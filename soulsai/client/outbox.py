@@ -22,7 +22,8 @@ import threading
 import time
 from collections import deque
 
-from soulsai.transport.links import TRANSIENT, ClientLink, Delivery
+from soulsai.transport.client_link import ClientLink, Delivery
+from soulsai.transport.links import TRANSIENT
 
 log = logging.getLogger(__name__)
 

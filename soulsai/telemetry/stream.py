@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from soulsai.transport.links import TelemetryLink
+from soulsai.transport.telemetry_link import TelemetryLink
 
 log = logging.getLogger(__name__)
 

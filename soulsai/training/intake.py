@@ -20,7 +20,8 @@ from soulsai.logs import RateLimitedLog
 from soulsai.training.shares import ClientShares
 from soulsai.transport.batch import LayoutCache, decode_experience_rows, decode_experiences
 from soulsai.transport.envelope import Experience, ExperienceSpec
-from soulsai.transport.links import TRANSIENT, TrainerLink
+from soulsai.transport.links import TRANSIENT
+from soulsai.transport.trainer_link import TrainerLink
 
 log = logging.getLogger(__name__)
 

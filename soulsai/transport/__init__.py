@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from soulsai.transport.client_link import ClientLink
 from soulsai.transport.connection import RedisTarget, connect
 from soulsai.transport.keys import Keys
-from soulsai.transport.links import ClientLink, TelemetryLink, TrainerLink
+from soulsai.transport.telemetry_link import TelemetryLink
+from soulsai.transport.trainer_link import TrainerLink
 
 L = TypeVar("L", ClientLink, TrainerLink, TelemetryLink)
 

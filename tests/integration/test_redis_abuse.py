@@ -16,9 +16,9 @@ from soulsai.client.control import Control
 from soulsai.client.outbox import Outbox
 from soulsai.errors import ProtocolError
 from soulsai.transport import ClientLink, TrainerLink, open_link
+from soulsai.transport.client_link import CLIENT_INDEX_BOUND
 from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.heartbeats import MAX_HEARTBEATS, read_heartbeats
-from soulsai.transport.links import CLIENT_INDEX_BOUND
 from tests.conftest import node_args as stack_args
 from tests.conftest import read_log, trainer_stats, wait_until
 
