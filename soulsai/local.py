@@ -25,9 +25,10 @@ from soulsai.config import Config
 from soulsai.errors import SoulsaiError
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.commands import encode_command
-from soulsai.transport.connection import PASSWORD_ENV, SECRET_NAME, connect, reachable
+from soulsai.transport.connection import connect, reachable
 from soulsai.transport.embedded import EmbeddedRedis, die_with_parent, redis_limits
 from soulsai.transport.links import TRANSIENT, as_int
+from soulsai.transport.secret import PASSWORD_ENV, SECRET_NAME
 
 if TYPE_CHECKING:
     from rich.console import Console

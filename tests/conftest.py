@@ -17,10 +17,10 @@ import pytest
 import redis
 
 from soulsai.config import Config, load_config
-from soulsai.transport.connection import PASSWORD_ENV
 from soulsai.transport.embedded import EmbeddedRedis
 from soulsai.transport.envelope import encode_experience
 from soulsai.transport.keys import Keys
+from soulsai.transport.secret import PASSWORD_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 

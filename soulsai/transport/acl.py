@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soulsai.errors import ConfigError
-from soulsai.transport.connection import SECRET_NAME, Secret, read_credentials, warn_if_short
 from soulsai.transport.keys import Keys
+from soulsai.transport.secret import SECRET_NAME, Secret, read_credentials, warn_if_short
 
 ACL_NAME = "users.acl"
 ROLES = ("trainer", "client", "admin")

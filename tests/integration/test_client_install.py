@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from soulsai.transport.connection import PASSWORD_ENV
+from soulsai.transport.secret import PASSWORD_ENV
 from tests.conftest import ROOT, node_args, read_log, trainer_stats, wait_until
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,10 @@ import redis
 import yaml
 
 from soulsai.errors import ConnectionFailed
-from soulsai.transport.connection import RedisTarget, connect, read_credentials
+from soulsai.transport.connection import RedisTarget, connect
 from soulsai.transport.embedded import find_redis_server, free_port
 from soulsai.transport.keys import Keys
+from soulsai.transport.secret import read_credentials
 from tests.conftest import ROOT, read_log, wait_until
 
 pytestmark = pytest.mark.integration
@@ -407,7 +408,7 @@ def test_compose_redis_loads_the_secret_as_its_config(tmp_path: Path, mode: str)
         )
     else:
         from soulsai.transport.acl import render_acl
-        from soulsai.transport.connection import Secret
+        from soulsai.transport.secret import Secret
 
         if not _version or int(_version.group(1)) < 7:
             pytest.skip("ACL selectors need Redis >= 7.0")

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from soulsai.config import Config, load_config, parse_set
 from soulsai.errors import ConfigError, SoulsaiError
-from soulsai.transport.connection import PASSWORD_ENV, read_secret
+from soulsai.transport.secret import PASSWORD_ENV, read_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = ROOT / "config" / "config_d.yaml"

@@ -19,8 +19,8 @@ import yaml
 from click.testing import CliRunner
 
 from soulsai.cli import cli
-from soulsai.transport.connection import PASSWORD_ENV
 from soulsai.transport.embedded import free_port
+from soulsai.transport.secret import PASSWORD_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")

@@ -13,16 +13,10 @@ import pytest
 
 from soulsai.config import load_config
 from soulsai.errors import ConfigError
-from soulsai.transport import acl, connection
-from soulsai.transport.connection import (
-    PASSWORD_ENV,
-    RedisTarget,
-    Secret,
-    check_exposure,
-    is_loopback,
-    pick_credentials,
-    read_credentials,
-)
+from soulsai.transport import acl
+from soulsai.transport import secret as secret_file
+from soulsai.transport.connection import RedisTarget, check_exposure, is_loopback
+from soulsai.transport.secret import PASSWORD_ENV, Secret, pick_credentials, read_credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def cdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
-    monkeypatch.setattr(connection, "_warned", set())
+    monkeypatch.setattr(secret_file, "_warned", set())
     d = tmp_path / "config"
     d.mkdir()
     shutil.copy(ROOT / "config" / "config_d.yaml", d / "config_d.yaml")
@@ -109,7 +103,7 @@ def test_short_password_warns_once(cdir: Path, caplog: pytest.LogCaptureFixture)
     assert len(warnings) == 1 and "5 characters" in warnings[0].getMessage()
     caplog.clear()
     (cdir / "redis.secret").write_text("requirepass " + "x" * 16 + "\n")
-    connection._warned.clear()
+    secret_file._warned.clear()
     with caplog.at_level(logging.WARNING):
         target(cdir)
     assert not caplog.records

@@ -19,7 +19,7 @@ from soulsai.config.trust import published_json, received_config, redact_url
 from soulsai.envs import make_single_env
 from soulsai.errors import ConfigError
 from soulsai.training import resume
-from soulsai.transport.connection import read_credentials, split_config_line
+from soulsai.transport.secret import read_credentials, split_config_line
 from tests.conftest import marker_module
 
 ROOT = Path(__file__).resolve().parents[2]
