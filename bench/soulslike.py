@@ -39,8 +39,11 @@ ENV = "soulsai/IudexLike-v0"
 WINDOW = 20  # episodes in the rolling mean, as `soulsai train --target-return` uses
 
 
-def run(algo: str, seed: int, masked: bool, max_steps: int, max_seconds: float) -> dict:
-    """One whole `soulsai train` for `max_steps` env steps; its episodes (env_steps, return)."""
+def run(
+    algo: str, seed: int, masked: bool, max_steps: int, max_seconds: float, extra: list[str]
+) -> dict:
+    """One whole `soulsai train` for `max_steps` env steps with the algorithm's SoulsGymIudex
+    preset (and `extra` arguments); its episodes (env_steps, return)."""
     mask = "action_mask" if masked else "null"
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         cmd = [
@@ -66,7 +69,10 @@ def run(algo: str, seed: int, masked: bool, max_steps: int, max_seconds: float) 
             "--set",
             "env.imports=[soulsai.envs.soulslike]",
             "--set",
+            f"preset={algo}/SoulsGymIudex-v0.yaml",
+            "--set",
             f"env.action_mask={mask}",
+            *extra,
         ]
         t0 = time.time()
         out = None
@@ -128,13 +134,17 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.0, help="rolling-20 mean return")
     ap.add_argument("--every", type=int, default=10_000, help="curve resolution in env steps")
     ap.add_argument("--max-seconds", type=float, default=1800)
+    ap.add_argument(
+        "--set", dest="sets", action="append", default=[], help="extra --set for soulsai train"
+    )
     args = ap.parse_args()
+    extra = [x for s in args.sets for x in ("--set", s)]
     print(f"{machine_line()} | nice {os.nice(0)} | {ENV}, target {args.target}", flush=True)
     for algo in args.algo:
         reached: dict[bool, list[int | None]] = {True: [], False: []}
         for i, seed in enumerate(args.seeds):
             for masked in (True, False) if i % 2 == 0 else (False, True):
-                r = run(algo, seed, masked, args.max_steps, args.max_seconds)
+                r = run(algo, seed, masked, args.max_steps, args.max_seconds, extra)
                 roll = rolling(r["episodes"])
                 hit = steps_to(roll, args.target)
                 reached[masked].append(hit)
