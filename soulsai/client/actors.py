@@ -32,7 +32,7 @@ from soulsai.config import Config
 from soulsai.errors import ConfigError
 from soulsai.model.masks import pack_mask
 from soulsai.model.numpy_ac import NumpyActorCritic
-from soulsai.model.numpy_q import NumpyQPolicy
+from soulsai.model.numpy_q import NumpyQPolicy, dqn_policy
 from soulsai.model.obs import env_layout
 from soulsai.model.obs_wire import field_name
 from soulsai.model.schedules import epsilon
@@ -114,7 +114,7 @@ class DQNActor:
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
         self.action_start = int(action_space.start)
-        n_actions = int(action_space.n)
+        n_actions = self.n_actions = int(action_space.n)
         self.layout = env_layout(cfg.env, obs_space)
         self.n_mask = n_actions if cfg.env.action_mask is not None else 0
         self.expected = dqn_weight_shapes(
@@ -144,8 +144,8 @@ class DQNActor:
         self._steps_at_model: int | None = None  # client steps when the model arrived
 
     def make_policy(self, state: dict[str, Any]) -> NumpyQPolicy:
-        return NumpyQPolicy(
-            state, self.cfg.dqn.normalize_obs, self.layout, self.cfg.env.discrete_obs
+        return dqn_policy(
+            state, self.cfg.dqn, self.layout, self.n_actions, self.cfg.env.discrete_obs
         )
 
     def set_model(self, model_id: int, policy: Any, meta: dict[str, Any]) -> list[Message]:
@@ -165,8 +165,13 @@ class DQNActor:
 
     def act(self, obs: Any, client_steps: int) -> np.ndarray:
         """Epsilon-greedy actions for the observations of row `rows.t` (among the valid
-        actions of its masks when masks are on)."""
-        if client_steps >= self._epsilon_due:
+        actions of its masks when masks are on). With dqn.noisy: greedy (epsilon 0) on noise
+        this client draws anew for every step from its own Generator."""
+        assert self.policy is not None
+        if self.cfg.dqn.noisy:
+            self.epsilon = 0.0
+            self.policy.reset_noise(self.rng)
+        elif client_steps >= self._epsilon_due:
             num_clients = max(1, int(self.meta.get("num_clients", 1)))
             self.epsilon = epsilon(
                 self.cfg.dqn,
@@ -175,7 +180,6 @@ class DQNActor:
                 num_clients,
             )
             self._epsilon_due = client_steps + self.EPSILON_EVERY
-        assert self.policy is not None
         mask = self.rows.mask_rows[self.rows.t] if self.n_mask else None
         if self._argmax_into_rows:  # the policy writes the actions where they are recorded
             out = self.action_rows[self.rows.t]

@@ -164,6 +164,19 @@ class DQNConfig(_Strict):
     ladder_eps: float = Field(ge=0.0, le=1.0)
     ladder_alpha: float = Field(ge=0.0)
     normalize_obs: bool
+    # Issue 19's options (soulsai/model/heads.py, soulsai/training/prioritized.py). Defaults are
+    # the plain double DQN of before, so configs and checkpoints saved before them still load.
+    dueling: bool = False  # value + mean-subtracted advantage streams
+    n_quantiles: int = Field(default=1, ge=1, le=256)  # > 1: quantile regression DQN
+    quantile_kappa: float = Field(default=1.0, ge=0.0, le=1e6)  # quantile Huber threshold
+    noisy: bool = False  # noisy-net head instead of epsilon-greedy (clients act with epsilon 0)
+    noisy_sigma0: float = Field(default=0.5, gt=0.0, le=10.0)
+    prioritized: bool = False  # prioritized replay (proportional, Schaul et al.)
+    per_alpha: float = Field(default=0.6, ge=0.0, le=10.0)
+    per_beta_start: float = Field(default=0.4, ge=0.0, le=1.0)
+    # updates over which beta anneals to 1; None: the updates max_steps implies
+    per_beta_steps: int | None = Field(default=None, ge=0)
+    per_eps: float = Field(default=1e-6, gt=0.0, le=1.0)
 
 
 class PPOConfig(_Strict):

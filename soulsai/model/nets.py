@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from soulsai.model.heads import QHead
 from soulsai.model.masks_torch import masked_entropy, masked_log_prob, masked_sample
 from soulsai.model.obs import ObsLayout, build_layout
 from soulsai.model.obs_encode import as_leaves
@@ -77,12 +78,17 @@ class ObsNormalizer(nn.Module):
 
 class QNetwork(nn.Module):
     """MLP Q-network: observation encoder and normalizer, flatten, Linear+ReLU per hidden size,
-    Linear.
+    then the output: the last Linear of `mlp` (plain DQN, the tensor names of older checkpoints)
+    or, with `dueling`, `noisy` or `n_quantiles` > 1, a `QHead` named `head`.
 
     The input is an observation layout (`soulsai.model.obs`; a plain shape stands for a bare Box
     of that shape, normalized and flattened as before layouts): Dict/Tuple leaves go through
     the `ObsEncoder` (one-hot or embedded categorical leaves) with the running normalizer on
     the continuous features only (`normalized_features`).
+
+    The dueling mean is over all actions, masks or not: the replay keeps the next
+    observation's mask only, and one aggregation per state keeps a state's values the same as
+    online estimate and as target (the mean shifts all actions alike; the argmax is unchanged).
     """
 
     def __init__(
@@ -93,10 +99,15 @@ class QNetwork(nn.Module):
         normalize_obs: bool,
         discrete_obs: str = "onehot",
         embedding_dim: int = 8,
+        dueling: bool = False,
+        noisy: bool = False,
+        n_quantiles: int = 1,
+        noisy_sigma0: float = 0.5,
     ) -> None:
         super().__init__()
         self.layout = obs if isinstance(obs, ObsLayout) else box_layout(tuple(obs))
         self.n_actions = n_actions
+        self.n_quantiles = n_quantiles
         self.obs_norm = ObsNormalizer(self.layout.norm_shape, enabled=normalize_obs)
         self.encoder = ObsEncoder(self.layout, discrete_obs, embedding_dim)
         layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
@@ -104,13 +115,28 @@ class QNetwork(nn.Module):
         for size in hidden:
             layers += [nn.Linear(in_features, size), nn.ReLU()]
             in_features = size
-        layers.append(nn.Linear(in_features, n_actions))
+        self.head: QHead | None = None
+        if dueling or noisy or n_quantiles > 1:
+            self.head = QHead(in_features, n_actions, n_quantiles, dueling, noisy, noisy_sigma0)
+        else:
+            layers.append(nn.Linear(in_features, n_actions))
         self.mlp = nn.Sequential(*layers)
+
+    def quantiles(self, obs: Obs) -> torch.Tensor:
+        """Quantile estimates (B, n_actions, n_quantiles); N = 1 for an expected-value net."""
+        h = self.mlp(normalized_features(self.encoder, self.obs_norm, obs))
+        return h.unsqueeze(-1) if self.head is None else self.head(h)
 
     def forward(self, obs: Obs) -> torch.Tensor:
         """Q-values of shape (B, n_actions) for a batch of observations: a tensor (bare Box,
-        (B, *shape)) or leaves (name -> (B, *shape))."""
-        return self.mlp(normalized_features(self.encoder, self.obs_norm, obs))
+        (B, *shape)) or leaves (name -> (B, *shape)); the quantiles' mean with a quantile head."""
+        h = self.mlp(normalized_features(self.encoder, self.obs_norm, obs))
+        return h if self.head is None else self.head.q_values(h)
+
+    def reset_noise(self) -> None:
+        """New noise for the noisy head's layers from torch's global RNG (nothing otherwise)."""
+        if self.head is not None:
+            self.head.reset_noise()
 
 
 def greedy_actions(net: QNetwork, obs: Any, mask: np.ndarray | None = None) -> np.ndarray:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from soulsai.config.schema import DQNConfig
+from soulsai.model.heads_numpy import NumpyQHead
 from soulsai.model.masks import masked_epsilon_greedy
 from soulsai.model.obs import ObsLayout
 from soulsai.model.obs_encode import NumpyObsEncoder
@@ -27,9 +29,13 @@ def _arr(t: Any) -> np.ndarray:
 
 
 class NumpyQPolicy:
-    """Epsilon-greedy over a QNetwork state dict (obs_norm.*, encoder.*, mlp.<i>.weight/bias).
+    """Epsilon-greedy over a QNetwork state dict (obs_norm.*, encoder.*, mlp.<i>.weight/bias,
+    and head.* with dueling, noisy or quantile heads: `NumpyQHead`).
 
-    `layout` None stands for a bare Box (the observation flattened, as before layouts).
+    `layout` None stands for a bare Box (the observation flattened, as before layouts). With a
+    head the actions are greedy on the quantiles' mean; a noisy head uses its current noise
+    (`reset_noise` draws new noise from the client's Generator) unless `use_noise` is False,
+    which takes the means only (torch's eval mode: evaluation).
     """
 
     def __init__(
@@ -38,6 +44,11 @@ class NumpyQPolicy:
         normalize_obs: bool,
         layout: ObsLayout | None = None,
         discrete_obs: str = "onehot",
+        n_actions: int | None = None,
+        dueling: bool = False,
+        noisy: bool = False,
+        n_quantiles: int = 1,
+        use_noise: bool = True,
     ) -> None:
         self.normalize = normalize_obs
         self.encoder = (
@@ -58,6 +69,19 @@ class NumpyQPolicy:
             )
             for i in idx
         ]
+        self.head: NumpyQHead | None = None
+        if dueling or noisy or n_quantiles > 1:
+            if n_actions is None:
+                raise ValueError("a dueling, noisy or quantile head needs n_actions")
+            in_features = len(self.layers[-1][1])
+            self.head = NumpyQHead(
+                state, "head.", in_features, n_actions, n_quantiles, dueling, noisy, use_noise
+            )
+
+    def reset_noise(self, rng: np.random.Generator) -> None:
+        """New noise for a noisy head's layers, drawn from `rng` (nothing otherwise)."""
+        if self.head is not None:
+            self.head.reset_noise(rng)
 
     def features(self, obs: Any) -> np.ndarray:
         """The network input (B, F) of a batch: an array (bare Box) or leaves name -> batch."""
@@ -78,13 +102,13 @@ class NumpyQPolicy:
 
     def q_values(self, obs: Any) -> np.ndarray:
         x = self.features(obs)
-        last = len(self.layers) - 1
+        last = len(self.layers) - 1 if self.head is None else len(self.layers)
         for i, (w, b) in enumerate(self.layers):
             x = x @ w
             x += b
             if i < last:
                 np.maximum(x, 0.0, out=x)
-        return x
+        return x if self.head is None else self.head.q_values(x)
 
     def act(
         self,
@@ -109,3 +133,25 @@ class NumpyQPolicy:
             if explore.any():
                 actions[explore] = rng.integers(0, q.shape[1], int(explore.sum()))
         return actions if actions.dtype == np.int64 else actions.astype(np.int64)
+
+
+def dqn_policy(
+    state: Mapping[str, Any],
+    cfg: DQNConfig,
+    layout: ObsLayout | None,
+    n_actions: int,
+    discrete_obs: str = "onehot",
+    use_noise: bool = True,
+) -> NumpyQPolicy:
+    """The `NumpyQPolicy` of a QNetwork built with the options of `cfg` (the dqn section)."""
+    return NumpyQPolicy(
+        state,
+        cfg.normalize_obs,
+        layout,
+        discrete_obs,
+        n_actions,
+        cfg.dueling,
+        cfg.noisy,
+        cfg.n_quantiles,
+        use_noise,
+    )

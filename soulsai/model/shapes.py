@@ -56,16 +56,46 @@ def dqn_weight_shapes(
 ) -> Shapes:
     """The state_dict of soulsai.model.nets.QNetwork: normalizer, the encoder's embedding tables
     (env.discrete_obs: embedding), then mlp = Flatten, Linear, ReLU, ..., Linear (so its Linear
-    layers sit at odd indices). `obs` is the observation layout, or a bare Box's shape."""
+    layers sit at odd indices). With dqn.dueling, dqn.noisy or dqn.n_quantiles > 1 the last
+    Linear is a `head` instead (`q_head_shapes`). `obs` is the observation layout, or a bare
+    Box's shape."""
     if not isinstance(obs, ObsLayout):
-        sizes = [math.prod(obs), *cfg.hidden, n_actions]
-        return {**_normalizer_shapes(tuple(obs)), **_linears("mlp", 1, sizes)}
-    sizes = [obs.n_features(discrete_obs, embedding_dim), *cfg.hidden, n_actions]
-    return {
-        **_normalizer_shapes(obs.norm_shape),
-        **encoder_weight_shapes(obs, discrete_obs, embedding_dim),
-        **_linears("mlp", 1, sizes),
-    }
+        base = _normalizer_shapes(tuple(obs))
+        n_in = math.prod(obs)
+    else:
+        base = {
+            **_normalizer_shapes(obs.norm_shape),
+            **encoder_weight_shapes(obs, discrete_obs, embedding_dim),
+        }
+        n_in = obs.n_features(discrete_obs, embedding_dim)
+    if not has_q_head(cfg):
+        return {**base, **_linears("mlp", 1, [n_in, *cfg.hidden, n_actions])}
+    torso = _linears("mlp", 1, [n_in, *cfg.hidden])
+    return {**base, **torso, **q_head_shapes(cfg, cfg.hidden[-1], n_actions)}
+
+
+def has_q_head(cfg: DQNConfig) -> bool:
+    """True when the Q-network ends in a `QHead` (dueling, noisy or quantiles) rather than the
+    plain last Linear of `mlp` (whose tensor names older checkpoints and clients know)."""
+    return cfg.dueling or cfg.noisy or cfg.n_quantiles > 1
+
+
+def q_head_shapes(cfg: DQNConfig, in_features: int, n_actions: int) -> Shapes:
+    """The `head.*` tensors of soulsai.model.heads.QHead: `value` (N outputs) and `advantage`
+    (A * N) when dueling, else `out` (A * N); noisy layers hold weight_mu, weight_sigma,
+    bias_mu, bias_sigma and the noise buffers eps_in, eps_out."""
+    n = cfg.n_quantiles
+    outs = {"value": n, "advantage": n_actions * n} if cfg.dueling else {"out": n_actions * n}
+    shapes: Shapes = {}
+    for name, n_out in outs.items():
+        prefix = f"head.{name}."
+        if cfg.noisy:
+            shapes[prefix + "weight_mu"] = shapes[prefix + "weight_sigma"] = (n_out, in_features)
+            shapes[prefix + "bias_mu"] = shapes[prefix + "bias_sigma"] = (n_out,)
+            shapes[prefix + "eps_in"], shapes[prefix + "eps_out"] = (in_features,), (n_out,)
+        else:
+            shapes[prefix + "weight"], shapes[prefix + "bias"] = (n_out, in_features), (n_out,)
+    return shapes
 
 
 def ppo_weight_shapes(

@@ -44,7 +44,7 @@ def dqn_greedy(
     """Greedy actions of the checkpoint's online Q-network (the weights clients act with), on
     the observation layout of `cfg.env`; among the valid actions when given a mask."""
     from soulsai.model.masks import masked_greedy
-    from soulsai.model.numpy_q import NumpyQPolicy
+    from soulsai.model.numpy_q import dqn_policy
     from soulsai.model.obs import env_layout
     from soulsai.model.shapes import dqn_weight_shapes
 
@@ -58,10 +58,14 @@ def dqn_greedy(
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != want:
         raise CheckpointError(
-            "the checkpoint's Q-network does not match its config (dqn.hidden, env.obs_keys, "
+            "the checkpoint's Q-network does not match its config (dqn.hidden, dqn.dueling, "
+            "dqn.noisy, dqn.n_quantiles, env.obs_keys, "
             f"env.discrete_obs, env spaces): {sorted(set(got.items()) ^ set(want.items()))[:4]}"
         )
-    q = NumpyQPolicy(tensors, cfg.dqn.normalize_obs, layout, cfg.env.discrete_obs)
+    # greedy on the quantile mean; a noisy head with its means only (deterministic)
+    q = dqn_policy(
+        tensors, cfg.dqn, layout, int(act_space.n), cfg.env.discrete_obs, use_noise=False
+    )
     start = int(act_space.start)
 
     def act(obs: Any, mask: np.ndarray | None = None) -> np.ndarray:

@@ -162,7 +162,11 @@ class ReplayBuffer:
         """Sample `batch_size` rows uniformly with replacement, as torch tensors."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        idx = self.rng.integers(0, self.size, size=batch_size)
+        return self.batch_at(self.rng.integers(0, self.size, size=batch_size))
+
+    def batch_at(self, idx: np.ndarray) -> ReplayBatch:
+        """The rows at ring indices `idx` (each in [0, len)), as torch tensors: what prioritized
+        replay samples (`soulsai.training.prioritized`, whose indices are this ring's)."""
         next_mask = None
         if self.n_mask:
             bits = self.arrays["next_mask"][idx]

@@ -8,6 +8,15 @@ Design choices:
   bounded when the second-moment estimate is tiny.
 - With valid-action masks the target's argmax takes only the next observation's valid actions
   (`masks_torch.masked_double_dqn_target`, the mask stored with the transition).
+- Options (dqn config, combinable): a dueling and/or noisy head, quantile regression (QR-DQN:
+  the quantile Huber loss against r + gamma^k theta_j(s', a*), a* the double-DQN argmax of the
+  online net's quantile mean, masked) and prioritized replay (the per-sample loss times the
+  importance weights; new priorities from `td_errors`). Noisy nets draw new noise for the
+  online and the target net before every step.
+- Priorities: |TD error| for expected-value DQN; for QR-DQN the per-sample quantile Huber loss,
+  the loss being minimized (as Rainbow prioritizes by its distributional loss): a transition
+  whose mean is right but whose distribution is not is still replayed, which |mean TD error|
+  (`quantile_td_error`) would not do.
 - A step whose loss or gradient norm is NaN or inf is skipped (counted in `nonfinite_updates`),
   and so is a normalizer merge that would leave NaN or inf statistics: no batch can poison the
   weights that clients get.
@@ -23,10 +32,11 @@ import torch
 from torch import nn
 
 from soulsai.config.schema import DQNConfig
-from soulsai.model.masks_torch import masked_double_dqn_target
+from soulsai.model.masks_torch import masked_argmax, masked_double_dqn_target
 from soulsai.model.nets import QNetwork, adam, cpu_state
 from soulsai.model.obs import ObsLayout
 from soulsai.training.algorithms.guards import finite, guarded_update
+from soulsai.training.algorithms.losses import quantile_huber_loss
 from soulsai.training.replay import Obs, ReplayBatch
 
 ADAM_EPS = 1.5e-4
@@ -58,6 +68,10 @@ class DQNLearner:
                 cfg.normalize_obs,
                 discrete_obs,
                 embedding_dim,
+                dueling=cfg.dueling,
+                noisy=cfg.noisy,
+                n_quantiles=cfg.n_quantiles,
+                noisy_sigma0=cfg.noisy_sigma0,
             )
         self.online = online.to(self.device)
         self.target = copy.deepcopy(self.online)
@@ -65,9 +79,55 @@ class DQNLearner:
         self.optimizer = adam(self.online.parameters(), cfg.lr, ADAM_EPS)
         self.updates = 0
         self.nonfinite_updates = 0  # steps and normalizer merges skipped: NaN or inf
+        # per-sample priorities' source of the last step (None after a skipped one)
+        self.td_errors: np.ndarray | None = None
 
-    def update(self, batch: ReplayBatch) -> dict[str, float]:
-        """One double-DQN gradient step on `batch`, then the target-network update."""
+    def update(self, batch: ReplayBatch, weights: torch.Tensor | None = None) -> dict[str, float]:
+        """One double-DQN gradient step on `batch` (its per-sample losses weighted by the
+        importance `weights` (B,) if given), then the target-network update. `td_errors` holds
+        the new priorities' source afterwards."""
+        self.td_errors = None
+        if self.cfg.noisy:
+            self.online.reset_noise()
+            self.target.reset_noise()
+        if self.cfg.n_quantiles > 1:
+            per_sample, q = self._quantile_loss(batch)
+            td_errors = per_sample
+        else:
+            per_sample, q, td_errors = self._td_loss(batch)
+        if weights is None:
+            loss = per_sample.mean()
+        else:
+            loss = (weights.to(self.device) * per_sample).mean()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
+        if not finite(loss, grad_norm):  # one bad batch must not turn the weights into NaN
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_updates += 1
+            return {"loss": float("nan"), "q_mean": float("nan"), "grad_norm": float("nan")}
+        self.optimizer.step()
+        self.updates += 1
+        self.td_errors = td_errors.detach().abs().cpu().numpy()
+
+        if self.cfg.target_update == "polyak":
+            with torch.no_grad():
+                for t_param, o_param in zip(
+                    self.target.parameters(), self.online.parameters(), strict=True
+                ):
+                    t_param.lerp_(o_param, self.cfg.tau)
+        elif self.updates % self.cfg.target_update_interval == 0:
+            self.target.load_state_dict(self.online.state_dict())
+        self._sync_target_normalizer()
+        return {
+            "loss": loss.item(),
+            "q_mean": q.detach().mean().item(),
+            "grad_norm": grad_norm.item(),
+        }
+
+    def _td_loss(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Expected-value double DQN: per-sample Huber losses (B,), Q(s, a) and TD errors."""
         obs, next_obs = self._to_device(batch.obs), self._to_device(batch.next_obs)
         action, reward, discount = (
             t.to(self.device) for t in (batch.action, batch.reward, batch.discount)
@@ -87,32 +147,36 @@ class DQNLearner:
                     discount,
                 )
         q = self.online(obs).gather(1, action.long().view(-1, 1)).squeeze(1)
-        loss = nn.functional.huber_loss(q, td_target, delta=self.cfg.huber_delta)
+        per_sample = nn.functional.huber_loss(
+            q, td_target, reduction="none", delta=self.cfg.huber_delta
+        )
+        return per_sample, q, td_target - q.detach()
 
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
-        if not finite(loss, grad_norm):  # one bad batch must not turn the weights into NaN
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_updates += 1
-            return {"loss": float("nan"), "q_mean": float("nan"), "grad_norm": float("nan")}
-        self.optimizer.step()
-        self.updates += 1
-
-        if self.cfg.target_update == "polyak":
-            with torch.no_grad():
-                for t_param, o_param in zip(
-                    self.target.parameters(), self.online.parameters(), strict=True
-                ):
-                    t_param.lerp_(o_param, self.cfg.tau)
-        elif self.updates % self.cfg.target_update_interval == 0:
-            self.target.load_state_dict(self.online.state_dict())
-        self._sync_target_normalizer()
-        return {
-            "loss": loss.item(),
-            "q_mean": q.detach().mean().item(),
-            "grad_norm": grad_norm.item(),
-        }
+    def _quantile_loss(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """QR-DQN (Dabney et al. 2018) with double-DQN action selection on the quantile mean:
+            a* = argmax_{a valid in s'} mean_j theta_j^online(s', a)
+            T theta_j = r + gamma^k (1 - terminated) theta_j^target(s', a*)
+        and the quantile Huber loss of theta_i(s, a) against T theta_j: per-sample losses (B,)
+        and Q(s, a), the mean of theta_i(s, a)."""
+        obs, next_obs = self._to_device(batch.obs), self._to_device(batch.next_obs)
+        action, reward, discount = (
+            t.to(self.device) for t in (batch.action, batch.reward, batch.discount)
+        )
+        with torch.no_grad():
+            q_online_next = self.online(next_obs)
+            if batch.next_mask is None:
+                next_action = q_online_next.argmax(dim=1)
+            else:  # a row without a valid action is terminal: action 0, zeroed by discount
+                next_action = masked_argmax(q_online_next, batch.next_mask.to(self.device))
+            next_quantiles = self.target.quantiles(next_obs)
+            index = next_action.view(-1, 1, 1).expand(-1, 1, next_quantiles.shape[2])
+            next_theta = next_quantiles.gather(1, index).squeeze(1)  # (B, N)
+            target_theta = reward.unsqueeze(1) + discount.unsqueeze(1) * next_theta
+        quantiles = self.online.quantiles(obs)
+        index = action.long().view(-1, 1, 1).expand(-1, 1, quantiles.shape[2])
+        theta = quantiles.gather(1, index).squeeze(1)  # (B, N)
+        per_sample = quantile_huber_loss(theta, target_theta, self.cfg.quantile_kappa)
+        return per_sample, theta.mean(dim=1)
 
     def _to_device(self, obs: Obs) -> Obs:
         if isinstance(obs, torch.Tensor):

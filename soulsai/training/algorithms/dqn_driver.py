@@ -9,18 +9,29 @@ Observations arrive per leaf of the env's observation layout (`env.obs_keys`,
 `env.drop_constant_obs`) and are stored so; with `env.action_mask` each transition carries its
 next observation's valid actions as bits (`next_mask`), checked here: a set padding bit, or no
 valid action after a step that did not terminate, drops the transition (counted as `bad_mask`).
+
+With `dqn.prioritized` a `PrioritizedSampler` sits beside the replay ring, slot for slot: every
+accepted batch enters it with the max priority, the update samples through it and weights its
+loss by the importance weights, and the learner's TD errors become the rows' new priorities.
+New rows take the max priority rather than an Ape-X client-computed one: a client would pay a
+second forward pass (target net included) per step and the wire a float per transition, to
+spare the learner nothing (it recomputes the TD error at the first replay anyway); and a row
+entering at the max is replayed soon, so its priority is the learner's own within a few updates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
+from soulsai.config import Config
 from soulsai.errors import CheckpointError, ConfigError
 from soulsai.logs import RateLimitedLog
 from soulsai.model.masks import unpack_mask
@@ -30,6 +41,7 @@ from soulsai.model.schedules import epsilon
 from soulsai.model.specs import dqn_experience_spec
 from soulsai.training.algorithms.dqn import DQNLearner
 from soulsai.training.driver import Host, IntakeHooks
+from soulsai.training.prioritized import PrioritizedSampler
 from soulsai.training.ratio import PauseGate, ReplayRatio
 from soulsai.training.replay import ReplayBuffer
 from soulsai.training.shares import ClientShares
@@ -42,7 +54,8 @@ class DQNDriver:
         "buffer": "transitions in the replay buffer",
         "loss": "last TD loss",
         "q_mean": "mean Q value of the last update's batch",
-        "epsilon": "exploration rate now (the schedule's, or the ladder's highest)",
+        "epsilon": "exploration rate now (the schedule's, or the ladder's highest; 0: noisy)",
+        "per_beta": "prioritized replay's importance-sampling exponent now",
         "nonfinite_updates": "gradient steps and normalizer merges skipped: NaN or inf",
     }
     rates: tuple[str, ...] = ("samples", "updates")
@@ -88,6 +101,7 @@ class DQNDriver:
             layout=self.layout,
             n_mask=self.n_mask,
         )
+        self.per = per_sampler(cfg) if d.prioritized else None
         self._log = RateLimitedLog(host.log, cfg.training.log_interval)
         self.new_obs: list[np.ndarray] = []
         self.ratio = ReplayRatio(d.replay_ratio, d.batch_size, d.max_update_debt, d.throttle)
@@ -141,6 +155,8 @@ class DQNDriver:
             self.buffer.add_batch(
                 obs, f["action"], f["reward"], next_obs, discount, f.get("next_mask")
             )
+            if self.per is not None:
+                self.per.add(n)  # the same ring slots, at the max priority
             if self.cfg.dqn.normalize_obs:
                 self.new_obs.append(f["obs"] if layout.plain else continuous_features(layout, obs))
             host.accepted += n
@@ -158,9 +174,12 @@ class DQNDriver:
         owed = self.owed_updates()
         self.throttle()
         if owed > 0:
-            with host.lock:
-                batch = self.buffer.sample(d.batch_size)
-            self.last_info = self.learner.update(batch)
+            if self.per is None:
+                with host.lock:
+                    batch = self.buffer.sample(d.batch_size)
+                self.last_info = self.learner.update(batch)
+            else:
+                self.prioritized_update()
             host.learned()
         else:
             host.data_ready.wait(0.01)
@@ -175,6 +194,22 @@ class DQNDriver:
             if state is not None:
                 host.model_id += 1
                 host.publish(state)
+
+    def prioritized_update(self) -> None:
+        """One update on a prioritized sample, its loss weighted by the importance weights,
+        then the sampled rows' new priorities (but for rows the intake overwrote meanwhile)."""
+        assert self.per is not None
+        with self.host.lock:
+            drawn = self.per.sample(self.cfg.dqn.batch_size)
+            batch = self.buffer.batch_at(drawn.indices)
+            added = self.buffer.total_added
+        self.last_info = self.learner.update(batch, torch.from_numpy(drawn.weights))
+        td_errors = self.learner.td_errors
+        if td_errors is None:  # a skipped (non-finite) step: the priorities stay
+            return
+        with self.host.lock:
+            keep = still_there(drawn.indices, self.buffer, self.buffer.total_added - added)
+            self.per.update(drawn.indices[keep], td_errors[keep])
 
     def learning(self) -> bool:
         d = self.cfg.dqn
@@ -233,8 +268,12 @@ class DQNDriver:
             "loss": round(self.last_info.get("loss", float("nan")), 6),
             "q_mean": round(self.last_info.get("q_mean", float("nan")), 6),
             # every client's epsilon now (schedule), or the ladder's highest (client 0's)
-            "epsilon": round(epsilon(self.cfg.dqn, self.host.env_steps, 0, 1), 6),
+            "epsilon": 0.0 if self.cfg.dqn.noisy else self._epsilon(),
+            **({"per_beta": round(self.per.beta, 6)} if self.per is not None else {}),
         }
+
+    def _epsilon(self) -> float:
+        return round(epsilon(self.cfg.dqn, self.host.env_steps, 0, 1), 6)
 
     def note(self, event: str) -> str:
         if event == "stopped":
@@ -254,6 +293,10 @@ class DQNDriver:
         parts: dict[str, Any] = {"rng": {"replay": self.buffer.rng.bit_generator.state}}
         if with_buffer:
             parts["buffer"] = self.buffer.state_dict()
+        if self.per is not None:  # priorities only beside the rows they belong to
+            state = self.per.state_dict()
+            keep = ("steps", "max_priority", "rng_state")
+            parts["prioritized"] = state if with_buffer else {k: state[k] for k in keep}
         counters = {
             "buffer_size": len(self.buffer),
             # exploration is a function of these counters; shown for the reader
@@ -263,6 +306,8 @@ class DQNDriver:
 
     def _exploration(self) -> dict[str, Any]:
         d = self.cfg.dqn
+        if d.noisy:
+            return {"mode": "noisy", "epsilon": 0.0, "sigma0": d.noisy_sigma0}
         if d.exploration == "schedule":
             return {"mode": "schedule", "epsilon": round(epsilon(d, self.host.env_steps, 0, 1), 6)}
         return {"mode": "ladder", "epsilon_max": d.ladder_eps, "clients": self.host.clients}
@@ -275,5 +320,54 @@ class DQNDriver:
                 raise CheckpointError(f"the checkpoint's replay buffer does not fit: {e}") from None
         if "replay" in state["rng"]:
             self.buffer.rng.bit_generator.state = state["rng"]["replay"]
+        if self.per is not None:
+            restore_priorities(self.per, self.buffer, state.get("prioritized"))
         self.ratio.restart(self.host.accepted, self.learner.updates)
         self._published_at, self._published_updates = self.host.accepted, self.learner.updates
+
+
+def per_sampler(cfg: Config) -> PrioritizedSampler:
+    """The sampler of `cfg.dqn`'s prioritized replay; beta anneals over `per_beta_steps`
+    updates, by default the updates `max_steps` implies (100000 when it is 0: no limit)."""
+    d = cfg.dqn
+    steps = d.per_beta_steps
+    if steps is None:
+        steps = int(cfg.max_steps * d.replay_ratio / d.batch_size) if cfg.max_steps else 100_000
+    return PrioritizedSampler(
+        d.buffer_size, d.per_alpha, d.per_beta_start, steps, d.per_eps, seed=cfg.seed + 1
+    )
+
+
+def still_there(indices: np.ndarray, buffer: ReplayBuffer, added_since: int) -> np.ndarray:
+    """Which of the sampled ring `indices` still hold the rows sampled, `added_since` rows
+    having been written since (the newest ones end just before `buffer.pos`)."""
+    if added_since >= buffer.capacity:
+        return np.zeros(len(indices), dtype=bool)
+    return (buffer.pos - 1 - indices) % buffer.capacity >= added_since
+
+
+def restore_priorities(
+    per: PrioritizedSampler, buffer: ReplayBuffer, state: dict[str, Any] | None
+) -> None:
+    """The sampler of a resumed run: the checkpoint's priorities when it saved them with the
+    buffer; else the restored rows at the max priority (a checkpoint from before prioritized
+    replay, or one without the buffer), keeping any beta clock it saved."""
+    if state is not None and "tree.priorities" in state:
+        try:
+            per.load_state_dict(state)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"the checkpoint's replay priorities do not fit: {e}") from None
+        if (per.size, per.pos) != (len(buffer), buffer.pos):
+            raise CheckpointError(
+                f"the checkpoint's replay priorities cover {per.size} rows at {per.pos}, "
+                f"its buffer {len(buffer)} at {buffer.pos}"
+            )
+        return
+    if state is not None:
+        per.steps = int(state["steps"])
+        per.max_priority = float(state["max_priority"])
+        per.rng.bit_generator.state = json.loads(bytes(state["rng_state"]).decode())
+    per.pos = 0
+    per.size = 0
+    per.add(len(buffer))  # one priority for all: the slots' order does not matter
+    per.pos = buffer.pos
