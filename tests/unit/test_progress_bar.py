@@ -10,7 +10,7 @@ import re
 import pytest
 from rich.console import Console, Group
 
-from soulsai.local import BAR_WIDTH, join_phrases, stack_progress, update_bar
+from soulsai.progress import BAR_WIDTH, join_phrases, stack_progress, update_bar
 
 BAR_CELLS = "━╸╺"  # rich's bar: done, the half cells at the edge
 
