@@ -280,7 +280,8 @@ class DQNDriver:
             return f", {self.learner.updates} updates"
         if event == "resumed":
             n = len(self.buffer)
-            return f"replay buffer {f'restored with {n} transitions' if n else 'empty'}; "
+            per = " and their priorities" if self.per is not None and n else ""
+            return f"replay buffer {f'restored with {n} transitions{per}' if n else 'empty'}; "
         return ""
 
     def weights_meta(self) -> dict[str, Any]:
