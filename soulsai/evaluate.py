@@ -213,8 +213,11 @@ def evaluate(
         policy = build_policy(cfg, state, env.observation_space, env.action_space)
         layout = env_layout(cfg.env, env.observation_space)
         gif = GifWriter(env.metadata.get("render_fps", 30)) if video_dir is not None else None
+        new_episode = getattr(policy, "reset", None)  # a recurrent policy forgets its state
         for i in range(episodes):
             obs, info = env.reset(seed=seed + i)
+            if new_episode is not None:
+                new_episode()
             if gif is not None:
                 gif.add(env.render())
             ret, length, done = 0.0, 0, False

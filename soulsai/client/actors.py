@@ -13,7 +13,8 @@ time and never mixes model ids in a message.
   records log-probabilities, values, the observation leaf by leaf and the valid-action mask,
   and sends whole rollout fragments of `ppo.fragment_length` steps per env copy. A fragment
   is on-policy for one model only, so a partial fragment is dropped (counted in `discarded`)
-  when a newer model arrives: the training node would reject it as stale anyway.
+  when a newer model arrives: the training node would reject it as stale anyway. With
+  `ppo.recurrent` it carries each env copy's recurrent state across steps and fragments.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from soulsai.client.envs import StepRows
 from soulsai.client.nstep import fold_nstep
 from soulsai.config import Config
 from soulsai.errors import ConfigError
+from soulsai.model.cores import STATE_BOUND, spread_state, state_size
 from soulsai.model.masks import pack_mask
 from soulsai.model.numpy_ac import NumpyActorCritic
 from soulsai.model.numpy_q import NumpyQPolicy, dqn_policy
@@ -280,6 +282,16 @@ class PPOActor:
     0 on termination, and for the fragment's last row the value of the observation after it.
     The observation is kept per leaf of the `env.obs_keys` layout (wire fields `obs` or
     `obs.<leaf>`); with masks on, the mask each action was drawn under goes out as `mask` bits.
+
+    Recurrent (`ppo.recurrent`): each copy's state is carried from step to step and from one
+    fragment to the next, zeroed when an episode starts (and on `reset`), clipped to
+    +-STATE_BOUND; each fragment goes out with the state it started from (wire field `state`,
+    `soulsai.model.cores.spread_state`). V(final observation) on truncation and V(s) after the
+    fragment use the state after the last step. When new weights arrive mid-episode the copy
+    KEEPS its state (the partial fragment is dropped, the next fragment starts from the state as
+    it is): the new model then acts on a memory the old one wrote, for the rest of that episode
+    only, and the node trains on exactly that (the fragment's initial state is what the client
+    used); zeroing it instead would hide from the new model what the episode showed so far.
     """
 
     eager = True
@@ -322,6 +334,11 @@ class PPOActor:
             self.fragment["mask"] = np.zeros((n, length, n_mask), dtype=bool)
         # one step, taken in by observe()
         self.rows = StepRows(1, n, obs_space, action_space, self.layout, n_mask)
+        self.recurrent = cfg.ppo.recurrent
+        size = state_size(self.recurrent, cfg.ppo.recurrent_size)
+        self.state = np.zeros((n, size), dtype=np.float32)  # each copy's state before its step
+        self.initial_state = np.zeros((n, size), dtype=np.float32)  # the fragment's first
+        self._next_state: np.ndarray | None = None  # after the step in progress
         self.pos = 0
         self.waiting = np.zeros(n, dtype=bool)  # row pos-1 of these copies awaits V(s_{t+1})
         self.disc_return = np.zeros(n, dtype=np.float64)
@@ -346,9 +363,12 @@ class PPOActor:
             p.activation,
             self.layout,
             self.cfg.env.discrete_obs,
+            p.recurrent,
         )
 
     def set_model(self, model_id: int, policy: Any, meta: dict[str, Any]) -> list[Message]:
+        """Use the policy of `model_id` from the next step on; a partial fragment of the old
+        model is dropped, the recurrent states are kept (see the class docstring)."""
         if self.policy is not None and model_id != self.model_id:
             self._drop()
         if model_id != self.model_id:
@@ -372,7 +392,13 @@ class PPOActor:
         assert self.policy is not None
         mask = self.rows.mask[0].copy() if self.rows.n_mask else None
         self._mask = mask
-        if mask is None:
+        if self.recurrent is not None:
+            if self.pos == 0:
+                self.initial_state[:] = self.state
+            actions, logprob, value, self._next_state = self.policy.act_step(
+                obs, self.rng, mask, self.state
+            )
+        elif mask is None:
             actions, logprob, value = self.policy.act(obs, self.rng)
         else:
             actions, logprob, value = self.policy.act(obs, self.rng, mask)
@@ -437,27 +463,46 @@ class PPOActor:
         rows["disc_return"][:, p] = self.disc_return
         rows["next_value"][:, p] = 0.0
         cut = np.asarray(truncs, bool) & ~np.asarray(terms, bool)
+        after = self._carry()  # the states after this step, before any reset
         if cut.any():  # truncation bootstraps from the true final observation
             if isinstance(final_obs, dict):
                 final: Any = {name: leaf[cut] for name, leaf in final_obs.items()}
             else:
                 final = np.stack([final_obs[i] for i in np.flatnonzero(cut)])
-            rows["next_value"][cut, p] = self.policy.value(final)
+            if after is None:
+                rows["next_value"][cut, p] = self.policy.value(final)
+            else:
+                rows["next_value"][cut, p] = self.policy.value(final, after[cut])
         done = np.asarray(terms, bool) | np.asarray(truncs, bool)
         self.disc_return[done] = 0.0
+        if after is not None:
+            self.state[:] = after
+            self.state[done] = 0.0  # a new episode starts with a blank memory
         self.waiting = ~done
         self.pos += 1
         if self.pos < self.cfg.ppo.fragment_length:
             return []
         if self.waiting.any():
             w = self.waiting
-            after = {k: v[w] for k, v in next_obs.items()} if isinstance(next_obs, dict) else None
-            rows["next_value"][w, p] = self.policy.value(next_obs[w] if after is None else after)
+            nxt = {k: v[w] for k, v in next_obs.items()} if isinstance(next_obs, dict) else None
+            nxt_obs = next_obs[w] if nxt is None else nxt
+            if self.recurrent is None:
+                rows["next_value"][w, p] = self.policy.value(nxt_obs)
+            else:
+                rows["next_value"][w, p] = self.policy.value(nxt_obs, self.state[w])
         self.waiting[:] = False
         self.pos = 0
         self.sent += self.fragment["reward"].size
         self.share_sent = self.sent >= self.share
         return [(self.model_id, self._fragments())]
+
+    def _carry(self) -> np.ndarray | None:
+        """The recurrent states after the step in progress, clipped to the wire's bound
+        (None: feed-forward)."""
+        if self.recurrent is None:
+            return None
+        assert self._next_state is not None
+        return np.clip(self._next_state, -STATE_BOUND, STATE_BOUND)
 
     def _fragments(self) -> dict[str, np.ndarray]:
         """The full fragments as one message: copy by copy, each in time order."""
@@ -465,6 +510,8 @@ class PPOActor:
         fields = {k: v.reshape(n * length, *v.shape[2:]).copy() for k, v in self.fragment.items()}
         if "mask" in fields:
             fields["mask"] = pack_mask(fields["mask"])
+        if self.recurrent is not None:
+            fields["state"] = spread_state(self.initial_state, length)
         last = np.zeros((n, length), dtype=np.uint8)
         last[:, -1] = 1
         fields["last"] = last.reshape(-1)
@@ -478,6 +525,7 @@ class PPOActor:
     def reset(self) -> list[Message]:
         self._drop()
         self.disc_return[:] = 0.0
+        self.state[:] = 0.0  # every episode starts again
         self.rows.clear()
         return []
 

@@ -205,6 +205,10 @@ class PPOConfig(_Strict):
     share_wait: float = Field(ge=0.0, le=3600.0)
     client_timeout: float = Field(gt=0.0)
     min_fraction: float = Field(gt=0.0, le=1.0)
+    # recurrent policies (soulsai/model/cores.py): defaults so that configs saved or published
+    # before these keys existed still load, as the feed-forward PPO they were
+    recurrent: Literal["lstm", "gru"] | None = None
+    recurrent_size: int = Field(default=64, ge=1, le=4096)
 
 
 class CheckpointConfig(_Strict):

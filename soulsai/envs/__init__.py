@@ -1,7 +1,8 @@
 """Building the configured env and reading its spaces (clients, training node, evaluate).
 
 `soulsai.envs.soulslike` (imported only on demand, e.g. by `env.imports`) registers a
-SoulsGym-shaped test fight, `soulsai/IudexLike-v0`."""
+SoulsGym-shaped test fight, `soulsai/IudexLike-v0`; `soulsai.envs.memory` the memory checks
+`soulsai/CartPoleNoVel-v1` and `soulsai/Recall-v0`."""
 
 from soulsai.envs.make import env_spaces, import_env_modules, make_single_env
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from soulsai.model.cores import state_size
+from soulsai.model.cores_torch import make_core, unroll
 from soulsai.model.heads import QHead
 from soulsai.model.masks_torch import masked_entropy, masked_log_prob, masked_sample
 from soulsai.model.obs import ObsLayout, build_layout
@@ -207,6 +209,13 @@ class ActorCritic(nn.Module):
     The whole state_dict is what clients receive, normalizer statistics included. With a
     valid-action mask the Categorical is MaskablePPO's: invalid actions get probability zero,
     and the entropy is taken over the valid ones (`soulsai.model.masks_torch`).
+
+    `recurrent` ("lstm" | "gru"; None: feed-forward, the state_dict of older checkpoints): a
+    `core` of `recurrent_size` units after the encoder (after the shared torso if `shared`),
+    one core for actor and critic: each env copy carries one state, sent once per fragment,
+    and the value loss shapes the memory too (as CleanRL's LSTM PPO). Without a shared torso
+    the actor and critic MLPs follow the core; with one, only their output layers. The rows of
+    a recurrent batch are sequences: B states, rows b*T .. b*T + T - 1 are sequence b.
     """
 
     def __init__(
@@ -221,10 +230,14 @@ class ActorCritic(nn.Module):
         init_log_std: float = 0.0,
         discrete_obs: str = "onehot",
         embedding_dim: int = 8,
+        recurrent: str | None = None,
+        recurrent_size: int = 64,
     ) -> None:
         super().__init__()
         self.layout = obs if isinstance(obs, ObsLayout) else box_layout(tuple(obs))
         self.discrete = discrete
+        self.recurrent = recurrent
+        self.state_size = state_size(recurrent, recurrent_size)
         self.obs_norm = ObsNormalizer(self.layout.norm_shape, enabled=normalize_obs)
         self.encoder = ObsEncoder(self.layout, discrete_obs, embedding_dim)
         in_features = self.encoder.n_features
@@ -234,34 +247,67 @@ class ActorCritic(nn.Module):
             critic_layers: list[nn.Module] = []
         else:
             self.torso = nn.Sequential()
+        self.core: nn.LSTM | nn.GRU | None = None
+        if recurrent is not None:
+            core_in = hidden[-1] if shared else in_features
+            self.core = make_core(recurrent, core_in, recurrent_size)
+            in_features = recurrent_size
+        if not shared:
             actor_layers = _mlp(in_features, hidden, activation)
             critic_layers = _mlp(in_features, hidden, activation)
-        last = hidden[-1]
+        last = recurrent_size if shared and recurrent is not None else hidden[-1]
         self.actor = nn.Sequential(*actor_layers, _orthogonal(nn.Linear(last, action_dim), 0.01))
         self.critic = nn.Sequential(*critic_layers, _orthogonal(nn.Linear(last, 1), 1.0))
         if not discrete:
             self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
-    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, obs: Obs, state: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits or Gaussian mean of shape (B, action_dim), values of shape (B,)) for a batch
-        of observations: a tensor (bare Box) or leaves (name -> (B, *shape))."""
+        of observations: a tensor (bare Box) or leaves (name -> (B, *shape)). With a core:
+        sequences from the initial states `state` (B, S), see `unroll`."""
+        return self.unroll(obs, state, starts)[:2]
+
+    def unroll(
+        self, obs: Obs, state: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(actor output, values, final states): the rows of `obs` are B = len(state)
+        sequences of T steps each (row b*T + t is step t of sequence b); `starts` (B, T) bool
+        zeroes a sequence's state before the steps where an episode starts. Without a core the
+        rows are independent and the final state is None."""
         h = self.torso(normalized_features(self.encoder, self.obs_norm, obs))
-        return self.actor(h), self.critic(h).squeeze(-1)
+        final = None
+        if self.core is not None:
+            if state is None:
+                raise ValueError("a recurrent ActorCritic needs the initial states")
+            n_seq = state.shape[0]
+            x = h.reshape(n_seq, -1, h.shape[-1]).transpose(0, 1)  # (T, B, F)
+            t_starts = None if starts is None else starts.reshape(n_seq, -1).transpose(0, 1)
+            out, final = unroll(self.core, x, state.to(x.dtype), t_starts)
+            h = out.transpose(0, 1).reshape(-1, out.shape[-1])
+        return self.actor(h), self.critic(h).squeeze(-1), final
 
     def distribution(self, actor_out: torch.Tensor) -> torch.distributions.Distribution:
         if self.discrete:
             return torch.distributions.Categorical(logits=actor_out)
         return torch.distributions.Normal(actor_out, self.log_std.exp().expand_as(actor_out))
 
-    def get_value(self, obs: Obs) -> torch.Tensor:
-        return self.forward(obs)[1]
+    def get_value(self, obs: Obs, state: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward(obs, state)[1]
 
     def get_action_and_value(
-        self, obs: Obs, action: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        obs: Obs,
+        action: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        state: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(action, log-prob, entropy, value); samples an action when none is given. `mask`
-        (bool (B, n), discrete only) restricts the Categorical to the valid actions."""
-        actor_out, value = self.forward(obs)
+        (bool (B, n), discrete only) restricts the Categorical to the valid actions. With a
+        core, `state` and `starts` make the rows sequences (`unroll`)."""
+        actor_out, value = self.forward(obs, state, starts)
         if mask is not None:
             if action is None:
                 action = masked_sample(actor_out, mask)

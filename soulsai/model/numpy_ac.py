@@ -4,7 +4,9 @@ Computes what `soulsai.model.nets.ActorCritic` computes (tested): encode the obs
 leaves (`NumpyObsEncoder`; a bare Box is flattened), normalize the continuous features, an
 optional shared torso, then actor and critic MLPs. Sampling uses the client's own numpy
 generator; with a valid-action mask it draws among the valid actions only
-(`soulsai.model.masks.masked_sample`), as the node's loss assumes.
+(`soulsai.model.masks.masked_sample`), as the node's loss assumes. With a recurrent core
+(ppo.recurrent) the caller carries the state: `step` and `act_step` take the states (B, S) and
+return the new ones (`soulsai.model.cores.NumpyCore`, tested equal to torch step by step).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from soulsai.model.cores import NumpyCore
 from soulsai.model.masks import masked_log_softmax, masked_sample
 from soulsai.model.obs import ObsLayout, build_layout
 from soulsai.model.obs_encode import NumpyObsEncoder
@@ -60,6 +63,7 @@ class NumpyActorCritic:
         activation: str,
         layout: ObsLayout | None = None,
         discrete_obs: str = "onehot",
+        recurrent: str | None = None,
     ) -> None:
         self.discrete = discrete
         self.normalize = normalize_obs
@@ -73,6 +77,8 @@ class NumpyActorCritic:
         self.mean = _arr(state["obs_norm.mean"]).astype(np.float32).ravel()
         self.std = np.sqrt(_arr(state["obs_norm.var"]).astype(np.float32).ravel() + NORM_EPS)
         self.torso = _layers(state, "torso")
+        self.core = None if recurrent is None else NumpyCore(recurrent, state, "core")
+        self.state_size = 0 if self.core is None else self.core.state_size
         self.actor = _layers(state, "actor")
         self.critic = _layers(state, "critic")
         self.log_std = None if discrete else _arr(state["log_std"]).astype(np.float32)
@@ -99,23 +105,46 @@ class NumpyActorCritic:
         return x
 
     def forward(self, obs: Obs) -> tuple[np.ndarray, np.ndarray]:
-        """(logits or Gaussian mean, values) for a batch of observations."""
+        """(logits or Gaussian mean, values) for a batch of observations (feed-forward)."""
+        out, values, _ = self.step(obs)
+        return out, values
+
+    def step(
+        self, obs: Obs, state: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(logits or Gaussian mean, values, new states): one step from the states (B, S)
+        (a recurrent core needs them; None without one)."""
         x = self.features(obs)
         h = self._mlp(x, self.torso, last_linear=False)
-        return self._mlp(h, self.actor, True), self._mlp(h, self.critic, True)[:, 0]
+        new_state = None
+        if self.core is not None:
+            if state is None:
+                raise ValueError("a recurrent policy needs the states")
+            h, new_state = self.core.step(h, state)
+        return self._mlp(h, self.actor, True), self._mlp(h, self.critic, True)[:, 0], new_state
 
-    def value(self, obs: Obs) -> np.ndarray:
-        return self.forward(obs)[1]
+    def value(self, obs: Obs, state: np.ndarray | None = None) -> np.ndarray:
+        return self.step(obs, state)[1]
 
     def act(
         self, obs: Obs, rng: np.random.Generator, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sampled actions (int64 indices, or raw float32 Gaussian samples), log-probs, values;
         with `mask` (bool (B, n), discrete only) among the valid actions only."""
-        out, values = self.forward(obs)
+        return self.act_step(obs, rng, mask)[:3]
+
+    def act_step(
+        self,
+        obs: Obs,
+        rng: np.random.Generator,
+        mask: np.ndarray | None = None,
+        state: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """`act` from the states (B, S) of a recurrent core; also returns the new states."""
+        out, values, new_state = self.step(obs, state)
         if mask is not None:
             actions, logprob = masked_sample(out, mask, rng)
-            return actions, logprob, values.astype(np.float32)
+            return actions, logprob, values.astype(np.float32), new_state
         if self.discrete:
             logp_all = _log_softmax(out)
             u = rng.random((len(out), 1))
@@ -128,11 +157,17 @@ class NumpyActorCritic:
             noise = rng.standard_normal(out.shape).astype(np.float32)
             actions = (out + std * noise).astype(np.float32)
             logprob = (-0.5 * noise**2 - self.log_std - LOG_SQRT_2PI).sum(axis=1)
-        return actions, logprob.astype(np.float32), values.astype(np.float32)
+        return actions, logprob.astype(np.float32), values.astype(np.float32), new_state
 
-    def log_prob(self, obs: Obs, actions: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    def log_prob(
+        self,
+        obs: Obs,
+        actions: np.ndarray,
+        mask: np.ndarray | None = None,
+        state: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Log-probabilities of given actions (for tests and diagnostics)."""
-        out, _ = self.forward(obs)
+        out = self.step(obs, state)[0]
         if mask is not None:
             return masked_log_softmax(out, mask)[np.arange(len(out)), actions.astype(np.int64)]
         if self.discrete:

@@ -10,6 +10,7 @@ import gymnasium as gym
 
 from soulsai.config.schema import DQNConfig, EnvConfig, PPOConfig
 from soulsai.errors import ConfigError
+from soulsai.model.cores import core_weight_shapes
 from soulsai.model.obs import ObsLayout, build_layout, env_layout
 from soulsai.model.obs_encode import encoder_weight_shapes
 
@@ -104,7 +105,8 @@ def ppo_weight_shapes(
     """The state_dict of soulsai.model.nets.ActorCritic for this config and these spaces: the
     observation layout of `env` (obs_keys, drop_constant_obs; defaults without it), its
     encoder's embedding tables (env.discrete_obs: embedding) and the normalizer over the
-    continuous features."""
+    continuous features; with ppo.recurrent the `core` (LSTM/GRU) after the encoder (after
+    the shared torso), the heads' MLPs then taking its ppo.recurrent_size outputs."""
     layout = env_layout(env, obs_space) if env is not None else build_layout(obs_space)
     discrete_obs = env.discrete_obs if env is not None else "onehot"
     embedding_dim = env.embedding_dim if env is not None else 8
@@ -116,10 +118,21 @@ def ppo_weight_shapes(
     hidden = list(cfg.hidden)
     shapes = _normalizer_shapes(layout.norm_shape)
     shapes |= encoder_weight_shapes(layout, discrete_obs, embedding_dim)
-    if cfg.shared_network:
+    if cfg.recurrent is not None:
+        size = cfg.recurrent_size
+        core_in = hidden[-1] if cfg.shared_network else n_in
+        shapes |= core_weight_shapes(cfg.recurrent, core_in, size)
+        if cfg.shared_network:
+            shapes |= _linears("torso", 0, [n_in, *hidden])
+            hidden = []
+        n_in = size
+    if cfg.shared_network and hidden:
         shapes |= _linears("torso", 0, [n_in, *hidden])
         shapes |= _linears("actor", 0, [hidden[-1], action_dim])
         shapes |= _linears("critic", 0, [hidden[-1], 1])
+    elif cfg.shared_network:  # torso, core, then only the output layers
+        shapes |= _linears("actor", 0, [n_in, action_dim])
+        shapes |= _linears("critic", 0, [n_in, 1])
     else:
         shapes |= _linears("actor", 0, [n_in, *hidden, action_dim])
         shapes |= _linears("critic", 0, [n_in, *hidden, 1])

@@ -10,6 +10,8 @@ import numpy as np
 
 from soulsai.config import Config
 from soulsai.errors import ConfigError
+from soulsai.model.cores import STATE_BOUND, state_chunk
+from soulsai.model.cores import state_size as core_state_size
 from soulsai.model.masks import SETTING as MASK_SETTING
 from soulsai.model.masks import mask_field
 from soulsai.model.obs import ObsLayout, build_layout, env_layout
@@ -81,6 +83,8 @@ def ppo_experience_spec(
     gamma: float = 0.99,
     layout: ObsLayout | None = None,
     masked: bool = False,
+    state_size: int = 0,
+    fragment_length: int = 1,
 ) -> ExperienceSpec:
     """Rollout fragments: per row one env step of one env copy, rows of a copy in time order.
 
@@ -94,6 +98,11 @@ def ppo_experience_spec(
     last step at its end), and a trajectory continues into the next row unless `terminated`,
     `truncated` or `last` is set.
 
+    With a recurrent core (`state_size` floats of state per env copy, ppo.recurrent) each row
+    also carries `state`: its share of its fragment's initial state, spread over the fragment's
+    `fragment_length` rows (`soulsai.model.cores.spread_state`; the node reassembles it and
+    checks the fragments' structure, `gather_state`), each value within +-STATE_BOUND.
+
     Bounds: observations as for DQN; rewards +-`max_abs_reward`; values and discounted returns
     +-`max_abs_reward / (1 - gamma)` (the largest discounted return; 1 - gamma taken as at
     least 1e-3); log-probabilities and raw Gaussian actions +-`max_abs_obs`.
@@ -105,17 +114,20 @@ def ppo_experience_spec(
     flag = FieldSpec(np.uint8, (), low=0, high=1)
     max_return = max_abs_reward / max(1.0 - gamma, 1e-3)
     obs = leaf_fields(layout or build_layout(obs_space), "obs", max_abs_obs)
-    mask: dict[str, FieldSpec] = {}
+    extra: dict[str, FieldSpec] = {}
     if masked:
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ConfigError(
                 f"{MASK_SETTING}: action masks need a Discrete action space, got {action_space}"
             )
-        mask["mask"] = mask_field(int(action_space.n))
+        extra["mask"] = mask_field(int(action_space.n))
+    if state_size:
+        k = state_chunk(state_size, fragment_length)
+        extra["state"] = _magnitude(STATE_BOUND, np.float32, (k,))
     return ExperienceSpec(
         fields={
             **obs,
-            **mask,
+            **extra,
             "action": action,
             "reward": _magnitude(max_abs_reward),
             "terminated": flag,
@@ -151,6 +163,8 @@ def _ppo_spaces(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> None
         1,
         layout=env_layout(cfg.env, obs_space),
         masked=cfg.env.action_mask is not None,
+        state_size=core_state_size(cfg.ppo.recurrent, cfg.ppo.recurrent_size),
+        fragment_length=cfg.ppo.fragment_length,
     )
 
 

@@ -4,7 +4,8 @@ A builder takes (config, checkpoint state, observation space, action space) and 
 `EvalPolicy`: a batch of observations in (the array of a bare Box, else the leaves of the
 config's observation layout by name), optionally the valid-action mask (bool (B, n)), a batch of
 env actions out, deterministic (greedy Q for DQN, the mean action for PPO; among valid actions
-when masked). `POLICIES` is the fixed table of builders: an algorithm
+when masked). A policy with memory (recurrent PPO) also has `reset()`, which the caller
+calls when an episode starts. `POLICIES` is the fixed table of builders: an algorithm
 adds its entry here; nothing is imported by a name from the config.
 """
 

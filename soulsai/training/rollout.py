@@ -7,7 +7,9 @@ per message, in any order, and is exact: nothing is bootstrapped from a guess.
 
 Observations are kept as the wire brought them, leaf by leaf (`obs` for a bare Box, `obs.<key>`
 for a Dict's leaves), and so are the valid-action masks (`mask`, bool, already unpacked and
-checked by the driver) when the run uses them.
+checked by the driver) when the run uses them. With a recurrent policy each message also holds
+`initial_state` (n_fragments, S), its fragments' initial states as the driver reassembled them;
+the batch keeps them with the rows marking episode starts inside fragments (`episode_starts`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ ObsBatch = torch.Tensor | dict[str, torch.Tensor]  # a bare Box's tensor, or lea
 class RolloutBatch(NamedTuple):
     """One iteration's training data (torch tensors, first dimension = transitions): the
     observations (one tensor for a bare Box, else one per leaf) and, when the run masks
-    actions, the valid-action masks (bool (N, n_actions)) the actions were sampled under."""
+    actions, the valid-action masks (bool (N, n_actions)) the actions were sampled under.
+    Recurrent runs: `states` (n_fragments, S) the fragments' initial states, the rows being
+    the fragments one after another, and `starts` (bool (N,)) the rows an episode starts at
+    inside a fragment (the core's state is zeroed before them)."""
 
     obs: ObsBatch
     actions: torch.Tensor
@@ -38,6 +43,8 @@ class RolloutBatch(NamedTuple):
     returns: torch.Tensor
     values: torch.Tensor
     masks: torch.Tensor | None = None
+    states: torch.Tensor | None = None
+    starts: torch.Tensor | None = None
 
 
 def index_obs(obs: ObsBatch, idx: torch.Tensor) -> ObsBatch:
@@ -82,6 +89,16 @@ def compute_gae(
         advantages[t] = lastgaelam
     returns = advantages + values.astype(np.float32)
     return advantages, returns
+
+
+def episode_starts(terminated: np.ndarray, truncated: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Rows (in time order, fragment after fragment) at which an episode starts inside a
+    fragment: the row before ended its episode and was not its fragment's last. A fragment's
+    first row is never one: its initial state already says where it starts."""
+    ended = (np.asarray(terminated, bool) | np.asarray(truncated, bool)) & ~np.asarray(last, bool)
+    starts = np.zeros(len(ended), dtype=bool)
+    starts[1:] = ended[:-1]
+    return starts
 
 
 class RolloutBuffer:
@@ -134,6 +151,12 @@ class RolloutBuffer:
         def cat(name: str) -> torch.Tensor:
             return torch.from_numpy(np.concatenate([f[name] for f in parts]))
 
+        recurrent = bool(parts) and "initial_state" in parts[0]
+        starts = None
+        if recurrent:
+            starts = np.concatenate(
+                [episode_starts(f["terminated"], f["truncated"], f["last"]) for f in parts]
+            )
         return RolloutBatch(
             obs=_tensors(self.observations(parts)),
             actions=cat("action"),
@@ -142,6 +165,8 @@ class RolloutBuffer:
             returns=torch.from_numpy(np.concatenate(returns)),
             values=cat("value"),
             masks=cat("mask") if parts and "mask" in parts[0] else None,
+            states=cat("initial_state") if recurrent else None,
+            starts=None if starts is None else torch.from_numpy(starts),
         )
 
     def observations(

@@ -14,6 +14,11 @@ Design choices:
   the wire); with valid-action masks the log-probabilities and the entropy are those of the
   masked Categorical (MaskablePPO's): the ratio compares like with like, since the clients
   sampled from the same masked distribution, and the entropy bonus counts valid actions only.
+- Recurrent policies (`ppo.recurrent`): minibatches are whole fragments (sequences of
+  `ppo.fragment_length` rows), shuffled as sequences, never as steps; the core is unrolled over
+  each from the initial state its client sent, zeroed at episode starts inside it, and the
+  gradient flows through the whole fragment (truncated BPTT, truncated at fragment starts).
+  GAE is as for feed-forward PPO: the clients' values came from the same recurrent states.
 - Reward scaling (optional) happens on the node: rewards travel raw, and each client sends the
   discounted return of its episode so far; the node keeps their running variance and divides
   rewards by its square root. Clients never need the statistic.
@@ -103,6 +108,8 @@ def build_actor_critic(
         init_log_std=cfg.init_log_std,
         discrete_obs=env.discrete_obs if env is not None else "onehot",
         embedding_dim=env.embedding_dim if env is not None else 8,
+        recurrent=cfg.recurrent,
+        recurrent_size=cfg.recurrent_size,
     )
 
 
@@ -141,7 +148,8 @@ class PPOLearner:
         return float(1.0 / np.sqrt(self.return_stats.var.item() + REWARD_EPS))
 
     def update(self, batch: RolloutBatch, lr_frac: float = 1.0) -> dict[str, float]:
-        """One PPO iteration: `update_epochs` passes of shuffled minibatches over `batch`."""
+        """One PPO iteration: `update_epochs` passes of shuffled minibatches over `batch`
+        (of shuffled fragments when the batch has recurrent states)."""
         cfg = self.cfg
         lr = cfg.lr * lr_frac
         for group in self.optimizer.param_groups:
@@ -152,19 +160,32 @@ class PPOLearner:
             for t in (batch.actions, batch.logprobs, batch.advantages, batch.returns, batch.values)
         )
         b_masks = None if batch.masks is None else batch.masks.to(self.device)
+        b_states = None if batch.states is None else batch.states.to(self.device)
+        b_starts = None if batch.starts is None else batch.starts.to(self.device)
         b_actions = b_actions.reshape(-1, *self.action_shape)
         batch_size = len(b_values)
-        minibatch_size = max(1, math.ceil(batch_size / cfg.num_minibatches))
+        # the units shuffled into minibatches: rows, or whole fragments of seq_len rows
+        n_seq = batch_size if b_states is None else len(b_states)
+        seq_len = batch_size // max(1, n_seq)
+        if n_seq * seq_len != batch_size:
+            raise ValueError(f"{batch_size} rows are not {n_seq} fragments of equal length")
+        offsets = torch.arange(seq_len, device=self.device)
+        minibatch_size = max(1, math.ceil(n_seq / cfg.num_minibatches))
         clipfracs, approx_kls = [], []
         pg_loss = v_loss = entropy_loss = torch.zeros(())
         for _epoch in range(cfg.update_epochs):
-            b_inds = torch.randperm(batch_size, device=self.device)
-            for start in range(0, batch_size, minibatch_size):
-                mb_inds = b_inds[start : start + minibatch_size]
+            b_inds = torch.randperm(n_seq, device=self.device)
+            for start in range(0, n_seq, minibatch_size):
+                mb_seqs = b_inds[start : start + minibatch_size]
+                mb_inds = mb_seqs
+                if b_states is not None:  # the rows of the fragments, each in time order
+                    mb_inds = (mb_seqs[:, None] * seq_len + offsets).reshape(-1)
                 _, newlogprob, entropy, newvalue = self.net.get_action_and_value(
                     index_obs(b_obs, mb_inds),
                     b_actions[mb_inds],
                     None if b_masks is None else b_masks[mb_inds],
+                    None if b_states is None else b_states[mb_seqs],
+                    None if b_starts is None else b_starts[mb_inds],
                 )
                 mb_advantages = b_advantages[mb_inds]
                 if cfg.norm_adv and len(mb_inds) > 1:
@@ -247,7 +268,9 @@ def ppo_deterministic(
     """The checkpoint's policy without sampling: the most likely action (Categorical; among the
     valid ones when a mask is given) or the Gaussian mean clipped to the action space (Box).
     It takes a batch of observations in the layout of `cfg.env` (as in training): the array
-    of a bare Box, else the leaves by name (`soulsai.model.obs.obs_leaves`)."""
+    of a bare Box, else the leaves by name (`soulsai.model.obs.obs_leaves`). A recurrent
+    policy (ppo.recurrent) carries its state from call to call: call its `reset()` when an
+    episode starts (`RecurrentEvalPolicy`)."""
     from soulsai.model.masks import masked_greedy
     from soulsai.model.numpy_ac import NumpyActorCritic
 
@@ -258,7 +281,8 @@ def ppo_deterministic(
     if got != want:
         raise CheckpointError(
             "the checkpoint's actor-critic does not match its config (ppo.hidden, "
-            "ppo.shared_network, env.obs_keys, env.discrete_obs, env spaces): "
+            "ppo.shared_network, ppo.recurrent, ppo.recurrent_size, env.obs_keys, "
+            "env.discrete_obs, env spaces): "
             f"{sorted(set(got.items()) ^ set(want.items()))[:4]}"
         )
     space = act_space
@@ -269,10 +293,10 @@ def ppo_deterministic(
         cfg.ppo.activation,
         net.layout,
         cfg.env.discrete_obs,
+        cfg.ppo.recurrent,
     )
 
-    def act(obs: Any, mask: np.ndarray | None = None) -> np.ndarray:
-        out, _ = policy.forward(obs)
+    def choose(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         if isinstance(space, gym.spaces.Discrete):
             best = out.argmax(axis=1) if mask is None else masked_greedy(out, mask)
             return best.astype(np.int64) + int(space.start)
@@ -280,4 +304,30 @@ def ppo_deterministic(
         mean = out.reshape(len(out), *space.shape)
         return np.clip(mean, space.low, space.high).astype(space.dtype)
 
+    if policy.core is not None:
+        return RecurrentEvalPolicy(policy, choose)
+
+    def act(obs: Any, mask: np.ndarray | None = None) -> np.ndarray:
+        return choose(policy.forward(obs)[0], mask)
+
     return act
+
+
+class RecurrentEvalPolicy:
+    """A recurrent checkpoint's deterministic policy: the state of each env in the batch is
+    carried from call to call, zero after `reset()` (an episode starts)."""
+
+    def __init__(self, policy: Any, choose: Any) -> None:
+        self.policy = policy
+        self.choose = choose
+        self.state: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.state = None
+
+    def __call__(self, obs: Any, mask: np.ndarray | None = None) -> np.ndarray:
+        n = len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
+        if self.state is None or len(self.state) != n:
+            self.state = np.zeros((n, self.policy.state_size), dtype=np.float32)
+        out, _, self.state = self.policy.step(obs, self.state)
+        return self.choose(out, mask)

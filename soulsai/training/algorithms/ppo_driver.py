@@ -15,7 +15,10 @@ k after its batch closed would be rejected anyway.
 Observations arrive leaf by leaf (the layout of `env.obs_keys` and `env.drop_constant_obs`);
 with `env.action_mask` set each row carries the packed mask it was sampled under, checked here
 (`bad_mask`: padding bits set or no valid action; the whole message is rejected) and used by
-the loss.
+the loss. With `ppo.recurrent` each message must be whole fragments of `ppo.fragment_length`
+rows carrying their initial recurrent states (`state`); the node reassembles them
+(`bad_structure`, `out_of_range` otherwise: the whole message is rejected) and the learner
+unrolls the core over each fragment from its state.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 from soulsai.config.schema import check_ppo_config
 from soulsai.errors import ProtocolError
 from soulsai.logs import RateLimitedLog
+from soulsai.model.cores import gather_state
 from soulsai.model.masks import check_mask_bits
 from soulsai.model.specs import ppo_experience_spec
 from soulsai.training.algorithms.ppo import PPOLearner
@@ -76,6 +80,8 @@ class PPODriver:
             gamma=p.gamma,
             layout=self.learner.layout,
             masked=self.masked,
+            state_size=self.learner.net.state_size,
+            fragment_length=p.fragment_length,
         )
         self.rollout = RolloutBuffer(p.gamma, p.gae_lambda, self.learner.layout)  # host's lock
         self.collecting = True  # False while model k's batch is closed and trains
@@ -97,14 +103,23 @@ class PPODriver:
     def accept(self, exp: Experience) -> None:
         host = self.host
         fields = exp.fields
-        if self.masked:
-            try:  # stored unpacked: the loss reads the bool mask (B, n_actions)
+        try:
+            if self.masked:  # stored unpacked: the loss reads the bool mask (B, n_actions)
                 fields = {**fields, "mask": check_mask_bits(fields["mask"], self.n_actions)}
-            except ProtocolError as e:
-                with host.lock:
-                    host.intake.rejected[e.reason] += 1
-                self._log.warning(e.reason, f"rejected experience message: {e}")
-                return
+            if self.learner.net.state_size:  # the fragments' initial states (n_fragments, S)
+                states = gather_state(
+                    fields["state"],
+                    fields["last"],
+                    self.learner.net.state_size,
+                    self.cfg.ppo.fragment_length,
+                )
+                fields = {k: v for k, v in fields.items() if k != "state"}
+                fields["initial_state"] = states
+        except ProtocolError as e:
+            with host.lock:
+                host.intake.rejected[e.reason] += 1
+            self._log.warning(e.reason, f"rejected experience message: {e}")
+            return
         with host.lock:
             if not self.collecting or exp.model_id != host.model_id:
                 # model k's batch closed (or k+1 published) between the check and now
