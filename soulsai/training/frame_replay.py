@@ -1,0 +1,376 @@
+"""Frame-store replay: each frame is kept once, stacks and n-step pairs are rebuilt on sampling.
+
+Clients send *frame rows* (soulsai.client.frames, docs/protocol.md "Frames"): a stream's rows
+are its episodes' frames in order, each episode's true final frame after its last step. The
+ring stores per row its frame, `prev` (the serial number of the stream's previous row in the
+same episode, PAD at an episode's first frame, MISSING where a row was lost) and, for a row
+that starts a transition, `next` (the serial of the row `steps` later in the stream: the
+newest frame of next_obs; PENDING until that row arrives, MISSING if it never can).
+
+A row's serial is its arrival number (the `total` rows ever added before it); it sits at
+`serial % capacity` and is live while `serial >= total - capacity`. Sampling draws live rows
+with a resolved `next` and walks `prev` k - 1 times from the row (obs) and from `next`
+(next_obs), staying put at PAD: the same padding the client's stacker used, so the learner
+sees exactly the stacks the policy acted on. A draw whose walk meets MISSING or a row since
+overwritten is drawn again.
+
+Memory per row: the frame plus 2 x 8 bytes of links, the action, reward and discount (and the
+packed next mask): 7,081 bytes for an 84x84 frame, 1.004 x the frame. `planned_bytes` says
+it without allocating.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from soulsai.model.masks import mask_bytes, unpack_mask
+from soulsai.training.replay import ReplayBatch
+
+PAD = -1  # prev: this row is its episode's first frame (the stack repeats it)
+MISSING = -2  # prev/next: the linked row was lost (a gap in the stream) or never comes
+PENDING = -3  # next: the row `steps` on has not arrived yet
+FIRST, FINAL = 1, 2  # flags bits (soulsai.client.frames)
+MAX_STREAMS = 1 << 16  # streams tracked; the least recently seen is forgotten beyond this
+MAX_PENDING = 128  # transitions one stream may leave waiting for their next frame (> n_step)
+REDRAWS = 16  # rounds of drawing again for draws whose stacks cannot be rebuilt
+
+
+class _Stream:
+    """What the store remembers of one stream between batches."""
+
+    __slots__ = ("last_seq", "last_serial", "pending")
+
+    def __init__(self) -> None:
+        self.last_seq = -2  # no row yet: nothing continues it
+        self.last_serial = MISSING
+        self.pending: list[tuple[int, int]] = []  # (serial, seq of its next row)
+
+
+class FrameReplay:
+    """Fixed-capacity ring of frame rows with uniform sampling of rebuilt transitions.
+
+    Not thread-safe: the caller serializes `add_rows`, `sample` and `state_dict`.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        frame_shape: tuple[int, ...],
+        k: int,
+        n_actions: int,
+        frame_dtype: np.dtype | type = np.uint8,
+        n_mask: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        if capacity < 1 or k < 1:
+            raise ValueError(f"capacity and k must be >= 1, got {capacity} and {k}")
+        self.capacity, self.k, self.n_mask = capacity, k, n_mask
+        self.frame_shape = tuple(frame_shape)
+        self.arrays = {
+            name: np.zeros((capacity, *shape), dtype)
+            for name, (shape, dtype) in self.row_layout(
+                frame_shape, n_actions, frame_dtype, n_mask
+            ).items()
+        }
+        self.arrays["next"][:] = MISSING
+        self.frames, self.prev, self.next = (self.arrays[n] for n in ("frame", "prev", "next"))
+        self.total = 0  # rows ever added: the next row's serial
+        self.linked = 0  # live rows whose transition's next row has arrived
+        self.streams: OrderedDict[int, _Stream] = OrderedDict()
+        self.rng = np.random.default_rng(seed)
+
+    @staticmethod
+    def row_layout(
+        frame_shape: tuple[int, ...],
+        n_actions: int,
+        frame_dtype: np.dtype | type = np.uint8,
+        n_mask: int = 0,
+    ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Name -> (per-row shape, dtype) of the ring's arrays."""
+        layout = {
+            "frame": (tuple(frame_shape), np.dtype(frame_dtype)),
+            "prev": ((), np.dtype(np.int64)),
+            "next": ((), np.dtype(np.int64)),
+            "action": ((), np.min_scalar_type(max(n_actions - 1, 0))),
+            "reward": ((), np.dtype(np.float32)),
+            "discount": ((), np.dtype(np.float32)),
+        }
+        if n_mask:
+            layout["next_mask"] = ((mask_bytes(n_mask),), np.dtype(np.uint8))
+        return layout
+
+    @classmethod
+    def planned_bytes(
+        cls,
+        capacity: int,
+        frame_shape: tuple[int, ...],
+        n_actions: int,
+        frame_dtype: np.dtype | type = np.uint8,
+        n_mask: int = 0,
+    ) -> int:
+        """The bytes a store of `capacity` rows allocates, computed without allocating."""
+        layout = cls.row_layout(frame_shape, n_actions, frame_dtype, n_mask)
+        return capacity * sum(math.prod(s) * d.itemsize for s, d in layout.values())
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def __len__(self) -> int:
+        """Transitions that can be sampled (about: a few at the ring's tail may not rebuild)."""
+        return self.linked
+
+    @property
+    def total_added(self) -> int:
+        return self.total
+
+    # ------------------------------------------------------------------ adding
+
+    def add_rows(
+        self,
+        stream: np.ndarray,
+        seq: np.ndarray,
+        flags: np.ndarray,
+        frame: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        steps: np.ndarray,
+        discount: np.ndarray,
+        next_mask: np.ndarray | None = None,
+    ) -> None:
+        """Store a batch of frame rows (any order; a stream's rows are put in `seq` order).
+
+        A row continues the stream's previous row when its seq is one more; a row that neither
+        continues its stream nor starts an episode links to MISSING (its stacks are never
+        sampled). A transition row (`steps` >= 1, not FINAL) links to the row `steps` on in its
+        stream, now or when that arrives.
+        """
+        m = len(seq)
+        if m == 0:
+            return
+        if (next_mask is None) != (self.n_mask == 0):
+            raise ValueError("next_mask must be given exactly when the store keeps masks")
+        order = np.lexsort((seq, stream))
+        stream, seq, flags = stream[order], seq[order], flags[order]
+        steps = steps[order].astype(np.int64)
+        serial = self.total + np.arange(m, dtype=np.int64)
+        first = (flags & FIRST) != 0
+        is_trans = ((flags & FINAL) == 0) & (steps >= 1)
+        new_group = np.ones(m, dtype=bool)
+        new_group[1:] = stream[1:] != stream[:-1]
+        # prev: the row before in this batch, when it is the same stream's seq - 1
+        follows = np.zeros(m, dtype=bool)
+        follows[1:] = ~new_group[1:] & (seq[1:] == seq[:-1] + 1)
+        prev = np.where(follows, serial - 1, MISSING)
+        # next: the row `steps` on, found in this batch if the stream's rows are contiguous
+        nxt = np.full(m, MISSING, dtype=np.int64)
+        target = seq + steps
+        j = np.minimum(np.arange(m) + steps, m - 1)
+        here = is_trans & (stream[j] == stream) & (seq[j] == target)
+        nxt[here] = serial[j[here]]
+        group_starts = np.flatnonzero(new_group)
+        group_ends = np.append(group_starts[1:], m)
+        floor_after = self.total + m - self.capacity  # serials below are overwritten after this
+        resolved: list[tuple[int, int]] = []  # (serial of an earlier row, its next's serial)
+        for a, b in zip(group_starts.tolist(), group_ends.tolist(), strict=True):
+            st = self._stream(int(stream[a]))
+            if st.last_seq == seq[a] - 1:
+                prev[a] = st.last_serial
+            last = int(seq[b - 1])
+            waiting: list[tuple[int, int]] = []
+            if st.pending:  # earlier rows waiting for a row of this batch (or a later one)
+                seqs = seq[a:b]
+                for src, want in st.pending:
+                    if want > last:
+                        waiting.append((src, want))
+                        continue
+                    i = int(np.searchsorted(seqs, want))
+                    if i < len(seqs) and seqs[i] == want and src >= floor_after:
+                        resolved.append((src, int(serial[a + i])))
+            beyond = is_trans[a:b] & ~here[a:b] & (target[a:b] > last)
+            if beyond.any():
+                idx = np.flatnonzero(beyond) + a
+                nxt[idx] = PENDING
+                waiting += zip(serial[idx].tolist(), target[idx].tolist(), strict=True)
+            if len(waiting) > MAX_PENDING:  # a hostile stream: its oldest never resolve
+                for src, _ in waiting[:-MAX_PENDING]:
+                    if src >= self.total:
+                        nxt[src - self.total] = MISSING
+                waiting = waiting[-MAX_PENDING:]
+            st.pending = waiting
+            st.last_seq, st.last_serial = last, int(serial[b - 1])
+        prev[first] = PAD
+        values: dict[str, np.ndarray] = {
+            "frame": frame[order],
+            "prev": prev,
+            "next": nxt,
+            "action": action[order],
+            "reward": reward[order],
+            "discount": discount[order],
+        }
+        if next_mask is not None:
+            values["next_mask"] = next_mask[order]
+        keep = min(m, self.capacity)  # of more rows than the ring holds, only the newest stay
+        pos = (serial[m - keep :]) % self.capacity
+        self.linked -= int(np.count_nonzero(self.next[pos] >= 0))
+        for name, value in values.items():
+            self.arrays[name][pos] = value[m - keep :]
+        self.linked += int(np.count_nonzero(nxt[m - keep :] >= 0))
+        self.total += m
+        for src, dst in resolved:
+            if src >= self.total - self.capacity:
+                self.next[src % self.capacity] = dst
+                self.linked += 1
+
+    def _stream(self, sid: int) -> _Stream:
+        st = self.streams.get(sid)
+        if st is None:
+            st = self.streams[sid] = _Stream()
+            if len(self.streams) > MAX_STREAMS:
+                self.streams.popitem(last=False)
+        else:
+            self.streams.move_to_end(sid)
+        return st
+
+    # ------------------------------------------------------------------ sampling
+
+    def _stack(self, newest: np.ndarray, floor: int) -> tuple[np.ndarray, np.ndarray]:
+        """Serials of the k frames ending at `newest` (B,), oldest first, and which rebuild."""
+        lo = max(floor, 0)
+        out = np.empty((len(newest), self.k), dtype=np.int64)
+        ok = newest >= lo
+        cur = np.where(ok, newest, lo)
+        out[:, -1] = cur
+        for j in range(self.k - 2, -1, -1):
+            p = self.prev[cur % self.capacity]
+            ok &= (p == PAD) | (p >= lo)
+            cur = np.where(p >= lo, p, cur)
+            out[:, j] = cur
+        return out, ok
+
+    def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Serials of `batch_size` uniformly drawn transitions: (row, obs stack, next stack)."""
+        floor = self.total - self.capacity
+        lo = max(floor, 0)
+        if self.linked == 0 or self.total == lo:
+            raise ValueError("cannot sample: no complete transition in the frame store")
+        rows = np.empty(batch_size, dtype=np.int64)
+        obs = np.empty((batch_size, self.k), dtype=np.int64)
+        nxt = np.empty((batch_size, self.k), dtype=np.int64)
+        todo = np.arange(batch_size)
+        for _ in range(REDRAWS):
+            s = self.rng.integers(lo, self.total, size=len(todo))
+            n = self.next[s % self.capacity]
+            o_stack, o_ok = self._stack(s, floor)
+            n_stack, n_ok = self._stack(n, floor)
+            ok = (n >= 0) & o_ok & n_ok
+            got = todo[ok]
+            rows[got], obs[got], nxt[got] = s[ok], o_stack[ok], n_stack[ok]
+            todo = todo[~ok]
+            if len(todo) == 0:
+                return rows, obs, nxt
+        done = np.setdiff1d(np.arange(batch_size), todo)
+        if len(done) == 0:
+            raise ValueError("cannot sample: no draw rebuilt a complete transition")
+        fill = self.rng.choice(done, size=len(todo))  # a mostly broken store: repeat good draws
+        rows[todo], obs[todo], nxt[todo] = rows[fill], obs[fill], nxt[fill]
+        return rows, obs, nxt
+
+    def complete(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live transition whose stacks rebuild: serials (row, obs stack, next stack), as
+        `draw` returns them (for tests and tools; O(capacity))."""
+        floor = self.total - self.capacity
+        s = np.arange(max(floor, 0), self.total, dtype=np.int64)
+        s = s[self.next[s % self.capacity] >= 0]
+        o_stack, o_ok = self._stack(s, floor)
+        n_stack, n_ok = self._stack(self.next[s % self.capacity], floor)
+        ok = o_ok & n_ok
+        return s[ok], o_stack[ok], n_stack[ok]
+
+    def stacks(self, serials: np.ndarray) -> np.ndarray:
+        """The frames at `serials` (B, k) as stacks (B, k, *frame_shape)."""
+        return self.frames[serials % self.capacity]
+
+    def sample(self, batch_size: int) -> ReplayBatch:
+        """A uniform batch: obs and next_obs as uint8 stacks (B, k, *frame), as torch tensors."""
+        rows, obs, nxt = self.draw(batch_size)
+        pos = rows % self.capacity
+        next_mask = None
+        if self.n_mask:
+            bits = self.arrays["next_mask"][pos]
+            next_mask = torch.from_numpy(unpack_mask(bits, self.n_mask))
+        return ReplayBatch(
+            obs=torch.from_numpy(self.stacks(obs)),
+            action=torch.from_numpy(self.arrays["action"][pos].astype(np.int64)),
+            reward=torch.from_numpy(self.arrays["reward"][pos]),
+            next_obs=torch.from_numpy(self.stacks(nxt)),
+            discount=torch.from_numpy(self.arrays["discount"][pos]),
+            next_mask=next_mask,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The live rows oldest first, counters, the streams' links and the RNG state, all
+        plain numpy arrays (stored without pickle)."""
+        size = min(self.total, self.capacity)
+        pos = np.arange(self.total - size, self.total) % self.capacity
+        state = {f"row.{name}": a[pos] for name, a in self.arrays.items()}
+        state["total"] = np.array(self.total, dtype=np.int64)
+        state["frame_k"] = np.array(self.k, dtype=np.int64)
+        ids = list(self.streams)
+        state["stream.id"] = np.array(ids, dtype=np.int64)
+        state["stream.last"] = np.array(
+            [(s.last_seq, s.last_serial) for s in self.streams.values()], dtype=np.int64
+        ).reshape(-1, 2)
+        pend = [
+            (i, src, want) for i, s in enumerate(self.streams.values()) for src, want in s.pending
+        ]
+        state["stream.pending"] = np.array(pend, dtype=np.int64).reshape(-1, 3)
+        rng_json = json.dumps(self.rng.bit_generator.state).encode()
+        state["rng_state"] = np.frombuffer(rng_json, dtype=np.uint8).copy()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from `state_dict()`; with another capacity the newest rows that fit stay.
+        A state of other row fields, frame shape or k is a ValueError naming them."""
+        want = {f"row.{n}" for n in self.arrays}
+        have = {k for k in state if k.startswith("row.")}
+        if have != want:
+            raise ValueError(f"frame store state has {sorted(have)}, this store {sorted(want)}")
+        if int(state["frame_k"]) != self.k:
+            raise ValueError(
+                f"frame store state stacks {int(state['frame_k'])} frames, not {self.k}"
+            )
+        total = int(state["total"])
+        size = len(state["row.frame"])
+        for name, a in self.arrays.items():
+            v = state[f"row.{name}"]
+            if len(v) != size or v.shape[1:] != a.shape[1:] or v.dtype != a.dtype:
+                raise ValueError(f"frame store state 'row.{name}' is {v.dtype}{v.shape}")
+        if size > total:
+            raise ValueError(f"frame store state holds {size} rows of {total} ever added")
+        keep = min(size, self.capacity)
+        serials = np.arange(total - keep, total)
+        for name, a in self.arrays.items():
+            a[serials % self.capacity] = np.asarray(state[f"row.{name}"])[size - keep :]
+        self.total = total
+        floor = total - self.capacity
+        live_next = self.next[serials % self.capacity]
+        self.linked = int(np.count_nonzero(live_next >= max(floor, 0)))
+        self.streams.clear()
+        ids, last = state["stream.id"], state["stream.last"]
+        for sid, (last_seq, last_serial) in zip(ids.tolist(), last.tolist(), strict=True):
+            st = self._stream(int(sid))
+            st.last_seq, st.last_serial = last_seq, last_serial
+        streams = list(self.streams.values())
+        for i, src, want in state["stream.pending"].tolist():
+            if 0 <= i < len(streams):
+                streams[i].pending.append((src, want))
+        self.rng.bit_generator.state = json.loads(bytes(state["rng_state"]).decode())
