@@ -136,6 +136,8 @@ class TrainingConfig(_Strict):
     # learner stats as TensorBoard scalars in <run>/tensorboard/training (soulsai/scalars.py);
     # a default so that configs saved before the key existed still load
     tensorboard: bool = True
+    # image frames on the wire (soulsai/transport/compress.py): auto = lz4 where installed
+    frame_compression: Literal["auto", "none", "lz4", "zstd"] = "auto"
 
 
 class DQNConfig(_Strict):

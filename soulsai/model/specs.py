@@ -73,6 +73,42 @@ def dqn_experience_spec(
     return ExperienceSpec(fields=fields, max_batch=max_batch, max_bytes=max_bytes)
 
 
+MAX_SEQ = 1 << 53  # a stream's row numbers stay far from int64's end (seq + steps never wraps)
+
+
+def dqn_frame_spec(
+    frame_space: gym.Space,
+    action_space: gym.Space,
+    n_step: int,
+    max_batch: int,
+    max_bytes: int,
+    max_abs_reward: float = MAX_ABS_REWARD,
+    masked: bool = False,
+) -> ExperienceSpec:
+    """n-step transitions as frame rows (soulsai.client.frames; docs/protocol.md "Frames"):
+    each row's newest frame once (`frame`, a uint8 Box; may travel compressed), where it sits in
+    its env copy's stream (`stream`, `seq`, `flags`: 1 = episode start, 2 = final frame) and
+    the transition it starts (`action`, n-step `reward`, `terminated`, `steps`; 0 on a final
+    frame's row), with `next_mask` as for `dqn_experience_spec`."""
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
+    if not (isinstance(frame_space, gym.spaces.Box) and frame_space.dtype == np.uint8):
+        raise ConfigError(f"env.atari.frame_stack: frames must be a uint8 Box, got {frame_space}")
+    mask = {"next_mask": mask_field(int(action_space.n))} if masked else {}
+    fields = {
+        "frame": FieldSpec(np.uint8, tuple(frame_space.shape), compressible=True),
+        "flags": FieldSpec(np.uint8, (), low=0, high=3),
+        "stream": FieldSpec(np.int64, (), low=0),
+        "seq": FieldSpec(np.int64, (), low=0, high=MAX_SEQ),
+        "action": FieldSpec(np.int64, (), low=0, high=int(action_space.n) - 1),
+        "reward": _magnitude(n_step * max_abs_reward),
+        "terminated": FieldSpec(np.uint8, (), low=0, high=1),
+        "steps": FieldSpec(np.uint8, (), low=0, high=n_step),
+        **mask,
+    }
+    return ExperienceSpec(fields=fields, max_batch=max_batch, max_bytes=max_bytes)
+
+
 def ppo_experience_spec(
     obs_space: gym.Space,
     action_space: gym.Space,
