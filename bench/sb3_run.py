@@ -3,6 +3,9 @@ hyperparameters, stopped by the same rule as `soulsai train` (mean of the last 2
 episode returns >= target). Prints one JSON line. Bench-only: `pip install -e .[bench]`.
 
     python bench/sb3_run.py --algo ppo --env CartPole-v1 --target 475 --seed 1
+    python bench/sb3_run.py --algo qrdqn --env LunarLander-v3 --target 200 --seed 1
+
+`qrdqn` is sb3-contrib's QR-DQN (in the bench extra), the peer of soulsai's dqn.n_quantiles.
 """
 
 from __future__ import annotations
@@ -76,6 +79,39 @@ ZOO = {
         net=[256, 256],
         budget=100_000,
     ),
+    # sb3-contrib's QR-DQN: rl-baselines3-zoo hyperparams/qrdqn.yml
+    ("qrdqn", "CartPole-v1"): dict(
+        n_envs=1,
+        learning_rate=2.3e-3,
+        batch_size=64,
+        buffer_size=100_000,
+        learning_starts=1000,
+        gamma=0.99,
+        target_update_interval=10,
+        train_freq=256,
+        gradient_steps=128,
+        exploration_fraction=0.16,
+        exploration_final_eps=0.04,
+        net=[256, 256],
+        n_quantiles=10,
+        budget=50_000,
+    ),
+    ("qrdqn", "LunarLander-v3"): dict(
+        n_envs=1,
+        learning_rate=linear(1.5e-3),
+        batch_size=128,
+        buffer_size=100_000,
+        learning_starts=10_000,
+        gamma=0.995,
+        target_update_interval=1,
+        train_freq=256,
+        gradient_steps=-1,
+        exploration_fraction=0.24,
+        exploration_final_eps=0.18,
+        net=[256, 256],
+        n_quantiles=170,
+        budget=100_000,
+    ),
     ("ppo", "LunarLander-v3"): dict(
         n_envs=16,
         n_steps=1024,
@@ -115,7 +151,7 @@ class StopRule(BaseCallback):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--algo", choices=["dqn", "ppo"], required=True)
+    ap.add_argument("--algo", choices=["dqn", "ppo", "qrdqn"], required=True)
     ap.add_argument("--env", required=True)
     ap.add_argument("--target", type=float, required=True)
     ap.add_argument("--seed", type=int, default=0)
@@ -163,6 +199,11 @@ def main() -> None:
     if args.algo == "dqn":
         net = hp.pop("net")
         model = DQN("MlpPolicy", env, seed=args.seed, policy_kwargs={"net_arch": net}, **hp)
+    elif args.algo == "qrdqn":
+        from sb3_contrib import QRDQN  # only this peer needs sb3-contrib
+
+        kwargs = {"net_arch": hp.pop("net"), "n_quantiles": hp.pop("n_quantiles")}
+        model = QRDQN("MlpPolicy", env, seed=args.seed, policy_kwargs=kwargs, **hp)
     else:
         model = PPO("MlpPolicy", env, seed=args.seed, **hp)
     rule = StopRule(args.target, args.max_steps, T0 + args.max_seconds)

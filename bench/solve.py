@@ -10,8 +10,20 @@ one is printed as "> N s"), and the ratio ours/SB3 of those medians, only when b
 in this invocation. Seeds 101 and up are for reporting: no setting was tuned on them.
 Bench-only dependency: `pip install -e .[bench]`.
 
-    python bench/solve.py                                  # all four cases, seeds 101-103
+    python bench/solve.py                                  # all five cases, seeds 101-103
     python bench/solve.py --case dqn:CartPole-v1 --seeds 101 102 103 --max-seconds 600
+    python bench/solve.py --case dqn-rainbow:LunarLander-v3 dqn:LunarLander-v3
+    python bench/solve.py --case ppo-lstm:CartPoleNoVel-v1  # recurrent PPO vs RecurrentPPO
+
+A case is `<variant>:<env>`. Besides `dqn` and `ppo`, the variants of issue 19's DQN options
+(`VARIANTS`) run `soulsai train --algo dqn` with the env's preset plus one option each
+(`dqn-dueling`, `dqn-per`, `dqn-noisy`, `qrdqn`: quantile regression) or all of Rainbow-lite
+(`dqn-rainbow`: the preset `dqn/<env>-rainbow.yaml` where one ships, else its options); the
+peer of `qrdqn` and `dqn-rainbow` is sb3-contrib's QR-DQN with RL-Zoo's hyperparameters, the
+others' SB3's DQN. Steps-to-solve against plain DQN: compare the `dqn:<env>` line's median.
+`ppo-lstm:CartPoleNoVel-v1` (issue 20) runs recurrent PPO with its preset
+(config/presets/ppo/soulsai/CartPoleNoVel-v1.yaml: an LSTM, whole 32-step fragments) on
+soulsai/CartPoleNoVel-v1 against sb3-contrib's RecurrentPPO with RL-Zoo's ppo_lstm settings.
 """
 
 from __future__ import annotations
@@ -29,8 +41,40 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine_line  # noqa: E402
 
-TARGETS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
+TARGETS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0, "CartPoleNoVel-v1": 475.0}
 CASES = ["dqn:CartPole-v1", "ppo:CartPole-v1", "dqn:LunarLander-v3", "ppo:LunarLander-v3"]
+CASES.append("ppo-lstm:CartPoleNoVel-v1")  # recurrent PPO against sb3-contrib's RecurrentPPO
+# The zoo's env names that soulsai registers under its own namespace: (our env id, --set items)
+OUR_ENVS = {
+    "CartPoleNoVel-v1": ("soulsai/CartPoleNoVel-v1", ["env.imports=[soulsai.envs.memory]"]),
+}
+RAINBOW = ["dqn.dueling=true", "dqn.n_quantiles=32", "dqn.prioritized=true"]
+# variant -> (our algo, our --set items, the peer's bench/sb3_run.py --algo)
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "dqn": ("dqn", [], "dqn"),
+    "ppo": ("ppo", [], "ppo"),
+    "dqn-dueling": ("dqn", ["dqn.dueling=true"], "dqn"),
+    "dqn-per": ("dqn", ["dqn.prioritized=true"], "dqn"),
+    "dqn-noisy": ("dqn", ["dqn.noisy=true"], "dqn"),
+    "qrdqn": ("dqn", ["dqn.n_quantiles=32"], "qrdqn"),
+    "dqn-rainbow": ("dqn", RAINBOW, "qrdqn"),
+    # its preset (ppo/soulsai/CartPoleNoVel-v1.yaml) sets ppo.recurrent; the --set keeps it so
+    "ppo-lstm": ("ppo", ["ppo.recurrent=lstm"], "ppo_lstm"),
+}
+
+
+def variant(name: str, env: str) -> tuple[str, list[str], str]:
+    """(our algo, our --set arguments, the peer's algo) of a case's variant; dqn-rainbow takes
+    the shipped rainbow preset of the env where there is one."""
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    algo, sets, peer = VARIANTS[name]
+    if (
+        name == "dqn-rainbow"
+        and (ROOT / "config" / "presets" / "dqn" / f"{env}-rainbow.yaml").is_file()
+    ):
+        sets = [f"preset=dqn/{env}-rainbow.yaml"]
+    return algo, [x for s in sets for x in ("--set", s)], peer
 
 
 def run_ours(
@@ -194,7 +238,8 @@ def main() -> None:
     print(f"{machine_line()} | nice {os.nice(0)} (both sides)", flush=True)
     extra = [x for s in args.sets for x in ("--set", s)]
     for case in args.case:
-        algo, env = case.split(":")
+        name, env = case.split(":")
+        algo, sets, peer = variant(name, env)
         rows: dict[str, list[dict]] = {"soulsai": [], "sb3": []}
         for i, seed in enumerate(args.seeds):
             # interleaved seed by seed, who goes first alternating
@@ -203,9 +248,19 @@ def main() -> None:
                 sides = ["soulsai"]
             for side in sides:
                 if side == "soulsai":  # with the preset shipped for algo + env, if any
-                    r = run_ours(algo, env, seed, args.max_steps, args.max_seconds, extra)
+                    our_env, env_sets = OUR_ENVS.get(env, (env, []))
+                    more = [x for s in env_sets for x in ("--set", s)] + sets + extra
+                    r = run_ours(
+                        algo,
+                        our_env,
+                        seed,
+                        args.max_steps,
+                        args.max_seconds,
+                        more,
+                        target=TARGETS[env],
+                    )
                 else:
-                    r = run_sb3(algo, env, seed, args.max_steps or 1_000_000, args.max_seconds)
+                    r = run_sb3(peer, env, seed, args.max_steps or 1_000_000, args.max_seconds)
                 rows[side].append({**r, "seed": seed})
                 print(f"{case} seed {seed} {side}: {json.dumps(r)}", flush=True)
         max_steps = float(args.max_steps or 1_000_000)

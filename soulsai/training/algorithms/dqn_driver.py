@@ -13,10 +13,12 @@ valid action after a step that did not terminate, drops the transition (counted 
 With `dqn.prioritized` a `PrioritizedSampler` sits beside the replay ring, slot for slot: every
 accepted batch enters it with the max priority, the update samples through it and weights its
 loss by the importance weights, and the learner's TD errors become the rows' new priorities.
-New rows take the max priority rather than an Ape-X client-computed one: a client would pay a
-second forward pass (target net included) per step and the wire a float per transition, to
-spare the learner nothing (it recomputes the TD error at the first replay anyway); and a row
-entering at the max is replayed soon, so its priority is the learner's own within a few updates.
+New rows take the max priority rather than an Ape-X client-computed one. The client would need
+two more forward passes per transition (online and target net on the next observation) and the
+target net's weights on the wire: measured on the 2-core dev machine (LunarLander's [256, 256]
+net, numpy), acting costs 89 us per step and those passes 2 x 51 us per transition, so the
+client's inference cost would double, to spare the learner nothing (it recomputes the TD error
+at the first replay); a row entering at the max is replayed soon, and then has the learner's.
 """
 
 from __future__ import annotations
