@@ -11,7 +11,7 @@ used: every run goes the whole budget, so the curves compare), and per algorithm
 steps-to-target of both settings and their ratio masked/unmasked (an unreached target counts as
 the budget, and a median that falls on one is printed as "> budget").
 
-For reference, on this env (200 episodes each, `soulsai.envs.soulslike.run_episodes`): random
+For reference, on this env (200 episodes each, `soulsai.envs.soulslike_play.run_episodes`): random
 actions return -1.05 and never win; a scripted dodge-then-hit policy returns +0.74 and wins 94 %.
 Seeds 101 and up are for reporting: no setting was tuned on them.
 
