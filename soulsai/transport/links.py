@@ -24,9 +24,6 @@ TRANSIENT = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.NoPermissionError,
 )
-# Any command Redis refused (the above, a key of the wrong type, an exhausted stream): a
-# client's sender keeps what it holds and retries too, saying why.
-REFUSED = (redis.ResponseError,)
 
 
 def as_str(value: Any) -> str | None:
