@@ -2,14 +2,10 @@
 fragments with episode starts inside (the state is reset to zero before such a step).
 
 The state is one tensor (B, S): `[h, c]` for an LSTM, `[h]` for a GRU (soulsai.model.cores).
-The unroll computes the input projection of all steps at once and the recurrence step by step
-with the layer's own parameters, gates in torch's order; the tests compare it with the
-layer's own forward, run segment by segment.
+The tests compare the unroll with the layer run sequence by sequence and step by step.
 """
 
 from __future__ import annotations
-
-from typing import cast
 
 import torch
 from torch import nn
@@ -38,36 +34,30 @@ def unroll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(outputs (T, B, H), final state (B, S)) of `core` over inputs x (T, B, F) from the
     initial states `state` (B, S); where `starts[t, b]` is set, sequence b's state is zeroed
-    before step t (an episode starts there)."""
+    before step t (an episode starts there).
+
+    The layer runs over the spans between the steps at which any sequence starts an episode,
+    each in one call of its own (fused) forward; between two spans the starting sequences'
+    states are zeroed. So a batch of fragments costs a call per distinct start time, not one
+    per step."""
     hs = core.hidden_size
     lstm = isinstance(core, nn.LSTM)
-    w_ih, b_ih, w_hh, b_hh = (
-        cast(torch.Tensor, p)
-        for p in (core.weight_ih_l0, core.bias_ih_l0, core.weight_hh_l0, core.bias_hh_l0)
-    )
-    gi_all = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H)
-    h = state[:, :hs]
-    c = state[:, hs:] if lstm else None
-    keep = None if starts is None else (~starts).to(x.dtype).unsqueeze(-1)  # (T, B, 1)
+    steps = x.shape[0]
+    cuts = [0, steps]
+    if starts is not None:
+        cuts = sorted({0, steps, *torch.nonzero(starts.any(dim=1)).flatten().tolist()})
+    h, c = state[:, :hs], state[:, hs:]
     outs = []
-    for t in range(x.shape[0]):
-        if keep is not None:
-            h = h * keep[t]
-            if c is not None:
-                c = c * keep[t]
-        gi = gi_all[t]
-        gh = torch.nn.functional.linear(h, w_hh, b_hh)
-        if c is not None:
-            i, f, g, o = (gi + gh).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        if starts is not None:
+            keep = (~starts[a]).to(x.dtype).unsqueeze(-1)  # (B, 1)
+            h, c = h * keep, c * keep
+        if lstm:
+            out, (h1, c1) = core(x[a:b], (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
+            h, c = h1[0], c1[0]
         else:
-            i_r, i_z, i_n = gi.chunk(3, dim=1)
-            h_r, h_z, h_n = gh.chunk(3, dim=1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-            h = (1 - z) * n + z * h
-        outs.append(h)
-    final = torch.cat([h, c], dim=1) if c is not None else h
-    return torch.stack(outs), final
+            out, h1 = core(x[a:b], h.unsqueeze(0).contiguous())
+            h = h1[0]
+        outs.append(out)
+    final = torch.cat([h, c], dim=1) if lstm else h
+    return torch.cat(outs) if len(outs) > 1 else outs[0], final

@@ -490,3 +490,85 @@ def test_checkpoint_round_trip_and_the_evaluate_policy_carries_and_resets_state(
     assert [int(policy(o)[0]) for o in obs] == want.tolist()
     assert hasattr(policy, "state") and policy.state.shape == (1, learner.net.state_size)
     assert isinstance(learner.net, ActorCritic)
+
+
+# ---------------------------------------------------------------- masks and Box actions
+
+
+def _part(n_frag: int, length: int, state_size: int, rng, box: bool = False, n_act: int = 4):
+    n = n_frag * length
+    last = np.tile(np.eye(length, dtype=np.uint8)[-1], n_frag)
+    terminated = np.zeros(n, np.uint8)
+    terminated[length // 2] = 1  # an episode starts inside the first fragment
+    part = {
+        "obs": rng.normal(size=(n, 3)).astype(np.float32),
+        "action": (
+            rng.normal(size=(n, 2)).astype(np.float32)
+            if box
+            else rng.integers(0, 2, n).astype(np.int64)
+        ),
+        "reward": rng.normal(size=n).astype(np.float32),
+        "terminated": terminated,
+        "truncated": np.zeros(n, np.uint8),
+        "last": last,
+        "logprob": np.full(n, -1.0, np.float32),
+        "value": np.zeros(n, np.float32),
+        "next_value": np.zeros(n, np.float32),
+        "disc_return": np.zeros(n, np.float32),
+        "initial_state": rng.normal(0.0, 0.2, (n_frag, state_size)).astype(np.float32),
+    }
+    if not box:
+        mask = np.ones((n, n_act), bool)
+        mask[::2, 2:] = False  # every other row allows actions 0 and 1 only
+        part["mask"] = mask
+    return part
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_masked_recurrent_update_keeps_invalid_actions_at_probability_zero(cfg, kind) -> None:
+    p = _ppo(cfg, kind, hidden=[8], num_minibatches=2, update_epochs=2, fragment_length=6)
+    space = gym.spaces.Box(-5, 5, (3,), np.float32)
+    learner = PPOLearner(p, space, gym.spaces.Discrete(4), 0)
+    part = _part(4, 6, learner.net.state_size, np.random.default_rng(0))
+    batch = RolloutBuffer(p.gamma, p.gae_lambda).compute_returns_and_advantage([part])
+    assert batch.masks is not None
+    info = learner.update(batch)
+    assert learner.updates == 4 and np.isfinite(info["loss"])
+    with torch.no_grad():
+        logits, _ = learner.net(batch.obs, batch.states, batch.starts)
+        probs = torch.softmax(logits.masked_fill(~batch.masks, -torch.inf), -1)
+    assert (probs[~batch.masks] == 0).all()
+    actions, logprob, entropy, _ = learner.net.get_action_and_value(
+        batch.obs, None, batch.masks, batch.states, batch.starts
+    )
+    assert batch.masks[torch.arange(len(actions)), actions].all()
+    assert torch.isfinite(logprob).all() and torch.isfinite(entropy).all()
+
+
+def test_recurrent_box_actions_train_and_the_twin_matches(cfg) -> None:
+    p = _ppo(cfg, "lstm", hidden=[8], num_minibatches=2, update_epochs=1, fragment_length=5)
+    space, act = gym.spaces.Box(-5, 5, (3,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32)
+    learner = PPOLearner(p, space, act, 0)
+    part = _part(4, 5, learner.net.state_size, np.random.default_rng(1), box=True)
+    batch = RolloutBuffer(p.gamma, p.gae_lambda).compute_returns_and_advantage([part])
+    before = cpu_state(learner.net)["core.weight_hh_l0"].clone()
+    learner.update(batch)
+    after = cpu_state(learner.net)
+    assert not torch.equal(after["core.weight_hh_l0"], before)
+    twin = NumpyActorCritic(after, False, True, p.activation, recurrent="lstm")
+    obs = part["obs"][:5]
+    state = part["initial_state"][:1]
+    got = []
+    for t in range(5):
+        actions, logprob, _, new_state = twin.act_step(
+            obs[t : t + 1], np.random.default_rng(t), None, state
+        )
+        want = twin.log_prob(obs[t : t + 1], actions, None, state)
+        np.testing.assert_allclose(logprob, want, rtol=1e-5, atol=1e-5)
+        got.append(twin.step(obs[t : t + 1], state)[0])
+        state = new_state if t + 1 != 5 // 2 + 1 else np.zeros_like(new_state)
+    with torch.no_grad():
+        means, _ = learner.net(
+            torch.as_tensor(obs), torch.as_tensor(part["initial_state"][:1]), batch.starts[:5]
+        )
+    np.testing.assert_allclose(np.concatenate(got), means.numpy(), rtol=1e-5, atol=1e-5)
