@@ -14,7 +14,8 @@ walks in and attacks; each attack has a wind-up (its animation and duration are 
 active ticks and a recovery. A roll's invulnerability or distance dodges the active ticks, a hit
 in the recovery is safe, a parry timed on a parryable attack opens a riposte. The reward is
 SoulsGym's: boss damage / boss max HP minus player damage / player max HP, +0.1 on a win,
--0.1 on a loss. `reset(seed=...)` makes an episode reproducible.
+-0.1 on a loss. `reset(seed=...)` makes an episode reproducible. The fight's tables (actions,
+animations, attacks, masks) are in soulslike_rules.py, the image frame in soulslike_image.py.
 
 A step takes about 10 us (20 us with image observations) on one core. Policies to play it with
 (random, random valid, scripted) and what they score are in soulslike_play.py: the scripted one
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -39,19 +39,40 @@ from soulsai.envs.soulsgym_spaces import (
     PLAYER_MAX_SP,
     iudex_observation_space,
 )
+from soulsai.envs.soulslike_image import background, draw_frame
+from soulsai.envs.soulslike_rules import (
+    ARENA,
+    BOSS_IDLE,
+    BOSS_PARRIED,
+    BOSS_WALK,
+    COMBO_DELAY,
+    HEAVY,
+    HEAVY_ATTACK,
+    HIT_LARGE,
+    HIT_MIDDLE,
+    IDLE,
+    LIGHT,
+    LIGHT_ATTACK,
+    MASKS,
+    MOVE,
+    NOOP,
+    OPENER_IDS,
+    PARRIED_TICKS,
+    PARRY,
+    PARRY_WINDOW,
+    PARRYING,
+    RIPOSTE,
+    ROLL,
+    ROLL_IFRAMES,
+    ROLLING,
+    STEP_SECONDS,
+    BossAttack,
+    PlayerAnim,
+    phase_attacks,
+)
 
-STEP_SECONDS = 0.1  # game time per step, as in SoulsGym
 MAX_EPISODE_STEPS = 3000
 MAX_DURATION_TICKS = 100  # durations are observed up to 10 s (the space's bound)
-ACTION_NAMES = (
-    "forward", "forward_right", "right", "right_backward",
-    "backward", "backward_left", "left", "left_forward",
-    "roll_forward", "roll_forward_right", "roll_right", "roll_right_backward",
-    "roll_backward", "roll_backward_left", "roll_left", "roll_left_forward",
-    "light_attack", "heavy_attack", "parry", "nothing",
-)  # fmt: skip
-ROLL, LIGHT, HEAVY, PARRY, NOOP = 8, 16, 17, 18, 19
-_ARENA = (142.0, 595.0, 24.0)  # centre x, y and radius of the walkable disc
 _FLOOR_Z = -68.8
 _PLAYER_START = (132.2, 575.1)
 _BOSS_START = (141.3, 591.9)
@@ -61,89 +82,8 @@ _SP_REGEN = 3.0  # SP per tick while idle or walking
 _BOSS_CONE = math.radians(50)  # a boss swing hits within this angle of its facing
 
 
-@dataclass(frozen=True)
-class PlayerAnim:
-    """A player animation: SoulsGym id, length in ticks (0 = until replaced), the ticks before
-    attacks / rolls / moves are accepted again (SoulsGym's three timings), its SP cost, and for
-    attacks the tick its blow lands, the damage and the reach."""
-
-    id: int
-    length: int
-    lock: tuple[int, int, int]
-    sp: float = 0.0
-    hit_tick: int = 0
-    damage: float = 0.0
-    reach: float = 0.0
-
-
-IDLE = PlayerAnim(17, 0, (0, 0, 0))
-MOVE = PlayerAnim(18, 0, (0, 0, 0))
-ROLLING = PlayerAnim(21, 8, (7, 7, 8), sp=16)
-LIGHT_ATTACK = PlayerAnim(29, 9, (7, 7, 9), sp=20, hit_tick=4, damage=80, reach=2.6)
-HEAVY_ATTACK = PlayerAnim(33, 14, (12, 12, 14), sp=28, hit_tick=8, damage=150, reach=2.8)
-PARRYING = PlayerAnim(38, 9, (8, 8, 9), sp=10)
-RIPOSTE = PlayerAnim(14, 20, (20, 20, 20), hit_tick=3, damage=300, reach=2.6)
-HIT_MIDDLE = PlayerAnim(7, 8, (8, 8, 8))
-HIT_LARGE = PlayerAnim(9, 12, (12, 12, 12))
-ROLL_IFRAMES = (1, 4)  # roll ticks without damage
-PARRY_WINDOW = (1, 3)  # parry ticks that catch a parryable swing
-
-
-@dataclass(frozen=True)
-class BossAttack:
-    """One boss attack: SoulsGym animation id; wind-up, active and recovery ticks; reach (m);
-    damage; whether a parry catches it; the attack it may chain into (half the time, five ticks
-    into its recovery: punishing it at once is a gamble, waiting to see is not)."""
-
-    id: int
-    windup: int
-    active: int
-    recovery: int
-    reach: float
-    damage: float
-    parryable: bool
-    combo: int = -1
-
-    @property
-    def length(self) -> int:
-        return self.windup + self.active + self.recovery
-
-
-BOSS_ATTACKS = (
-    BossAttack(0, 7, 2, 12, 4.0, 130, True, combo=2),  # Attack3000
-    BossAttack(1, 11, 2, 15, 3.6, 190, False),  # Attack3001
-    BossAttack(2, 3, 2, 12, 4.0, 160, False),  # Attack3002, only as Attack3000's follow-up
-    BossAttack(3, 5, 2, 10, 5.0, 110, True),  # Attack3003
-    BossAttack(10, 9, 3, 13, 4.5, 150, False),  # Attack3010
-)
-_OPENER_IDS = {a.id for a in BOSS_ATTACKS if a.id != 2}
-_COMBO_DELAY = 5
-BOSS_WALK, BOSS_IDLE, BOSS_PARRIED = 19, 23, 31  # WalkFrontBattle, IdleBattle, DamageParryEnemy1
-_PARRIED_TICKS = 25
-
-
-def phase_attacks(phase: int) -> dict[int, BossAttack]:
-    """The boss's attacks by animation id; phase 2 winds up two ticks faster (at least 3)."""
-    cut = 2 if phase == 2 else 0
-    return {a.id: replace(a, windup=max(3, a.windup - cut)) for a in BOSS_ATTACKS}
-
-
 class GameCrash(RuntimeError):
     """The injected crash: the game process is gone, this env is dead; make a new one."""
-
-
-def _masks() -> dict[tuple[bool, bool, bool], np.ndarray]:
-    """The 8 possible masks, by (moves, rolls, attacks) allowed; no-op is always valid."""
-    out = {}
-    for bits in range(8):
-        move, roll, attack = bool(bits & 1), bool(bits & 2), bool(bits & 4)
-        m = np.zeros(20, dtype=bool)
-        m[0:8], m[8:16], m[16:19], m[NOOP] = move, roll, attack, True
-        out[(move, roll, attack)] = m
-    return out
-
-
-_MASKS = _masks()
 
 
 def _unit(dx: float, dy: float) -> tuple[float, float, float]:
@@ -193,8 +133,8 @@ class IudexLikeEnv(gym.Env):
         )
         self.action_space = spaces.Discrete(20)
         self._attacks = phase_attacks(phase)
-        self._openers = [a for a in self._attacks.values() if a.id in _OPENER_IDS]
-        self._background = _background()
+        self._openers = [a for a in self._attacks.values() if a.id in OPENER_IDS]
+        self._background = background()
         self._crash_rng = np.random.default_rng()
         self._lifetime_steps = 0
         self._crashed = False
@@ -288,7 +228,7 @@ class IudexLikeEnv(gym.Env):
         sp = self.p_sp > 0
         key = (self.p_tick >= lock_move, sp and self.p_tick >= lock_roll,
                sp and self.p_tick >= lock_attack)  # fmt: skip
-        return _MASKS[key]
+        return MASKS[key]
 
     def _start(self, anim: PlayerAnim) -> None:
         self.p_anim, self.p_tick, self.p_hit_done = anim, 0, False
@@ -331,7 +271,7 @@ class IudexLikeEnv(gym.Env):
 
     def _move_player(self, speed: float) -> None:
         x, y = self.px + speed * self.p_dir[0], self.py + speed * self.p_dir[1]
-        cx, cy, r = _ARENA
+        cx, cy, r = ARENA
         ux, uy, d = _unit(x - cx, y - cy)
         if d > r:
             x, y = cx + r * ux, cy + r * uy
@@ -356,7 +296,7 @@ class IudexLikeEnv(gym.Env):
             elif self.b_tick <= atk.windup + atk.active and not self.b_hit_done:
                 self._swing(atk, dist)
             elif (
-                self.b_tick == atk.windup + atk.active + _COMBO_DELAY
+                self.b_tick == atk.windup + atk.active + COMBO_DELAY
                 and atk.combo >= 0
                 and self.np_random.random() < 0.5
             ):
@@ -368,7 +308,7 @@ class IudexLikeEnv(gym.Env):
                 self._set_boss(BOSS_IDLE)
                 self._queue_attack(self.np_random)
         elif self.b_anim == BOSS_PARRIED:
-            if self.b_tick >= _PARRIED_TICKS:
+            if self.b_tick >= PARRIED_TICKS:
                 self._set_boss(BOSS_IDLE)
                 self.b_wait = 3
         else:
@@ -444,49 +384,11 @@ class IudexLikeEnv(gym.Env):
         }
 
     def _frame(self) -> np.ndarray:
-        """A top-down frame: HP/SP bars on top, the boss's colour tells its attack phase."""
-        img = self._background.copy()
-        img[1:3, : int(160 * self.p_hp / PLAYER_MAX_HP)] = (40, 200, 40)
-        img[4:5, : int(160 * self.p_sp / PLAYER_MAX_SP)] = (220, 200, 40)
-        img[6:8, : int(160 * self.b_hp / BOSS_MAX_HP)] = (200, 40, 40)
-        atk, t = self.b_attack, self.b_tick
-        if atk is None:
-            colour = (230, 230, 60) if self.b_anim == BOSS_PARRIED else (140, 140, 140)
-        elif t <= atk.windup:
-            colour = (100 + 150 * t // atk.windup, 60, 60)
-        elif t <= atk.windup + atk.active:
-            colour = (255, 255, 255)
-        else:
-            colour = (60, 60, 200)
-        _dot(img, self.bx, self.by, 3, colour)
-        p = {ROLLING: (0, 255, 255), LIGHT_ATTACK: (255, 128, 0), HEAVY_ATTACK: (255, 64, 0)}
-        _dot(img, self.px, self.py, 2, p.get(self.p_anim, (60, 120, 255)))
-        return img
+        return draw_frame(self, self._background)
 
 
 def _duration(ticks: int) -> np.ndarray:
     return np.array([min(ticks, MAX_DURATION_TICKS) * STEP_SECONDS], np.float32)
-
-
-def _pixel(x: float, y: float) -> tuple[int, int]:
-    """Arena metres to (row, col): the disc fills rows 10..89, 1.6 px per metre."""
-    cx, cy, _ = _ARENA
-    row = int(50 + (y - cy) * 1.6)
-    col = int(80 + (x - cx) * 1.6)
-    return min(max(row, 10), 89), min(max(col, 0), 159)
-
-
-def _dot(img: np.ndarray, x: float, y: float, r: int, colour: tuple[int, int, int]) -> None:
-    row, col = _pixel(x, y)
-    img[max(10, row - r) : row + r + 1, max(0, col - r) : col + r + 1] = colour
-
-
-def _background() -> np.ndarray:
-    img = np.zeros(IMAGE_SHAPE, np.uint8)
-    rows, cols = np.mgrid[0:90, 0:160]
-    disc = (rows - 50) ** 2 + (cols - 80) ** 2 <= (_ARENA[2] * 1.6) ** 2
-    img[disc & (rows >= 10)] = (45, 40, 35)
-    return img
 
 
 def _register() -> None:

@@ -22,7 +22,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from soulsai.envs.soulslike import (  # importing it registers soulsai/IudexLike-v0
+import soulsai.envs.soulslike  # noqa: F401  (importing it registers soulsai/IudexLike-v0)
+from soulsai.envs.soulslike_rules import (
     BOSS_PARRIED,
     LIGHT,
     LIGHT_ATTACK,

@@ -15,8 +15,9 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import FlattenObservation
 
 from soulsai.envs import make_single_env
-from soulsai.envs.soulslike import LIGHT, NOOP, ROLL, GameCrash, IudexLikeEnv
+from soulsai.envs.soulslike import GameCrash, IudexLikeEnv
 from soulsai.envs.soulslike_play import random_action, run_episodes, scripted_action
+from soulsai.envs.soulslike_rules import LIGHT, NOOP, ROLL
 
 ENV_ID = "soulsai/IudexLike-v0"
 ROLL_ANIMATION, IDLE_ANIMATION = 21, 17  # SoulsGym's RollingMedium and Idle ids
