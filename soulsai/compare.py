@@ -19,7 +19,7 @@ import numpy as np
 
 from soulsai import run as runfolder
 from soulsai.errors import ConfigError
-from soulsai.telemetry.stats import downsample
+from soulsai.telemetry.downsample import downsample
 
 MAX_RUNS = 16  # runs in one figure
 MAX_BYTES = 256 << 20  # of one episodes.jsonl (about 1.5M episodes); the rest is left unread

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from soulsai.run import atomic_write_bytes
-from soulsai.telemetry.stats import AVG, EpisodeStats, downsample
+from soulsai.telemetry.downsample import downsample
+from soulsai.telemetry.stats import AVG, EpisodeStats
 
 MAX_POINTS = 4000  # per curve; more than a 9-inch figure at 90 dpi can show
 

@@ -30,6 +30,14 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Body
 
+from soulsai.telemetry.downsample import (
+    AGGREGATES,
+    bucket_edges,
+    downsample,
+    in_range,
+    moving_average,
+    reduce_buckets,
+)
 from soulsai.telemetry.grafana_requests import (
     FILTER_OPERATORS,
     MAX_PATTERN,
@@ -47,18 +55,7 @@ from soulsai.telemetry.grafana_requests import (
     max_points,
     time_range,
 )
-from soulsai.telemetry.stats import (
-    AGGREGATES,
-    AVG,
-    EpisodeStats,
-    Event,
-    SystemSeries,
-    bucket_edges,
-    downsample,
-    in_range,
-    moving_average,
-    reduce_buckets,
-)
+from soulsai.telemetry.stats import AVG, EpisodeStats, Event, SystemSeries
 
 SYSTEM_SERIES = ("steps_per_s", "clients")
 TAG_KEYS = ("client_id",)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from soulsai.telemetry.stats import AGGREGATES
+from soulsai.telemetry.downsample import AGGREGATES
 
 DEFAULT_POINTS = 1000
 MAX_POINTS = 100_000  # maxDataPoints of one series at most

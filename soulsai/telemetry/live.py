@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from soulsai.telemetry.stats import EpisodeStats, bucket_edges, reduce_buckets
+from soulsai.telemetry.downsample import bucket_edges, reduce_buckets
+from soulsai.telemetry.stats import EpisodeStats
 
 MAX_NUMBER = 1e15  # larger (or non-finite) claims are dropped
 MAX_CLIENT_ROWS = 200  # rows of the client table (live clients first)

@@ -40,17 +40,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soulsai.errors import ConfigError
+from soulsai.telemetry.downsample import bucket_edges, in_range, reduce_buckets
 from soulsai.telemetry.grafana import MAX_RESPONSE_POINTS, MAX_SERIES, GrafanaSource, make_router
 from soulsai.telemetry.grafana_requests import QueryError, parse_time
 from soulsai.telemetry.live import best_markers
-from soulsai.telemetry.stats import (
-    AVG,
-    EpisodeStats,
-    SystemSeries,
-    bucket_edges,
-    in_range,
-    reduce_buckets,
-)
+from soulsai.telemetry.stats import AVG, EpisodeStats, SystemSeries
 
 log = logging.getLogger(__name__)
 
