@@ -17,9 +17,9 @@ the `annotations` target, for the newer plugin's annotation queries, which go th
 Bodies are checked (grafana_requests.py): a malformed one gets 422, an unknown target, kind,
 filter key or operator, or a range that is not a time gets 400, each with a message Grafana
 shows. Nothing a request sends is compiled as a regular expression: targets and `=~` filters
-are exact names or shell-style globs (`*`, `?`), matched in linear time, so no request can
-hold the interpreter (Python's `re` keeps the GIL while it backtracks). A query names at most
-MAX_SERIES series and a response holds at most MAX_RESPONSE_POINTS points.
+are exact names or shell-style globs (`*`, `?`; grafana_names.py), matched in linear time, so
+no request can hold the interpreter (Python's `re` keeps the GIL while it backtracks). A query
+names at most MAX_SERIES series and a response holds at most MAX_RESPONSE_POINTS points.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from soulsai.telemetry.downsample import (
     moving_average,
     reduce_buckets,
 )
+from soulsai.telemetry.grafana_names import expand_target, glob_match
 from soulsai.telemetry.grafana_requests import (
     FILTER_OPERATORS,
     MAX_PATTERN,
@@ -71,67 +72,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-# ---------------------------------------------------------------------- names and globs
-
-
-def glob_match(pattern: str, name: str) -> bool:
-    """Whether `pattern` matches all of `name`: `*` any run of characters, `?` one character,
-    anything else itself. A scan that only ever backtracks to the last `*`, so its work is at
-    most len(pattern) * len(name) steps whatever the pattern (unlike a backtracking regex)."""
-    p = n = 0
-    star, mark = -1, 0
-    while n < len(name):
-        if p < len(pattern) and pattern[p] in ("?", name[n]):
-            p, n = p + 1, n + 1
-        elif p < len(pattern) and pattern[p] == "*":
-            star, mark, p = p, n, p + 1
-        elif star >= 0:
-            p, mark = star + 1, mark + 1
-            n = mark
-        else:
-            return False
-    while p < len(pattern) and pattern[p] == "*":
-        p += 1
-    return p == len(pattern)
-
-
-def _unescape(text: str) -> str:
-    """A value in the plugins' regex formatting ("info\\.hp") back to the name it escapes."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text):
-            i += 1
-        out.append(text[i])
-        i += 1
-    return "".join(out)
-
-
-def expand_target(name: str, known: list[str]) -> list[str]:
-    """The series a target names: a series itself; a multi-value variable, which arrives as
-    "{a,b}" or, in the plugins' regex formatting, as "(a|b)" with escaped dots; or a glob
-    matching whole names ("info.*_avg"; one that matches nothing names nothing). A plain name
-    comes back as it is, known or not. Never a regex: "(a|b)" is split on "|" and each part
-    taken literally (after removing escapes)."""
-    name = name.strip()
-    if len(name) > MAX_PATTERN:
-        raise QueryError(f"a target is {len(name)} characters; at most {MAX_PATTERN}")
-    if not name or name in known:
-        return [name] if name else []
-    if name.startswith("{") and name.endswith("}"):
-        parts = name[1:-1].split(",")
-    elif name.startswith("(") and name.endswith(")"):
-        parts = [_unescape(p) for p in name[1:-1].split("|")]
-    else:
-        parts = [_unescape(name)]
-    out: list[str] = []
-    for part in (p.strip() for p in parts):
-        if not part:
-            continue
-        if part in known or not any(c in part for c in "*?"):
-            out.append(part)
-        else:
-            out += [k for k in known if glob_match(part, k)]
-    return out
+# ---------------------------------------------------------------------- filters
 
 
 def client_filter(stats: EpisodeStats, filters: list[AdhocFilter]) -> list[str] | None:

@@ -16,7 +16,9 @@ from soulsai.config import default_config_dir, load_config
 from soulsai.errors import ConfigError
 from soulsai.metrics import NodeMetrics
 from soulsai.telemetry import grafana
-from soulsai.telemetry.grafana import MAX_PATTERN, MAX_SERIES, expand_target, glob_match
+from soulsai.telemetry.grafana import MAX_SERIES
+from soulsai.telemetry.grafana_names import expand_target, glob_match
+from soulsai.telemetry.grafana_requests import MAX_PATTERN
 from soulsai.telemetry.stats import EpisodeStats, SystemSeries
 from soulsai.telemetry.web import (
     MAX_BODY_BYTES,
