@@ -179,7 +179,8 @@ class TelemetryNode:
         port = self.tcfg.http_port
         if port == 0:
             return
-        from soulsai.telemetry.web import HttpServer, WebState, make_app, read_token
+        from soulsai.telemetry.guards import read_token
+        from soulsai.telemetry.web import HttpServer, WebState, make_app
 
         token = read_token(self.config_dir)
         state = WebState(

@@ -7,18 +7,16 @@
 - `/grafana/...`: the JSON / SimpleJSON data source (grafana.py);
 - `/metrics`: Prometheus text of the node's registry.
 
-Hostile requests are bounded: bodies over MAX_BODY_BYTES get 413 before they are read whole,
-queries are capped in series and points (grafana.py), handlers hold the statistics' lock only
-to take views, so the episode intake never waits on a request. The server binds loopback
-unless `telemetry.http_host` says otherwise, sends no CORS headers unless
+Hostile requests are bounded: bodies over MAX_BODY_BYTES get 413 before they are read whole
+(guards.py), queries are capped in series and points (grafana.py), handlers hold the
+statistics' lock only to take views, so the episode intake never waits on a request. The server
+binds loopback unless `telemetry.http_host` says otherwise, sends no CORS headers unless
 `telemetry.cors_origins` lists origins, and with a token file in the config folder the Grafana
-routes (/grafana, /api/series) want `Authorization: Bearer <token>`.
+routes (/grafana, /api/series) want `Authorization: Bearer <token>` (guards.py).
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import math
 import socket
@@ -27,7 +25,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,15 +40,14 @@ from soulsai.errors import ConfigError
 from soulsai.telemetry.downsample import bucket_edges, in_range, reduce_buckets
 from soulsai.telemetry.grafana import MAX_RESPONSE_POINTS, MAX_SERIES, GrafanaSource, make_router
 from soulsai.telemetry.grafana_requests import QueryError, parse_time
+from soulsai.telemetry.guards import MAX_BODY_BYTES, BodyLimit, bearer_check
 from soulsai.telemetry.live import best_markers
 from soulsai.telemetry.stats import AVG, EpisodeStats, SystemSeries
 
 log = logging.getLogger(__name__)
 
 ROW_KEYS = ("episode", "env_steps", "wall_time")  # always in /api/series rows
-MAX_BODY_BYTES = 1 << 20  # request bodies larger than this get 413 (a Grafana query is ~1 kB)
 MAX_CONNECTIONS = 64  # concurrent connections; more get 503
-TOKEN_NAME = "telemetry.secret"  # in the config folder: the bearer token of the Grafana routes
 
 
 @dataclass
@@ -147,83 +143,6 @@ def series_payload(
         else:
             out[k] = reduce_buckets(col[mask], edges, "last" if k in ROW_KEYS else "mean")
     return out
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before it is read whole.
-
-    A declared Content-Length over the limit is refused unread; otherwise the body is counted
-    as it streams in (chunked bodies declare no length) and handed on once complete."""
-
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                chunks = [message]
-                break
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(send)
-                return
-            chunks.append(message)
-            if not message.get("more_body", False):
-                break
-
-        async def replay() -> dict:
-            return chunks.pop(0) if chunks else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send: Callable) -> None:
-        reason = f"request body over {self.max_bytes} bytes"
-        body = json.dumps({"detail": reason, "message": reason}).encode()
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def read_token(config_dir: Path | None) -> str | None:
-    """The Grafana routes' bearer token from `<config-dir>/telemetry.secret` (None: no file, so
-    no token). An empty file is a ConfigError rather than a silently open server."""
-    if config_dir is None:
-        return None
-    path = Path(config_dir) / TOKEN_NAME
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the telemetry token ({e})") from None
-    if not text or any(c.isspace() for c in text):
-        raise ConfigError(f"{path}: the telemetry token must be one word on one line")
-    return text
-
-
-def bearer_check(token: str | None) -> Callable[[Request], None]:
-    """A dependency that wants `Authorization: Bearer <token>` (nothing when token is None)."""
-
-    def check(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            raise HTTPException(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
-
-    return check
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -19,16 +19,9 @@ from soulsai.telemetry import grafana
 from soulsai.telemetry.grafana import MAX_SERIES
 from soulsai.telemetry.grafana_names import expand_target, glob_match
 from soulsai.telemetry.grafana_requests import MAX_PATTERN
+from soulsai.telemetry.guards import MAX_BODY_BYTES, TOKEN_NAME, BodyLimit, read_token
 from soulsai.telemetry.stats import EpisodeStats, SystemSeries
-from soulsai.telemetry.web import (
-    MAX_BODY_BYTES,
-    TOKEN_NAME,
-    BodyLimit,
-    HttpServer,
-    WebState,
-    make_app,
-    read_token,
-)
+from soulsai.telemetry.web import HttpServer, WebState, make_app
 from tests.conftest import listen_address
 
 T0 = 1_700_000_000.0
