@@ -4,13 +4,17 @@ episode returns >= target). Prints one JSON line. Bench-only: `pip install -e .[
 
     python bench/sb3_run.py --algo ppo --env CartPole-v1 --target 475 --seed 1
     python bench/sb3_run.py --algo qrdqn --env LunarLander-v3 --target 200 --seed 1
+    python bench/sb3_run.py --algo ppo_lstm --env CartPoleNoVel-v1 --target 475 --seed 1
 
-`qrdqn` is sb3-contrib's QR-DQN (in the bench extra), the peer of soulsai's dqn.n_quantiles.
+`qrdqn` is sb3-contrib's QR-DQN (in the bench extra), the peer of soulsai's dqn.n_quantiles;
+`ppo_lstm` sb3-contrib's RecurrentPPO, the peer of soulsai's ppo.recurrent, on soulsai's
+registration of RL-Zoo's CartPoleNoVel-v1 (soulsai.envs.memory).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -24,7 +28,8 @@ import torch  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soulsai.envs.make import StepDelay  # noqa: E402
@@ -79,6 +84,27 @@ ZOO = {
         net=[256, 256],
         budget=100_000,
     ),
+    # rl-baselines3-zoo hyperparams/ppo_lstm.yml: RecurrentPPO, VecNormalize(norm_obs only)
+    ("ppo_lstm", "CartPoleNoVel-v1"): dict(
+        n_envs=8,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=linear(1e-3),
+        clip_range=linear(0.2),
+        normalize=True,
+        policy_kwargs=dict(
+            ortho_init=False,
+            activation_fn=nn.ReLU,
+            lstm_hidden_size=64,
+            enable_critic_lstm=True,
+            net_arch=dict(pi=[64], vf=[64]),
+        ),
+        budget=100_000,
+    ),
     # sb3-contrib's QR-DQN: rl-baselines3-zoo hyperparams/qrdqn.yml
     ("qrdqn", "CartPole-v1"): dict(
         n_envs=1,
@@ -125,6 +151,10 @@ ZOO = {
 }
 
 
+# The zoo's env names that soulsai registers under its own namespace (importing the module).
+ENV_IDS = {"CartPoleNoVel-v1": ("soulsai/CartPoleNoVel-v1", "soulsai.envs.memory")}
+
+
 class StopRule(BaseCallback):
     """Stops when the mean of the last 20 finished training episodes reaches the target."""
 
@@ -151,7 +181,7 @@ class StopRule(BaseCallback):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--algo", choices=["dqn", "ppo", "qrdqn"], required=True)
+    ap.add_argument("--algo", choices=["dqn", "ppo", "ppo_lstm", "qrdqn"], required=True)
     ap.add_argument("--env", required=True)
     ap.add_argument("--target", type=float, required=True)
     ap.add_argument("--seed", type=int, default=0)
@@ -187,6 +217,11 @@ def main() -> None:
             hp[key] = lambda p, s=start: s * max(0.0, 1.0 - (1.0 - p) * stretch)
     n_envs = args.n_envs or hp.pop("n_envs")
     hp.pop("n_envs", None)
+    normalize = hp.pop("normalize", False)
+    env_id = args.env
+    if env_id in ENV_IDS:
+        env_id, module = ENV_IDS[env_id]
+        importlib.import_module(module)
     wrapper = (lambda e: StepDelay(e, args.delay)) if args.delay > 0 else None
     if args.vec_env == "auto":  # processes pay off only when stepping costs more than IPC
         subproc = args.algo == "ppo" and n_envs > 1 and args.delay > 0
@@ -194,9 +229,15 @@ def main() -> None:
         subproc = args.vec_env == "subproc"
     vec_cls = SubprocVecEnv if subproc else DummyVecEnv
     env = make_vec_env(
-        args.env, n_envs=n_envs, seed=args.seed, wrapper_class=wrapper, vec_env_cls=vec_cls
+        env_id, n_envs=n_envs, seed=args.seed, wrapper_class=wrapper, vec_env_cls=vec_cls
     )
-    if args.algo == "dqn":
+    if normalize:  # the zoo's `normalize: true` (observations only here)
+        env = VecNormalize(env, norm_obs=True, norm_reward=False)
+    if args.algo == "ppo_lstm":
+        from sb3_contrib import RecurrentPPO
+
+        model = RecurrentPPO("MlpLstmPolicy", env, seed=args.seed, **hp)
+    elif args.algo == "dqn":
         net = hp.pop("net")
         model = DQN("MlpPolicy", env, seed=args.seed, policy_kwargs={"net_arch": net}, **hp)
     elif args.algo == "qrdqn":
