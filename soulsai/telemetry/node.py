@@ -8,10 +8,8 @@ stream.py for what happens when Redis itself was restarted or replaced).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from soulsai.metrics import EPISODE_REJECTS, NodeMetrics, run_labels
 from soulsai.scalars import WandbOptions, open_scalars
 from soulsai.telemetry.figures import draw_stats
 from soulsai.telemetry.live import LiveWatch
+from soulsai.telemetry.records import append_records, load_records, start_time
 from soulsai.telemetry.stats import BASE_SERIES, EpisodeStats, SystemSeries, stream_seconds
 from soulsai.telemetry.stream import START, SeenRecords, StreamCursor
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
@@ -51,28 +50,6 @@ COUNTERS = {
     "duplicates": "episode records received twice and skipped",
 }
 METRICS = {**GAUGES, **COUNTERS}  # every metric the telemetry node exports
-
-
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Records in episodes.jsonl. A torn last line (a crash mid-write) is cut off, so the
-    next append starts on a fresh line; the stream still holds that record."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("cutting a torn last line (%d bytes) off %s", len(data) - end, path)
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    out = []
-    for line in data[:end].splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and "time" in rec and "client_id" in rec:
-            out.append(rec)
-    return out
 
 
 class TelemetryNode:
@@ -102,7 +79,7 @@ class TelemetryNode:
         self.episodes = len(records)
         cursor = str(records[-1].get("stream_id") or START) if records else START
         self.cursor = StreamCursor(self.link, cursor)
-        self.t0 = self._start_time(records[0]) if records else None
+        self.t0 = start_time(records[0]) if records else None
         self.env_steps = int(records[-1].get("env_steps") or 0) if records else 0
         self.record_steps: int | None = self.env_steps if records else None  # of the last one
         self._synced = False
@@ -126,16 +103,6 @@ class TelemetryNode:
             prefix="episode",
         )
         self.watch = LiveWatch(cfg.algo, cfg.max_steps)
-
-    @staticmethod
-    def _start_time(first: dict[str, Any]) -> float | None:
-        received = stream_seconds(first.get("stream_id")) or first.get("time")
-        if isinstance(received, (int, float)):
-            received = min(received, time.time())  # as in _add
-        wall = first.get("wall_time")
-        if isinstance(received, (int, float)):
-            return float(received) - (float(wall) if isinstance(wall, (int, float)) else 0.0)
-        return None
 
     # ---------------------------------------------------------------- main loop
 
@@ -381,16 +348,7 @@ class TelemetryNode:
         """Append unwritten records to episodes.jsonl, log `log_keys`, redraw the figure (at
         most every `figure_interval` seconds, always when `final`), write summary.json."""
         if self.unwritten:
-            lines = "".join(json.dumps(r) + "\n" for r in self.unwritten).encode()
-            fd = os.open(
-                self.run_dir / runfolder.EPISODES_FILE,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                0o644,
-            )
-            try:
-                os.write(fd, lines)  # one write of whole lines: readers never see half a record
-            finally:
-                os.close(fd)
+            append_records(self.run_dir / runfolder.EPISODES_FILE, self.unwritten)
             self.unwritten = []
             self._log_update()
         self.write_summary()

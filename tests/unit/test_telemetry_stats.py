@@ -10,7 +10,7 @@ import pytest
 from soulsai.config import default_config_dir, load_config
 from soulsai.errors import ConfigError
 from soulsai.telemetry.downsample import downsample, moving_average
-from soulsai.telemetry.node import load_records
+from soulsai.telemetry.records import load_records
 from soulsai.telemetry.stats import (
     MAX_INFO_SERIES,
     BestTracker,
