@@ -33,6 +33,8 @@ SERVER_MODULES = (
     "fastapi",
     "uvicorn",
     "tensorboard",
+    "lz4",  # the node decodes compressed frames (training.frame_compression)
+    "zstandard",
 )
 
 

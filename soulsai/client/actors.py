@@ -8,7 +8,9 @@ time and never mixes model ids in a message.
 - DQNActor: epsilon-greedy; rows pile up until FOLD_AT_LEAST (or `client.batch_size`)
   transitions are due, then n-step folding runs over all of them at once and they leave in
   messages of about `client.batch_size` (flushed early after `client.flush_interval` seconds
-  or when the model changes).
+  or when the model changes). With stacked frames (`env.atari.frame_stack`) each transition
+  goes out as a frame row instead (soulsai.client.frames): its newest frame once, with what
+  the node needs to rebuild obs and next_obs stacks.
 - PPOActor: samples from the policy (among the valid actions when `env.action_mask` is set),
   records log-probabilities, values, the observation leaf by leaf and the valid-action mask,
   and sends whole rollout fragments of `ppo.fragment_length` steps per env copy. A fragment
@@ -28,7 +30,8 @@ import gymnasium as gym
 import numpy as np
 
 from soulsai.client.envs import StepRows
-from soulsai.client.nstep import fold_nstep
+from soulsai.client.frames import FrameRows, new_streams
+from soulsai.client.nstep import NStepFold, fold_nstep
 from soulsai.config import Config
 from soulsai.errors import ConfigError
 from soulsai.model.cores import STATE_BOUND, spread_state, state_size
@@ -39,6 +42,7 @@ from soulsai.model.obs import env_layout
 from soulsai.model.obs_wire import field_name
 from soulsai.model.schedules import epsilon
 from soulsai.model.shapes import action_shape, dqn_weight_shapes, ppo_weight_shapes
+from soulsai.model.specs import stacked_frames
 
 Message = tuple[int, dict[str, np.ndarray]]  # (model id, per-transition fields)
 NO_MESSAGES: list[Message] = []  # what most steps return; never appended to
@@ -132,6 +136,9 @@ class DQNActor:
         self.action_rows = self.rows.action_rows
         self._argmax_into_rows = self.rows.action.dtype == np.intp  # argmax writes intp only
         self.start = np.zeros(n_envs, dtype=np.int64)  # per copy: first row not folded yet
+        # stacked frames (env.atari.frame_stack): each frame goes out once, as frame rows
+        frames = stacked_frames(cfg, obs_space) is not None
+        self.frame_rows = FrameRows(new_streams(n_envs)) if frames else None
         self.flushed = time.monotonic()  # when, and at which row, the last flush was
         self.flushed_row = 0
         self.deadline = self.flushed + cfg.client.flush_interval
@@ -205,6 +212,8 @@ class DQNActor:
         out = self._flush()
         self.rows.clear()
         self.start[:] = 0
+        if self.frame_rows is not None:  # new episodes in new streams
+            self.frame_rows.restart(new_streams(len(self.start)))
         self._rearm()
         return out
 
@@ -230,6 +239,8 @@ class DQNActor:
             self.cfg.dqn.gamma,
         )
         out = NO_MESSAGES
+        if self.frame_rows is not None:
+            return self._flush_frames(f, T)
         if len(f.row):
             t, i, k = f.row, f.copy, f.steps
             last = t + k - 1  # the row of the transition's last step
@@ -252,6 +263,29 @@ class DQNActor:
                 fields["next_mask"] = pack_mask(next_mask)
             out = self._messages(fields, len(t))
         self.start = f.next_start - rows.keep_last(self.n_step - 1)
+        self._rearm()
+        return out
+
+    def _flush_frames(self, f: NStepFold, T: int) -> list[Message]:
+        """`_flush` for stacked frames: each transition as a frame row (soulsai.client.frames)."""
+        rows, frame_rows = self.rows, self.frame_rows
+        assert frame_rows is not None and rows.obs is not None and rows.final_obs is not None
+        done = rows.terminated[:T] | rows.truncated[:T]
+        out = NO_MESSAGES
+        if len(f.row):
+            next_mask = None
+            if self.n_mask:  # the valid actions of the observation k steps later
+                t, i, k = f.row, f.copy, f.steps
+                e_row, e_copy = (t + k - 1)[f.ended], i[f.ended]
+                next_mask = rows.mask[t + k, i]
+                next_mask[f.ended] = rows.final_mask[e_row, e_copy]
+            fields = frame_rows.rows_from_stacks(
+                f, rows.obs, rows.final_obs, done, rows.action, rows.terminated, next_mask
+            )
+            out = self._messages(fields, len(fields["seq"]))
+        shift = rows.keep_last(self.n_step - 1)
+        self.start = f.next_start - shift
+        frame_rows.moved(shift, done)
         self._rearm()
         return out
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from soulsai.client.nstep import NStepFold
+from soulsai.errors import ConfigError
+from soulsai.model.masks import pack_mask
 
 FIRST = 1  # flags bit: the frame is its episode's first (the stack pads with it)
 FINAL = 2  # flags bit: the frame is an episode's true final observation: no transition
@@ -99,10 +101,12 @@ class FrameRows:
         done: np.ndarray,
         action: np.ndarray,
         terminated: np.ndarray,
+        next_mask: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """The wire fields of fold `f`'s transitions (plus the final frames of the episodes they
         end), rows ordered by copy, then time: `frame`, `flags`, `stream`, `seq`, `action`,
-        `reward`, `terminated`, `steps`. `action` and `terminated` are per row of the block."""
+        `reward`, `terminated`, `steps`. `action` and `terminated` are per row of the block;
+        `next_mask` (bool, per transition in fold order) becomes packed `next_mask` bits."""
         order = np.lexsort((f.row, f.copy))
         t, i, k = f.row[order], f.copy[order], f.steps[order]
         ends = done[t, i]  # the transition's own step ends the episode: its final frame follows
@@ -132,10 +136,70 @@ class FrameRows:
         out["terminated"][pos] = f.ended[order] & terminated[last, i]
         out["steps"] = np.zeros(m, dtype=np.uint8)
         out["steps"][pos] = k
+        if next_mask is not None:  # a final frame's row has no transition: all actions valid
+            bits = np.ones((m, next_mask.shape[1]), dtype=bool)
+            bits[pos] = next_mask[order]
+            out["next_mask"] = pack_mask(bits)
         return out
+
+    def rows_from_stacks(
+        self,
+        f: NStepFold,
+        stacks: np.ndarray,
+        final_stacks: np.ndarray,
+        done: np.ndarray,
+        action: np.ndarray,
+        terminated: np.ndarray,
+        next_mask: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """`rows` for an env whose observations are already stacked (k, *frame) by a wrapper:
+        each row's newest frame goes out, after a check that the stacks are what the node will
+        rebuild (the last k frames, the first one repeated at an episode start); anything else
+        is a ConfigError: the learner would see other stacks than the policy acted on."""
+        check_stacks(f, stacks, final_stacks, done, self.first0)
+        return self.rows(
+            f, stacks[:, :, -1], final_stacks[:, :, -1], done, action, terminated, next_mask
+        )
 
     def moved(self, shift: int, done: np.ndarray) -> None:
         """The block (whose `done` rows were these) dropped its oldest `shift` rows: row
         `shift` is now row 0, and starts an episode where row `shift - 1` ended one."""
         if shift:
             self.first0 = done[shift - 1].copy()
+
+
+def check_stacks(
+    f: NStepFold,
+    stacks: np.ndarray,
+    final_stacks: np.ndarray,
+    done: np.ndarray,
+    first0: np.ndarray,
+) -> None:
+    """A ConfigError unless the stacked observations of fold `f`'s rows are the frame store's:
+    an episode's first stack is its first frame k times, every later one the one before
+    shifted by the new frame, and a final stack the last one shifted by the final frame."""
+    t, i = f.row, f.copy
+    if not len(t):
+        return
+    first = np.where(t > 0, done[np.maximum(t - 1, 0), i], first0[i])
+    s = stacks[t, i]
+    ok = np.ones(len(t), dtype=bool)
+    if first.any():
+        head = s[first]
+        ok[first] = (head == head[:, -1:]).reshape(len(head), -1).all(axis=1)
+    later = ~first & (t > 0)
+    if later.any():
+        before = stacks[t[later] - 1, i[later]]
+        same = s[later][:, :-1] == before[:, 1:]
+        ok[later] = same.reshape(int(later.sum()), -1).all(axis=1)
+    ends = done[t, i]
+    if ends.any():
+        fin = final_stacks[t[ends], i[ends]]
+        same = fin[:, :-1] == s[ends][:, 1:]
+        ok[ends] &= same.reshape(int(ends.sum()), -1).all(axis=1)
+    if not ok.all():
+        raise ConfigError(
+            "env.atari.frame_stack: the env's stacked observations are not the last k frames "
+            "with the first frame repeated at an episode start, which the frame store rebuilds "
+            "on the node (a stacking wrapper with zero padding?)"
+        )

@@ -29,12 +29,14 @@ from soulsai.config import Config
 from soulsai.config.trust import received_config
 from soulsai.errors import ConnectionFailed, SoulsaiError
 from soulsai.transport import ClientLink, RedisTarget, open_link
+from soulsai.transport.compress import resolve as resolve_codec
 from soulsai.transport.envelope import KIND_EPISODE, PROTOCOL_VERSION, encode_experience
 from soulsai.transport.links import wait_for
 
 log = logging.getLogger(__name__)
 
 MAX_OUTBOX_MESSAGES = 2000
+FRAME_FIELDS = frozenset({"frame"})  # fields sent compressed (training.frame_compression)
 
 
 def make_client_id() -> str:
@@ -104,6 +106,7 @@ class Sampler:
         self.rng = np.random.default_rng(self.cfg.seed + 1000 * (self.index + 1))
         self.env = make_vector_env(self.cfg.env)
         self.actor = make_actor(self.cfg, self.env, self.index, self.rng)
+        self.codec = resolve_codec(self.cfg.training.frame_compression)  # for frame rows
         self.outbox = Outbox(
             self.link,
             MAX_OUTBOX_MESSAGES,
@@ -240,7 +243,9 @@ class Sampler:
 
     def _send(self, messages: list[Message]) -> None:
         for model_id, fields in messages:
-            self.outbox.put_samples(encode_experience(self.client_id, model_id, fields))
+            self.outbox.put_samples(
+                encode_experience(self.client_id, model_id, fields, self.codec, FRAME_FIELDS)
+            )
 
     def _episode(self, ret: float, length: int, model_id: int, info: dict[str, float]) -> None:
         self.episodes += 1

@@ -76,6 +76,20 @@ def dqn_experience_spec(
 MAX_SEQ = 1 << 53  # a stream's row numbers stay far from int64's end (seq + steps never wraps)
 
 
+def stacked_frames(cfg: Config, obs_space: gym.Space) -> gym.spaces.Box | None:
+    """One frame's space where DQN sends each frame once (frame rows) instead of stacked
+    observations: `env.atari.frame_stack` k > 1 and the observation a uint8 Box (k, *frame),
+    the stack of the last k frames on its first axis. None: transitions carry obs/next_obs."""
+    atari = cfg.env.atari
+    k = atari.frame_stack if atari is not None else 1
+    shape = tuple(getattr(obs_space, "shape", None) or ())
+    if k < 2 or not isinstance(obs_space, gym.spaces.Box) or obs_space.dtype != np.uint8:
+        return None
+    if len(shape) < 3 or shape[0] != k:
+        return None
+    return gym.spaces.Box(0, 255, shape[1:], np.uint8)
+
+
 def dqn_frame_spec(
     frame_space: gym.Space,
     action_space: gym.Space,

@@ -276,21 +276,38 @@ class FrameReplay:
             if len(todo) == 0:
                 return rows, obs, nxt
         done = np.setdiff1d(np.arange(batch_size), todo)
-        if len(done) == 0:
-            raise ValueError("cannot sample: no draw rebuilt a complete transition")
+        if len(done) == 0:  # a mostly broken store (lost rows, hostile links): look at all
+            good, o_all, n_all = self.prune()
+            if len(good) == 0:
+                raise ValueError("cannot sample: no transition in the frame store rebuilds")
+            pick = self.rng.integers(0, len(good), size=batch_size)
+            return good[pick], o_all[pick], n_all[pick]
         fill = self.rng.choice(done, size=len(todo))  # a mostly broken store: repeat good draws
         rows[todo], obs[todo], nxt[todo] = rows[fill], obs[fill], nxt[fill]
         return rows, obs, nxt
 
-    def complete(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every live transition whose stacks rebuild: serials (row, obs stack, next stack), as
-        `draw` returns them (for tests and tools; O(capacity))."""
+    def prune(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unlink every live transition whose stacks do not rebuild (so `len` counts only
+        those that do) and return the rest as `complete` does. O(capacity): for a store
+        where random draws keep failing."""
+        s, o_stack, n_stack, ok = self._scan()
+        self.next[s[~ok] % self.capacity] = MISSING
+        self.linked = int(ok.sum())
+        return s[ok], o_stack[ok], n_stack[ok]
+
+    def _scan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every live linked row, its stacks, and whether they rebuild."""
         floor = self.total - self.capacity
         s = np.arange(max(floor, 0), self.total, dtype=np.int64)
         s = s[self.next[s % self.capacity] >= 0]
         o_stack, o_ok = self._stack(s, floor)
         n_stack, n_ok = self._stack(self.next[s % self.capacity], floor)
-        ok = o_ok & n_ok
+        return s, o_stack, n_stack, o_ok & n_ok
+
+    def complete(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live transition whose stacks rebuild: serials (row, obs stack, next stack), as
+        `draw` returns them (for tests and tools; O(capacity))."""
+        s, o_stack, n_stack, ok = self._scan()
         return s[ok], o_stack[ok], n_stack[ok]
 
     def stacks(self, serials: np.ndarray) -> np.ndarray:

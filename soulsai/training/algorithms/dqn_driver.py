@@ -10,6 +10,11 @@ Observations arrive per leaf of the env's observation layout (`env.obs_keys`,
 next observation's valid actions as bits (`next_mask`), checked here: a set padding bit, or no
 valid action after a step that did not terminate, drops the transition (counted as `bad_mask`).
 
+With stacked frames (`env.atari.frame_stack`: a uint8 Box (k, *frame)) transitions arrive as
+frame rows and go to a `FrameReplay` that keeps each frame once and rebuilds the stacks when
+sampling (soulsai.training.frame_replay); prioritized replay and the observation normalizer
+are not available there (ConfigError).
+
 With `dqn.prioritized` a `PrioritizedSampler` sits beside the replay ring, slot for slot: every
 accepted batch enters it with the max priority, the update samples through it and weights its
 loss by the importance weights, and the learner's TD errors become the rows' new priorities.
@@ -40,9 +45,10 @@ from soulsai.model.masks import unpack_mask
 from soulsai.model.obs import continuous_features, env_layout
 from soulsai.model.obs_wire import from_fields
 from soulsai.model.schedules import epsilon
-from soulsai.model.specs import dqn_experience_spec
+from soulsai.model.specs import dqn_experience_spec, dqn_frame_spec, stacked_frames
 from soulsai.training.algorithms.dqn import DQNLearner
 from soulsai.training.driver import Host, IntakeHooks
+from soulsai.training.frame_replay import FINAL, FrameReplay
 from soulsai.training.prioritized import PrioritizedSampler
 from soulsai.training.ratio import PauseGate, ReplayRatio
 from soulsai.training.replay import ReplayBuffer
@@ -75,6 +81,7 @@ class DQNDriver:
             raise ConfigError(f"env: DQN needs a Discrete action space, got {act_space}")
         self.layout = env_layout(cfg.env, obs_space)
         self.n_mask = int(act_space.n) if cfg.env.action_mask is not None else 0
+        self.frame_space = stacked_frames(cfg, obs_space)
         self.spec = dqn_experience_spec(
             obs_space,
             act_space,
@@ -95,13 +102,17 @@ class DQNDriver:
             cfg.env.discrete_obs,
             cfg.env.embedding_dim,
         )
-        self.buffer = ReplayBuffer(
-            d.buffer_size,
-            tuple(obs_space.shape or ()),
-            obs_space.dtype or np.float32,
-            seed=cfg.seed,
-            layout=self.layout,
-            n_mask=self.n_mask,
+        self.buffer: ReplayBuffer | FrameReplay = (
+            ReplayBuffer(
+                d.buffer_size,
+                tuple(obs_space.shape or ()),
+                obs_space.dtype or np.float32,
+                seed=cfg.seed,
+                layout=self.layout,
+                n_mask=self.n_mask,
+            )
+            if self.frame_space is None
+            else self._frame_store(obs_space, act_space)
         )
         self.per = per_sampler(cfg) if d.prioritized else None
         self._log = RateLimitedLog(host.log, cfg.training.log_interval)
@@ -125,23 +136,85 @@ class DQNDriver:
 
     # ---------------------------------------------------------------- intake side
 
+    def _frame_store(self, obs_space: gym.Space, act_space: gym.Space) -> FrameReplay:
+        """Stacked frames (env.atari.frame_stack): frame rows on the wire, each frame kept once
+        (soulsai.training.frame_replay); the spec becomes the frame rows'."""
+        cfg, d = self.cfg, self.cfg.dqn
+        assert self.frame_space is not None and isinstance(act_space, gym.spaces.Discrete)
+        for key, on in (("dqn.prioritized", d.prioritized), ("dqn.normalize_obs", d.normalize_obs)):
+            if on:
+                raise ConfigError(f"{key}: not available with stacked frames (env.atari)")
+        self.spec = dqn_frame_spec(
+            self.frame_space,
+            act_space,
+            d.n_step,
+            cfg.training.max_batch,
+            cfg.training.max_message_bytes,
+            max_abs_reward=cfg.training.max_abs_reward,
+            masked=self.n_mask > 0,
+        )
+        k = int(obs_space.shape[0])  # type: ignore[index]
+        shape = tuple(self.frame_space.shape)
+        return FrameReplay(
+            d.buffer_size, shape, k, int(act_space.n), n_mask=self.n_mask, seed=cfg.seed
+        )
+
+    def accept_frames(self, f: dict[str, np.ndarray]) -> None:
+        """Frame rows into the frame store. A transition with bad mask bits loses its
+        transition (counted as `bad_mask`) but keeps its frame, which other stacks need."""
+        host = self.host
+        steps = f["steps"]
+        trans = ((f["flags"] & FINAL) == 0) & (steps > 0)
+        if self.n_mask:
+            bad = self.bad_masks(f) & trans
+            if bad.any():
+                trans &= ~bad
+                steps = np.where(bad, 0, steps)
+        discount = self._gamma_pow[steps] * (1 - f["terminated"])
+        n = int(trans.sum())
+        assert isinstance(self.buffer, FrameReplay)
+        with host.lock:
+            self.buffer.add_rows(
+                f["stream"],
+                f["seq"],
+                f["flags"],
+                f["frame"],
+                f["action"],
+                f["reward"],
+                steps,
+                discount,
+                f.get("next_mask"),
+            )
+            host.accepted += n
+            if self.gate.paused and self.gate.ignored(host.intake.drained_at, time.monotonic()):
+                self.ratio.forgive(n)
+        host.data_ready.set()
+        if self.cfg.dqn.throttle and not self.gate.paused and self.learning():
+            self.throttle()
+
     def check_masks(self, f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`f` without the transitions whose mask bits are bad (a padding bit set, or no valid
-        action where the episode goes on), which are counted as `bad_mask`."""
+        """`f` without the transitions whose mask bits are bad (`bad_masks`)."""
+        bad = self.bad_masks(f)
+        return {name: value[~bad] for name, value in f.items()} if bad.any() else f
+
+    def bad_masks(self, f: dict[str, np.ndarray]) -> np.ndarray:
+        """Which transitions' mask bits are bad (a padding bit set, or no valid action where
+        the episode goes on); they are counted as `bad_mask`."""
         bits, n = f["next_mask"], self.n_mask
         pad = 8 * bits.shape[1] - n
         bad = ~unpack_mask(bits, n).any(axis=1) & (f["terminated"] == 0)
         if pad:
             bad |= (bits[:, -1] & ((1 << pad) - 1)) != 0
-        if not bad.any():
-            return f
-        count = int(bad.sum())
-        self.host.intake.rejected["bad_mask"] += count
-        self._log.warning("bad_mask", f"dropped {count} transitions with bad action-mask bits")
-        return {name: value[~bad] for name, value in f.items()}
+        if bad.any():
+            count = int(bad.sum())
+            self.host.intake.rejected["bad_mask"] += count
+            self._log.warning("bad_mask", f"dropped {count} transitions with bad action-mask bits")
+        return bad
 
     def accept_rows(self, f: dict[str, np.ndarray]) -> None:
         """The good transitions of one intake round into the buffer, one write per field."""
+        if self.frame_space is not None:
+            return self.accept_frames(f)
         host = self.host
         if self.n_mask:
             f = self.check_masks(f)
@@ -151,6 +224,7 @@ class DQNDriver:
         if n == 0:
             return
         layout = self.layout
+        assert isinstance(self.buffer, ReplayBuffer)  # frame rows went to accept_frames
         obs = f["obs"] if layout.plain else from_fields(layout, f, "obs")
         next_obs = f["next_obs"] if layout.plain else from_fields(layout, f, "next_obs")
         with host.lock:
@@ -178,7 +252,14 @@ class DQNDriver:
         if owed > 0:
             if self.per is None:
                 with host.lock:
-                    batch = self.buffer.sample(d.batch_size)
+                    try:
+                        batch = self.buffer.sample(d.batch_size)
+                    except ValueError as e:  # a frame store whose every stack is broken
+                        batch, broken = None, str(e)
+                if batch is None:
+                    self._log.warning("replay", f"no update: {broken}")
+                    host.data_ready.wait(0.01)
+                    return
                 self.last_info = self.learner.update(batch)
             else:
                 self.prioritized_update()
@@ -200,7 +281,7 @@ class DQNDriver:
     def prioritized_update(self) -> None:
         """One update on a prioritized sample, its loss weighted by the importance weights,
         then the sampled rows' new priorities (but for rows the intake overwrote meanwhile)."""
-        assert self.per is not None
+        assert self.per is not None and isinstance(self.buffer, ReplayBuffer)  # no PER on frames
         with self.host.lock:
             drawn = self.per.sample(self.cfg.dqn.batch_size)
             batch = self.buffer.batch_at(drawn.indices)
@@ -316,7 +397,14 @@ class DQNDriver:
         return {"mode": "ladder", "epsilon_max": d.ladder_eps, "clients": self.host.clients}
 
     def restore(self, state: dict[str, Any], counters: dict[str, Any]) -> None:
-        if "buffer" in state:
+        saved = state.get("buffer")
+        old = self.frame_space is not None and saved is not None and "row.frame" not in saved
+        if old:  # stacked observations saved before the frame store: they cannot become rows
+            self.host.log.warning(
+                "the checkpoint's replay buffer holds stacked observations (from before the "
+                "frame store): resuming with an empty one"
+            )
+        if "buffer" in state and not old:
             try:
                 self.buffer.load_state_dict(state["buffer"])
             except ValueError as e:
@@ -324,6 +412,7 @@ class DQNDriver:
         if "replay" in state["rng"]:
             self.buffer.rng.bit_generator.state = state["rng"]["replay"]
         if self.per is not None:
+            assert isinstance(self.buffer, ReplayBuffer)  # no PER on frames
             restore_priorities(self.per, self.buffer, state.get("prioritized"))
         self.ratio.restart(self.host.accepted, self.learner.updates)
         self._published_at, self._published_updates = self.host.accepted, self.learner.updates
