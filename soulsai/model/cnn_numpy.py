@@ -25,13 +25,14 @@ def _arr(t: Any) -> np.ndarray:
 
 
 def to_nhwc(x: np.ndarray, shape: tuple[int, ...], last: bool) -> np.ndarray:
-    """(B, *shape) frames -> (B, H, W, C) in the CNN's channel order (a view where it can be;
-    still uint8: the first convolution scales)."""
+    """(B, *shape) frames -> (B, H, W, C) in the CNN's channel order, still uint8 (the first
+    convolution scales); channels-first frames are copied once so that each pixel's channels
+    sit together for the window gather (a strided view made it 6x slower)."""
     b = len(x)
     if len(shape) == 2:
         return x[..., None]
     if len(shape) == 3:
-        return x if last else x.transpose(0, 2, 3, 1)
+        return x if last else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     if last:  # (S, H, W, C) -> (H, W, S, C)
         s, h, w, c = shape
         return x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, s * c)
