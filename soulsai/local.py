@@ -6,15 +6,11 @@ stop rule (max steps or target rolling return), then an orderly shutdown and sum
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +18,7 @@ from typing import TYPE_CHECKING
 from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.errors import SoulsaiError
+from soulsai.processes import Child, pick_port, stop_processes
 from soulsai.progress import join_phrases, show_number, stack_progress, update_bar
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.commands import encode_command
@@ -45,25 +42,6 @@ def _console() -> Console:
     return Console(stderr=True)
 
 
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-            return True
-        except OSError:
-            return False
-
-
-def pick_port(port: int) -> int:
-    """`port` when free, else a free one (0 stays 0: off)."""
-    if port == 0 or port_free(port):
-        return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
-
 def _url_host(host: str) -> str:
     """How to reach a server bound to `host` from this machine."""
     return "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
@@ -73,24 +51,6 @@ CLIENT_STOP = 5.0  # seconds a client gets to stop after SIGTERM before SIGKILL
 NODE_STOP = 30.0  # seconds a node gets (the training node writes a final checkpoint)
 CLIENT_GIVE_UP = 5  # a client that dies this many times in a row within FAST_DEATH is not restarted
 FAST_DEATH = 20.0  # seconds
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-    critical: bool = True
-    args: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-    fast_deaths: int = 0  # consecutive deaths soon after a start
-    restart_at: float | None = None
-
-    def tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
 
 
 @dataclass
@@ -386,47 +346,3 @@ def _remove_local_file(path: Path) -> None:
             path.unlink()
     except (OSError, ValueError, AttributeError):
         pass
-
-
-def stop_processes(
-    procs: Sequence[tuple[str, subprocess.Popen]],
-    timeout: float,
-    say: Callable[[str], None] = print,
-) -> list[str]:
-    """SIGTERM every running process, give them `timeout` seconds together, then SIGKILL
-    whatever still runs (with its process group when it leads one, so nothing it started is
-    left behind), saying which. Returns the names of the processes killed. A Ctrl-C (or
-    SIGTERM, which `soulsai train` turns into one) while waiting kills the rest at once and
-    is raised again after, so the caller can hurry too."""
-    for _, proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    start = time.monotonic()
-    killed: list[str] = []
-    try:
-        for _, proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, start + timeout - time.monotonic()))
-    finally:
-        for name, proc in procs:
-            if proc.poll() is None:
-                _kill(proc)
-                killed.append(name)
-                waited = time.monotonic() - start
-                say(f"{name} (pid {proc.pid}) still running {waited:.0f} s after SIGTERM: killed")
-        for _, proc in procs:
-            proc.wait()
-    return killed
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL a process that has not been reaped (so its pid is still its own), and its
-    process group when it leads one (children start in their own session)."""
-    if hasattr(os, "killpg"):
-        try:
-            if os.getpgid(proc.pid) == proc.pid:
-                os.killpg(proc.pid, signal.SIGKILL)
-                return
-        except ProcessLookupError:
-            return
-    proc.kill()

@@ -14,7 +14,7 @@ import threading
 import psutil
 import pytest
 
-from soulsai.local import stop_processes
+from soulsai.processes import stop_processes
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
