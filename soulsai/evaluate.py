@@ -207,7 +207,7 @@ def evaluate(
     if kwargs.get("render_mode") == "rgb_array":
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # off-screen: pygame needs no display
     env_cfg = cfg.env.model_copy(update={"kwargs": kwargs, "step_delay": 0.0})
-    env = make_single_env(env_cfg)
+    env = make_single_env(env_cfg, training=False)  # whole games, raw scores (env.atari)
     result = Evaluation(folder, summary)
     try:
         policy = build_policy(cfg, state, env.observation_space, env.action_space)

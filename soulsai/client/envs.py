@@ -9,6 +9,7 @@ import numpy as np
 
 from soulsai.config.schema import EnvConfig
 from soulsai.envs import make_single_env
+from soulsai.envs.atari import GAME_LENGTH, GAME_OVER, GAME_RETURN
 from soulsai.errors import ConfigError
 from soulsai.model.masks import METHOD, mask_from_env, mask_from_info
 from soulsai.model.obs import ObsLayout, build_layout, obs_leaves
@@ -226,9 +227,14 @@ class LocalVectorEnv:
                     rows.put_obs(t, i, obs, final=True)
                 if read_mask is not None:
                     rows.final_mask[t, i] = read_mask(env, info, final=bool(term))
-                if ended is NONE_ENDED:
-                    ended = []
-                ended.append((i, returns[i], lengths[i], info))
+                game_over = info.get(GAME_OVER)  # env.atari: a lost life ends no record
+                if game_over is not False:
+                    if ended is NONE_ENDED:
+                        ended = []
+                    if game_over:  # the whole game's raw score, not the learner's episode
+                        ended.append((i, info[GAME_RETURN], info[GAME_LENGTH], info))
+                    else:
+                        ended.append((i, returns[i], lengths[i], info))
                 returns[i], lengths[i] = 0.0, 0
                 obs, info = env.reset()
             if next_obs is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import gymnasium as gym
 
 from soulsai.config.schema import EnvConfig
+from soulsai.envs.atari import make_atari, register_ale
 from soulsai.envs.soulsgym_spaces import known_spaces
 from soulsai.errors import ConfigError
 
@@ -72,11 +73,17 @@ def _wrap(env: gym.Env, cfg: EnvConfig, i: int) -> gym.Env:
         ) from None
 
 
-def make_single_env(cfg: EnvConfig) -> gym.Env:
-    """One env copy with the configured wrappers (and the step delay, outermost)."""
+def make_single_env(cfg: EnvConfig, training: bool = True) -> gym.Env:
+    """One env copy: `env.atari`'s preprocessing (episodic life and reward clipping only when
+    `training`; `soulsai evaluate` plays whole games), the configured wrappers, and the step
+    delay outermost."""
     import_env_modules(cfg)
+    kwargs = dict(cfg.kwargs)
+    if cfg.atari is not None:
+        register_ale(cfg)
+        kwargs.setdefault("frameskip", 1)  # AtariPreprocessing skips (and max-pools) frames
     try:
-        env = gym.make(cfg.id, **cfg.kwargs)
+        env = gym.make(cfg.id, **kwargs)
     except gym.error.Error as e:
         raise ConfigError(f"config error: env.id {cfg.id!r}: {e}") from None
     except TypeError as e:
@@ -85,6 +92,12 @@ def make_single_env(cfg: EnvConfig) -> gym.Env:
         raise ConfigError(
             f"config error in {_where(cfg, 'id')}: key 'env.id' = {cfg.id!r}: {_reason(e)}"
         ) from None
+    if cfg.atari is not None:
+        try:
+            env = make_atari(env, cfg.atari, training)
+        except (AttributeError, ValueError, gym.error.Error) as e:  # not an ALE env, bad size
+            env.close()
+            raise ConfigError(f"config error: env.atari for {cfg.id!r}: {_reason(e)}") from None
     for i in range(len(cfg.wrappers)):
         env = _wrap(env, cfg, i)
     if cfg.step_delay > 0:
