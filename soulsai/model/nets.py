@@ -18,7 +18,7 @@ from torch import nn
 
 from soulsai.model.cores import state_size
 from soulsai.model.cores_torch import make_core, unroll
-from soulsai.model.heads import QHead
+from soulsai.model.heads import NoisyLinear, QHead
 from soulsai.model.masks_torch import masked_entropy, masked_log_prob, masked_sample
 from soulsai.model.obs import ObsLayout, build_layout
 from soulsai.model.obs_encode import as_leaves
@@ -81,7 +81,9 @@ class ObsNormalizer(nn.Module):
 class QNetwork(nn.Module):
     """MLP Q-network: observation encoder and normalizer, flatten, Linear+ReLU per hidden size,
     then the output: the last Linear of `mlp` (plain DQN, the tensor names of older checkpoints)
-    or, with `dueling`, `noisy` or `n_quantiles` > 1, a `QHead` named `head`.
+    or, with `dueling`, `noisy` or `n_quantiles` > 1, a `QHead` named `head`. With `noisy`
+    every Linear of the MLP is a NoisyLinear, as Fortunato et al. make the whole
+    fully-connected part noisy.
 
     The input is an observation layout (`soulsai.model.obs`; a plain shape stands for a bare Box
     of that shape, normalized and flattened as before layouts): Dict/Tuple leaves go through
@@ -115,7 +117,8 @@ class QNetwork(nn.Module):
         layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
         in_features = self.encoder.n_features
         for size in hidden:
-            layers += [nn.Linear(in_features, size), nn.ReLU()]
+            linear = NoisyLinear(in_features, size, noisy_sigma0) if noisy else None
+            layers += [linear or nn.Linear(in_features, size), nn.ReLU()]
             in_features = size
         self.head: QHead | None = None
         if dueling or noisy or n_quantiles > 1:
@@ -136,9 +139,10 @@ class QNetwork(nn.Module):
         return h if self.head is None else self.head.q_values(h)
 
     def reset_noise(self) -> None:
-        """New noise for the noisy head's layers from torch's global RNG (nothing otherwise)."""
-        if self.head is not None:
-            self.head.reset_noise()
+        """New noise for every NoisyLinear from torch's global RNG (nothing without noise)."""
+        for module in self.modules():
+            if isinstance(module, NoisyLinear):
+                module.reset_noise()
 
 
 def greedy_actions(net: QNetwork, obs: Any, mask: np.ndarray | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from soulsai.config.schema import DQNConfig
-from soulsai.model.heads_numpy import NumpyQHead
+from soulsai.model.heads_numpy import NumpyNoisyLinear, NumpyQHead
 from soulsai.model.masks import masked_epsilon_greedy
 from soulsai.model.obs import ObsLayout
 from soulsai.model.obs_encode import NumpyObsEncoder
@@ -61,25 +61,36 @@ class NumpyQPolicy:
         self.std = np.sqrt(_arr(state["obs_norm.var"]).astype(np.float32).ravel() + NORM_EPS)
         self.inv_std = (1.0 / self.std).astype(np.float32)
         idx = sorted({int(k.split(".")[1]) for k in state if k.startswith("mlp.")})
+        # noisy: every Linear of the MLP is a NoisyLinear (mlp.<i>.weight_mu, ...)
+        self.noisy_layers: dict[str, NumpyNoisyLinear] = {}
+        for i in idx if noisy else ():
+            out_features, in_features = np.shape(state[f"mlp.{i}.weight_mu"])
+            self.noisy_layers[f"mlp.{i}"] = NumpyNoisyLinear(
+                state, f"mlp.{i}.", in_features, out_features, use_noise
+            )
         # (in, out) views of the (out, in) weights: matmul reads them transposed, no copy.
         self.layers = [
             (
                 _arr(state[f"mlp.{i}.weight"]).astype(np.float32, copy=False).T,
                 _arr(state[f"mlp.{i}.bias"]).astype(np.float32, copy=False),
             )
-            for i in idx
+            for i in (() if noisy else idx)
         ]
         self.head: NumpyQHead | None = None
         if dueling or noisy or n_quantiles > 1:
             if n_actions is None:
                 raise ValueError("a dueling, noisy or quantile head needs n_actions")
-            in_features = len(self.layers[-1][1])
+            last = list(self.noisy_layers.values())[-1] if noisy else None
+            in_features = last.out_features if last is not None else len(self.layers[-1][1])
             self.head = NumpyQHead(
                 state, "head.", in_features, n_actions, n_quantiles, dueling, noisy, use_noise
             )
 
     def reset_noise(self, rng: np.random.Generator) -> None:
-        """New noise for a noisy head's layers, drawn from `rng` (nothing otherwise)."""
+        """New noise for every noisy layer (MLP, then head), drawn from `rng` (nothing
+        without noise)."""
+        for layer in self.noisy_layers.values():
+            layer.reset_noise(rng)
         if self.head is not None:
             self.head.reset_noise(rng)
 
@@ -102,6 +113,8 @@ class NumpyQPolicy:
 
     def q_values(self, obs: Any) -> np.ndarray:
         x = self.features(obs)
+        for layer in self.noisy_layers.values():
+            x = np.maximum(layer(x), 0.0)
         last = len(self.layers) - 1 if self.head is None else len(self.layers)
         for i, (w, b) in enumerate(self.layers):
             x = x @ w

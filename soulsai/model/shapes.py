@@ -72,7 +72,23 @@ def dqn_weight_shapes(
     if not has_q_head(cfg):
         return {**base, **_linears("mlp", 1, [n_in, *cfg.hidden, n_actions])}
     torso = _linears("mlp", 1, [n_in, *cfg.hidden])
+    if cfg.noisy:  # every Linear of the MLP is noisy
+        torso = {}
+        for i, (a, b) in enumerate(zip([n_in, *cfg.hidden[:-1]], cfg.hidden, strict=True)):
+            torso |= _noisy(f"mlp.{1 + 2 * i}.", a, b)
     return {**base, **torso, **q_head_shapes(cfg, cfg.hidden[-1], n_actions)}
+
+
+def _noisy(prefix: str, in_features: int, out_features: int) -> Shapes:
+    """A NoisyLinear: means, scales and its noise buffers f(e_in), f(e_out)."""
+    return {
+        prefix + "weight_mu": (out_features, in_features),
+        prefix + "weight_sigma": (out_features, in_features),
+        prefix + "bias_mu": (out_features,),
+        prefix + "bias_sigma": (out_features,),
+        prefix + "eps_in": (in_features,),
+        prefix + "eps_out": (out_features,),
+    }
 
 
 def has_q_head(cfg: DQNConfig) -> bool:
@@ -91,9 +107,7 @@ def q_head_shapes(cfg: DQNConfig, in_features: int, n_actions: int) -> Shapes:
     for name, n_out in outs.items():
         prefix = f"head.{name}."
         if cfg.noisy:
-            shapes[prefix + "weight_mu"] = shapes[prefix + "weight_sigma"] = (n_out, in_features)
-            shapes[prefix + "bias_mu"] = shapes[prefix + "bias_sigma"] = (n_out,)
-            shapes[prefix + "eps_in"], shapes[prefix + "eps_out"] = (in_features,), (n_out,)
+            shapes |= _noisy(prefix, in_features, n_out)
         else:
             shapes[prefix + "weight"], shapes[prefix + "bias"] = (n_out, in_features), (n_out,)
     return shapes

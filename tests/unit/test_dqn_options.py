@@ -88,6 +88,17 @@ def test_all_options_off_is_the_plain_network_of_older_checkpoints() -> None:
     torch.testing.assert_close(learner.online(x), net(x))
 
 
+def copy_noise(policy, net: QNetwork) -> None:  # noqa: ANN001
+    """Give the torch net's noisy layers the numpy policy's noise, layer by layer (by name)."""
+    numpy_layers = {**policy.noisy_layers}
+    numpy_layers |= {f"head.{k}": v for k, v in policy.head.layers.items()}
+    torch_layers = {n: m for n, m in net.named_modules() if isinstance(m, NoisyLinear)}
+    assert set(numpy_layers) == set(torch_layers) and len(torch_layers) >= 2
+    for name, module in torch_layers.items():
+        layer = numpy_layers[name]
+        module.set_noise(torch.from_numpy(layer.eps_in), torch.from_numpy(layer.eps_out))
+
+
 def _twin_check(cfg, obs, n_actions, batch, torch_batch, mask) -> None:  # noqa: ANN001
     net = net_of(cfg, obs, n_actions, seed=3)
     if isinstance(obs, tuple):  # a normalizer that does something
@@ -99,12 +110,7 @@ def _twin_check(cfg, obs, n_actions, batch, torch_batch, mask) -> None:  # noqa:
             want = net(torch_batch).numpy()
         np.testing.assert_allclose(policy.q_values(batch), want, rtol=1e-5, atol=1e-5)
         policy.reset_noise(np.random.default_rng(7))
-        for layer, module in zip(
-            policy.head.layers.values(),  # type: ignore[union-attr]
-            [m for m in net.modules() if isinstance(m, NoisyLinear)],
-            strict=True,
-        ):
-            module.set_noise(torch.from_numpy(layer.eps_in), torch.from_numpy(layer.eps_out))
+        copy_noise(policy, net)
     with torch.no_grad():
         want = net(torch_batch).numpy()
     got = policy.q_values(batch)
@@ -173,13 +179,11 @@ def test_noisy_client_acts_greedily_on_its_own_noise_which_varies() -> None:
     actor.set_model(1, actor.make_policy(net.state_dict()), {"env_steps": 0})
     obs = np.zeros((1, 4), np.float32)
     seen = set()
-    noisy_layers = [m for m in net.modules() if isinstance(m, NoisyLinear)]
     for step in range(60):
         action = int(actor.act(obs, step)[0])
         assert actor.epsilon == 0.0
         seen.add(action)
-        layer = actor.policy.head.layers["out"]  # type: ignore[union-attr]
-        noisy_layers[0].set_noise(torch.from_numpy(layer.eps_in), torch.from_numpy(layer.eps_out))
+        copy_noise(actor.policy, net)
         with torch.no_grad():
             assert action == int(net(torch.from_numpy(obs)).argmax(dim=1)[0])
     assert seen == {0, 1}  # the same observation, different noise: both actions
@@ -266,9 +270,9 @@ def test_noisy_learner_draws_new_noise_for_both_nets_every_step() -> None:
     learner.update(_batch())
     after = [m.eps_in for n in (learner.online, learner.target) for m in n.modules()
              if isinstance(m, NoisyLinear)]  # fmt: skip
-    assert len(before) == 2
+    assert len(before) == 4  # the hidden layer and the head, of each net
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    assert not torch.equal(after[0], after[1])  # online and target: their own noise
+    assert not torch.equal(after[0], after[2])  # online and target: their own noise
 
 
 def test_nonfinite_step_is_refused_with_every_option_on() -> None:
