@@ -148,13 +148,14 @@ class ReplayBuffer:
 
     def _obs_batch(self, side: str, idx: np.ndarray) -> Obs:
         """One side's observations at `idx` for the network: a bare Box as float32; leaves as
-        float32 (Box, binary) or int64 (categorical, the encoder's indices)."""
+        float32 (Box, binary), int64 (categorical, the encoder's indices) or uint8 (images:
+        the CNN scales them, on the learner's device)."""
         if self.layout is None:
             return torch.from_numpy(self.arrays[side][idx]).float()
         out = {}
         for leaf in self.layout.leaves:
             rows = self.arrays[field_name(side, leaf)][idx]
-            dtype = np.int64 if leaf.kind == "categorical" else np.float32
+            dtype = {"categorical": np.int64, "image": np.uint8}.get(leaf.kind, np.float32)
             out[leaf.name] = torch.from_numpy(rows.astype(dtype, copy=False))
         return out
 

@@ -21,6 +21,7 @@ import torch
 
 from soulsai.model.obs import ObsLayout
 from soulsai.model.obs_wire import from_fields
+from soulsai.training.device import to_device
 
 REWARD_CLIP = 10.0  # scaled rewards are clipped to +-this (as gymnasium's NormalizeReward users do)
 
@@ -55,9 +56,7 @@ def index_obs(obs: ObsBatch, idx: torch.Tensor) -> ObsBatch:
 
 
 def obs_to(obs: ObsBatch, device: torch.device) -> ObsBatch:
-    if isinstance(obs, dict):
-        return {name: leaf.to(device) for name, leaf in obs.items()}
-    return obs.to(device)
+    return to_device(obs, device)  # pinned and asynchronous on a CUDA device
 
 
 def compute_gae(

@@ -37,6 +37,7 @@ from soulsai.model.nets import QNetwork, adam, cpu_state
 from soulsai.model.obs import ObsLayout
 from soulsai.training.algorithms.guards import finite, guarded_update
 from soulsai.training.algorithms.losses import quantile_huber_loss
+from soulsai.training.device import to_device
 from soulsai.training.replay import Obs, ReplayBatch
 
 ADAM_EPS = 1.5e-4
@@ -179,9 +180,7 @@ class DQNLearner:
         return per_sample, theta.mean(dim=1)
 
     def _to_device(self, obs: Obs) -> Obs:
-        if isinstance(obs, torch.Tensor):
-            return obs.to(self.device)
-        return {k: v.to(self.device) for k, v in obs.items()}
+        return to_device(obs, self.device)  # pinned and asynchronous on a CUDA device
 
     def update_normalizer(self, obs: np.ndarray) -> None:
         """Merge a batch of continuous features (`obs.continuous_features`; a bare Box's
