@@ -13,8 +13,15 @@ every message. In the same run, two peers through the same Redis:
 - original: the original SoulsAI wire path, one transition per message, torch.save of a dict of
   tensors, torch.load on receipt (a bench-only baseline, never in the package).
 
+Atari (`--env ALE/Pong-v5`, learning paused): frame rows as a DQN client sends them for
+stacked 84x84 frames (k = 4): real Pong frames (bench/frames.py), 8 env copies per load
+generator, each frame once, lz4-compressed (training.frame_compression: auto), into the node's
+frame store. Printed besides: wire bytes per transition and the frame store's bytes per
+transition, each against the naive stacked obs + next_obs.
+
     python bench/intake.py                # CartPole and LunarLander, N = 1 2 8 64
     python bench/intake.py --env LunarLander-v3 --clients 2 --seconds 8
+    python bench/intake.py --env ALE/Pong-v5 --learning paused --clients 1 2 8
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine_line, node_sets, soulsai_proc, stop  # noqa: E402
+from bench.frames import atari_frames  # noqa: E402
 from soulsai.config import load_config  # noqa: E402
 from soulsai.config.schema import DQNConfig  # noqa: E402
 from soulsai.transport.client_link import ClientLink  # noqa: E402
@@ -41,6 +49,9 @@ from soulsai.transport.envelope import encode_experience  # noqa: E402
 from soulsai.transport.keys import Keys  # noqa: E402
 
 SHAPES = {"CartPole-v1": (4, 2), "LunarLander-v3": (8, 4)}
+ATARI = "ALE/Pong-v5"  # frame rows of stacked 84x84 frames
+FRAME_K, STREAMS, ROWS_PER_STREAM = 4, 8, 128  # stack, env copies per generator, rows per cycle
+ATARI_BUFFER = 30000  # frame store rows on the node (the bench machine is shared)
 BATCH = 64  # transitions per envelope, the client default
 MAX_QUEUE = 10000  # training.max_queue default: clients trim Redis's queue to this
 HIGH_WATER = 4096  # messages queued in Redis above which a load generator backs off
@@ -76,6 +87,72 @@ def _envelopes(
     return out
 
 
+def atari_sets() -> list[str]:
+    """Node settings for Pong as stacked 84x84 frames: soulsai's env.atari preprocessing where
+    it builds them, else Gymnasium's AtariPreprocessing and FrameStackObservation as wrappers."""
+    from soulsai.envs import env_spaces
+
+    base = [
+        f"env.id={ATARI}",
+        "env.imports=[ale_py]",
+        f"env.atari={{frame_stack: {FRAME_K}}}",
+        f"dqn.buffer_size={ATARI_BUFFER}",
+    ]
+    obs, _ = env_spaces(load_config(ROOT / "config", base).env)
+    if obs.shape == (FRAME_K, 84, 84):
+        return base
+    return [
+        *base,
+        "env.kwargs={frameskip: 1}",
+        "env.wrappers=[{name: gymnasium.wrappers.AtariPreprocessing}, {name: "
+        f"gymnasium.wrappers.FrameStackObservation, kwargs: {{stack_size: {FRAME_K}}}}}]",
+    ]
+
+
+class FrameEnvelopes:
+    """A load generator's frame rows: STREAMS env copies of ROWS_PER_STREAM consecutive real
+    frames each, in messages of BATCH rows (each copy's rows in order, as DQNActor sends them),
+    lz4-compressed once. Every cycle through them starts new streams: only the stream ids'
+    bytes are rewritten, so the node links every row as it would a client's."""
+
+    def __init__(self, client_id: str, index: int, model_id: int, frames: np.ndarray) -> None:
+        from soulsai.transport.compress import resolve
+
+        n_step = dqn_config(ATARI).n_step
+        rows = STREAMS * ROWS_PER_STREAM
+        copy = np.arange(rows) // ROWS_PER_STREAM
+        seq = np.arange(rows) % ROWS_PER_STREAM
+        self.base = (index + 1) << 40
+        stream = self.base + copy
+        pick = (copy * 131 + seq) % len(frames)
+        codec = resolve("auto")
+        self.raws, self.offsets, self.streams = [], [], []
+        for a in range(0, rows, BATCH):
+            part = slice(a, a + BATCH)
+            fields = {
+                "frame": frames[pick[part]],
+                "flags": (seq[part] == 0).astype(np.uint8),
+                "stream": stream[part].astype(np.int64),
+                "seq": seq[part].astype(np.int64),
+                "action": np.zeros(BATCH, np.int64),
+                "reward": np.zeros(BATCH, np.float32),
+                "terminated": np.zeros(BATCH, np.uint8),
+                "steps": np.full(BATCH, n_step, np.uint8),
+            }
+            raw = encode_experience(client_id, model_id, fields, codec, {"frame"})
+            self.offsets.append(raw.find(fields["stream"].tobytes()))
+            self.streams.append(fields["stream"])
+            self.raws.append(raw)
+        self.bytes_per_row = sum(map(len, self.raws)) / rows
+
+    def get(self, i: int) -> bytes:
+        """Envelope i (counting on from 0 across cycles), in its cycle's new streams."""
+        cycle, j = divmod(i, len(self.raws))
+        raw, off, stream = self.raws[j], self.offsets[j], self.streams[j]
+        fresh = (stream + cycle * STREAMS).tobytes()
+        return raw[:off] + fresh + raw[off + len(fresh) :]
+
+
 def push(link: ClientLink, items: list[bytes]) -> None:
     """LPUSH + LTRIM in one round trip, as a real client's sender does (ClientLink.push); then,
     while Redis holds more than HIGH_WATER messages, wait with a growing sleep (1 to 50 ms)
@@ -97,6 +174,7 @@ def generator(
     n_actions: int,
     honor_throttle: bool,
     rate: float = CLIENT_RATE,
+    frames: np.ndarray | None = None,
 ) -> None:
     """One load client, until the benchmark sets the stop key; announces itself once running.
 
@@ -105,7 +183,7 @@ def generator(
     bench/client.py's CartPole client steps; 0: no limit); it learns of pauses and new models
     from the commands and model channels and checks the pause before every message (a real
     client checks before every env step). Both poll the throttle key, the model id and the
-    stop key every 0.1 s."""
+    stop key every 0.1 s. With `frames`: Atari frame rows (FrameEnvelopes) instead."""
     r = redis.Redis(host="127.0.0.1", port=port, password=password)
     keys = Keys(prefix)
     link = ClientLink(r, keys)
@@ -129,7 +207,10 @@ def generator(
             if stopped:
                 return
             mid = int(mid or 0)
-            if mid != model_id:
+            if mid != model_id and frames is not None:
+                model_id, atari = mid, FrameEnvelopes(client_id, index, mid, frames)
+                envs = [atari.get(i) for i in range(len(atari.raws))]
+            elif mid != model_id:
                 model_id, envs = mid, _envelopes(client_id, obs_dim, n_actions, mid)
             paused = honor_throttle and bool(throttled)
         if honor_throttle:
@@ -147,7 +228,10 @@ def generator(
         if paused or (honor_throttle and time.monotonic() < next_send):
             continue
         next_send = max(next_send, time.monotonic()) + interval  # a pause is not made up for
-        push(link, [envs[(sent + i) % len(envs)] for i in range(per_push)])
+        if frames is not None:
+            push(link, [atari.get(sent + i) for i in range(per_push)])
+        else:
+            push(link, [envs[(sent + i) % len(envs)] for i in range(per_push)])
         sent += per_push
 
 
@@ -160,10 +244,12 @@ def run_node_case(
     tmp: Path,
     rate: float = CLIENT_RATE,
 ) -> dict:
-    obs_dim, n_actions = SHAPES[env_id]
+    atari = env_id == ATARI
+    obs_dim, n_actions = SHAPES.get(env_id, (0, 6))
+    frames = atari_frames(ATARI, 1024) if atari else None
     dqn = dqn_config(env_id)
     prefix = f"bench{clients}{int(learning)}{time.time_ns() % 10**6}"
-    extra = [f"env.id={env_id}", "training.intake_batch=512"]
+    extra = [*(atari_sets() if atari else [f"env.id={env_id}"]), "training.intake_batch=512"]
     if not learning:
         extra.append("dqn.learning_starts=1000000000")
     node = soulsai_proc(
@@ -182,7 +268,17 @@ def run_node_case(
     gens = [
         ctx.Process(
             target=generator,
-            args=(server.port, server.password, prefix, i, obs_dim, n_actions, learning, rate),
+            args=(
+                server.port,
+                server.password,
+                prefix,
+                i,
+                obs_dim,
+                n_actions,
+                learning,
+                rate,
+                frames,
+            ),
         )
         for i in range(clients)
     ]
@@ -231,6 +327,7 @@ def run_node_case(
         "forgiven": f1 - f0,
         "owed": owed,
         "rejected": stats.get(b"rejected", b"0").decode(),
+        "buffer": int(stats.get(b"buffer", 0)),
     }
 
 
@@ -322,9 +419,43 @@ def _torch_producer(port: int, password: str, key: str, obs_dim: int, until: flo
         r.lpush(key, buf.getvalue())
 
 
+def atari_case(server: EmbeddedRedis, clients: list[int], seconds: float, tmp: Path) -> None:
+    """Frame rows of stacked 84x84 Pong frames, learning paused: accepted transitions/s, wire
+    bytes and frame-store bytes per transition against the naive stacked obs + next_obs."""
+    from soulsai.training.frame_replay import FrameReplay
+
+    frames = atari_frames(ATARI, 1024)
+    frame = frames[0].nbytes
+    naive = 2 * FRAME_K * frame
+    wire = FrameEnvelopes("load-0", 0, 0, frames).bytes_per_row
+    store = FrameReplay.planned_bytes(1_000_000, frames.shape[1:], 6) / 1_000_000
+    print(f"\n{ATARI} as frame rows (84x84, k={FRAME_K}, lz4, real Pong frames), learning paused")
+    print(f"'sampleable': linked transitions in the node's frame store of {ATARI_BUFFER:,} rows")
+    print(
+        f"wire: {wire:,.0f} bytes per transition = 1/{naive / wire:,.0f} of the naive stacked "
+        f"obs + next_obs ({naive:,} bytes; target <= 1/8 = {naive // 8:,})"
+    )
+    print(
+        f"replay: {store:,.0f} bytes per transition = {store / frame:.3f} x one frame "
+        f"({frame:,} bytes; target <= 1.25 x); 1M transitions: {store * 1e6 / 2**30:.2f} GiB"
+    )
+    print(
+        f"{'clients':>7} {'accepted/s':>12} {'x 50k/s':>8} {'redis MB':>8} {'rejected':>8} "
+        f"{'sampleable':>10}"
+    )
+    for n in clients:
+        res = run_node_case(server, ATARI, n, seconds, False, tmp)
+        acc = res["accepted_per_s"]
+        print(
+            f"{n:>7} {acc:>12,.0f} {acc / 50000:>8.2f} {res['redis_mb']:>8.1f} "
+            f"{res['rejected']:>8} {res['buffer']:>10,}",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--env", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--env", nargs="*", default=list(SHAPES), choices=[*SHAPES, ATARI])
     ap.add_argument("--clients", nargs="*", type=int, default=[1, 2, 8, 64])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument(
@@ -345,6 +476,9 @@ def main() -> None:
     print(machine_line())
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
         for env_id in args.env:
+            if env_id == ATARI:
+                atari_case(server, args.clients, args.seconds, Path(tmp))
+                continue
             ceils = [ceiling(server, env_id, args.seconds, p) for p in (1, 2)]
             ceil = max(ceils)
             orig = original(server, env_id, args.seconds)

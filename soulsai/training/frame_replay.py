@@ -156,10 +156,14 @@ class FrameReplay:
             return
         if (next_mask is None) != (self.n_mask == 0):
             raise ValueError("next_mask must be given exactly when the store keeps masks")
+        # Rows keep their arrival order in the ring (a contiguous copy: gathering 7 kB rows
+        # costs several times more); links are found in (stream, seq) order.
         order = np.lexsort((seq, stream))
         stream, seq, flags = stream[order], seq[order], flags[order]
         steps = steps[order].astype(np.int64)
-        serial = self.total + np.arange(m, dtype=np.int64)
+        serial = self.total + order  # each sorted row's serial
+        rank = np.empty(m, dtype=np.int64)  # arrival index -> sorted position
+        rank[order] = np.arange(m)
         first = (flags & FIRST) != 0
         is_trans = ((flags & FINAL) == 0) & (steps >= 1)
         new_group = np.ones(m, dtype=bool)
@@ -167,7 +171,8 @@ class FrameReplay:
         # prev: the row before in this batch, when it is the same stream's seq - 1
         follows = np.zeros(m, dtype=bool)
         follows[1:] = ~new_group[1:] & (seq[1:] == seq[:-1] + 1)
-        prev = np.where(follows, serial - 1, MISSING)
+        prev = np.full(m, MISSING, dtype=np.int64)
+        prev[1:] = np.where(follows[1:], serial[:-1], MISSING)
         # next: the row `steps` on, found in this batch if the stream's rows are contiguous
         nxt = np.full(m, MISSING, dtype=np.int64)
         target = seq + steps
@@ -201,27 +206,31 @@ class FrameReplay:
             if len(waiting) > MAX_PENDING:  # a hostile stream: its oldest never resolve
                 for src, _ in waiting[:-MAX_PENDING]:
                     if src >= self.total:
-                        nxt[src - self.total] = MISSING
+                        nxt[rank[src - self.total]] = MISSING
                 waiting = waiting[-MAX_PENDING:]
             st.pending = waiting
             st.last_seq, st.last_serial = last, int(serial[b - 1])
         prev[first] = PAD
-        values: dict[str, np.ndarray] = {
-            "frame": frame[order],
-            "prev": prev,
-            "next": nxt,
-            "action": action[order],
-            "reward": reward[order],
-            "discount": discount[order],
-        }
-        if next_mask is not None:
-            values["next_mask"] = next_mask[order]
+        prev_in, nxt_in = np.empty_like(prev), np.empty_like(nxt)  # back to arrival order
+        prev_in[order], nxt_in[order] = prev, nxt
         keep = min(m, self.capacity)  # of more rows than the ring holds, only the newest stay
-        pos = (serial[m - keep :]) % self.capacity
-        self.linked -= int(np.count_nonzero(self.next[pos] >= 0))
-        for name, value in values.items():
-            self.arrays[name][pos] = value[m - keep :]
-        self.linked += int(np.count_nonzero(nxt[m - keep :] >= 0))
+        start = (self.total + m - keep) % self.capacity
+        spans = [(start, min(keep, self.capacity - start))]  # the ring's slots, at most two runs
+        if spans[0][1] < keep:
+            spans.append((0, keep - spans[0][1]))
+        columns = {"frame": frame, "action": action, "reward": reward, "discount": discount}
+        if next_mask is not None:
+            columns["next_mask"] = next_mask
+        done = m - keep  # rows of the batch written so far (the oldest never are)
+        for slot, count in spans:
+            rows = slice(done, done + count)
+            ring = slice(slot, slot + count)
+            self.linked -= int(np.count_nonzero(self.next[ring] >= 0))
+            for name, value in columns.items():
+                self.arrays[name][ring] = value[rows]
+            self.prev[ring], self.next[ring] = prev_in[rows], nxt_in[rows]
+            self.linked += int(np.count_nonzero(nxt_in[rows] >= 0))
+            done += count
         self.total += m
         for src, dst in resolved:
             if src >= self.total - self.capacity:

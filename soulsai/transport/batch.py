@@ -179,6 +179,9 @@ def decode_experience_rows(
         misses = _plan_group(group, block, spec, plans, singles, errors, misses, layouts)
     single_exps = []
     for raw in singles:
+        if isinstance(raw, Experience):  # decoded already while looking for its layout
+            single_exps.append(raw)
+            continue
         try:  # values are checked below with everything else, once
             single_exps.append(decode_structure(raw, spec))
         except ProtocolError as e:
@@ -242,8 +245,8 @@ def _plan_group(
                 errors.append(e)
                 pending = pending[1:]
                 continue
-            if shape is None:  # valid, but not a layout the batch path takes
-                singles.append(group[pending[0]])
+            if isinstance(shape, Experience):  # valid, but not a layout the batch path takes
+                singles.append(shape)
                 pending = pending[1:]
                 continue
             if layouts is not None:
@@ -293,19 +296,21 @@ def _check_rows(rows: ExperienceRows, spec: ExperienceSpec) -> ExperienceRows:
     )
 
 
-def _shape_of(raw: bytes, spec: ExperienceSpec) -> _Shape | None:
+def _shape_of(raw: bytes, spec: ExperienceSpec) -> _Shape | Experience:
     """Decode one envelope's structure (raising its ProtocolError) and locate its payloads.
 
-    None for a valid envelope whose layout the batch path does not take: the walk below must
-    see exactly what the decoder kept (one field map, each spec field once, [dtype, shape,
-    bytes] of the right length), and msgpack keeps only the last of repeated keys, so an
-    envelope with a repeated `f` or field name goes the one-by-one way instead.
+    The decoded envelope itself for a valid envelope whose layout the batch path does not take
+    (it goes the one-by-one way, not decoded twice): the walk below must see exactly what the
+    decoder kept (one field map, each spec field once, [dtype, shape, bytes] of the right
+    length, none compressed), and msgpack keeps only the last of repeated keys, so an envelope
+    with a repeated `f` or field name goes the one-by-one way instead.
     """
     exp = decode_structure(raw, spec)
     try:
-        return _locate_payloads(raw, spec, exp)
+        shape = _locate_payloads(raw, spec, exp)
     except (ValueError, TypeError, KeyError, msgpack.UnpackException):
-        return None  # includes msgpack's OutOfData, ExtraData and FormatError
+        shape = None  # includes msgpack's OutOfData, ExtraData and FormatError
+    return exp if shape is None else shape
 
 
 def _locate_payloads(raw: bytes, spec: ExperienceSpec, exp: Experience) -> _Shape | None:
