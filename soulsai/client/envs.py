@@ -15,6 +15,7 @@ from soulsai.model.masks import METHOD, mask_from_env, mask_from_info
 from soulsai.model.obs import ObsLayout, build_layout, obs_leaves
 
 MASK_METHOD = METHOD  # env.action_mask's value that asks the env's method
+BARE_KINDS = ("box", "image")  # leaf kinds whose bare observation needs no range check
 
 
 class StepRows:
@@ -53,7 +54,9 @@ class StepRows:
         n_mask: int = 0,
     ) -> None:
         self.layout = layout if layout is not None else build_layout(obs_space)
-        self.plain = self.layout.plain
+        # a bare Box (frames too): its one leaf is the observation, written as it comes
+        bare = self.layout.leaves[0]
+        self.plain = len(self.layout.leaves) == 1 and not bare.path and bare.kind in BARE_KINDS
         discrete = isinstance(action_space, gym.spaces.Discrete)
         act_shape = () if discrete else tuple(action_space.shape or ())
         self.capacity = capacity

@@ -82,6 +82,7 @@ def test_client_episode_records_sum_the_whole_game(cfg_dir) -> None:
     venv = LocalVectorEnv(cfg.env)
     space, actions = venv.single_observation_space, venv.single_action_space
     rows = StepRows(4000, 1, space, actions, layout=env_layout(cfg.env, space))
+    assert rows.plain and rows.obs is not None  # bare frames as they come (the frame store's)
     venv.reset(rows, seed=2)
     rng = np.random.default_rng(2)
     records, learner_ends, game_reward = [], 0, 0.0
