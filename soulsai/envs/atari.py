@@ -68,7 +68,8 @@ class AtariGame(gym.Wrapper):
         self.continues = False  # the last learner episode ended on a lost life, not game over
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        obs, info = None, {}
+        obs: Any = None
+        info: dict[str, Any] = {}
         if self.continues:  # a life was lost: go on playing the same game
             self.continues = False
             obs, reward, term, trunc, info = self.env.step(NOOP)
@@ -103,7 +104,7 @@ class AtariGame(gym.Wrapper):
             info = {**info, GAME_OVER: False}
         self.lives = lives
         if self.clip_reward:
-            reward = float(np.sign(reward))
+            reward = float(np.sign(float(reward)))
         return obs, reward, term, trunc, info
 
 
