@@ -88,24 +88,11 @@ def _envelopes(
 
 
 def atari_sets() -> list[str]:
-    """Node settings for Pong as stacked 84x84 frames: soulsai's env.atari preprocessing where
-    it builds them, else Gymnasium's AtariPreprocessing and FrameStackObservation as wrappers."""
-    from soulsai.envs import env_spaces
-
-    base = [
+    """Node settings for Pong as stacked 84x84 frames (soulsai's env.atari preprocessing)."""
+    return [
         f"env.id={ATARI}",
-        "env.imports=[ale_py]",
         f"env.atari={{frame_stack: {FRAME_K}}}",
         f"dqn.buffer_size={ATARI_BUFFER}",
-    ]
-    obs, _ = env_spaces(load_config(ROOT / "config", base).env)
-    if obs.shape == (FRAME_K, 84, 84):
-        return base
-    return [
-        *base,
-        "env.kwargs={frameskip: 1}",
-        "env.wrappers=[{name: gymnasium.wrappers.AtariPreprocessing}, {name: "
-        f"gymnasium.wrappers.FrameStackObservation, kwargs: {{stack_size: {FRAME_K}}}}}]",
     ]
 
 

@@ -222,15 +222,17 @@ class FrameReplay:
         if next_mask is not None:
             columns["next_mask"] = next_mask
         done = m - keep  # rows of the batch written so far (the oldest never are)
+        linked = 0  # applied at once: `len` may be read without the caller's lock (stats)
         for slot, count in spans:
             rows = slice(done, done + count)
             ring = slice(slot, slot + count)
-            self.linked -= int(np.count_nonzero(self.next[ring] >= 0))
+            linked -= int(np.count_nonzero(self.next[ring] >= 0))
             for name, value in columns.items():
                 self.arrays[name][ring] = value[rows]
             self.prev[ring], self.next[ring] = prev_in[rows], nxt_in[rows]
-            self.linked += int(np.count_nonzero(nxt_in[rows] >= 0))
+            linked += int(np.count_nonzero(nxt_in[rows] >= 0))
             done += count
+        self.linked += linked
         self.total += m
         for src, dst in resolved:
             if src >= self.total - self.capacity:
