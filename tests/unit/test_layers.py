@@ -62,3 +62,16 @@ def test_lint_imports_passes_on_the_package_and_fails_naming_the_contract_when_c
     assert broken.returncode != 0, out
     assert f"{_layers_contract_name()} BROKEN" in " ".join(out.split()), out
     assert "soulsai.client -> soulsai.training" in out, out
+
+
+def test_a_client_module_that_imports_torch_breaks_the_torch_free_contract(tmp_path: Path) -> None:
+    src = _package_copy(tmp_path)
+    twin = src / "soulsai" / "model" / "numpy_q.py"  # through it, every client module
+    twin.write_text(twin.read_text() + "\nimport torch  # noqa: E402,F401\n")
+    broken = _run(src)
+    out = " ".join((broken.stdout + broken.stderr).split())
+    assert broken.returncode != 0, out
+    contracts = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]["contracts"]
+    name = next(c["name"] for c in contracts if c["id"] == "torch-free-client")
+    assert f"{name} BROKEN" in out, out
+    assert "soulsai.client" in out and "soulsai.model.numpy_q -> torch" in out, out
