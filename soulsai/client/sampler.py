@@ -21,7 +21,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from soulsai.client.actors import Message, make_actor
+from soulsai.client.actor_base import Message
+from soulsai.client.actors import make_actor
 from soulsai.client.control import Control
 from soulsai.client.envs import LocalVectorEnv, make_vector_env
 from soulsai.client.outbox import Outbox

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from soulsai.client.actors import PPOActor
+from soulsai.client.ppo_actor import PPOActor
 from soulsai.client.envs import LocalVectorEnv
 from soulsai.training.node import TrainingNode
 from soulsai.transport.envelope import encode_experience

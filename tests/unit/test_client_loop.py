@@ -91,7 +91,7 @@ def test_ppo_actor_through_the_vector_env_rows() -> None:
     truncation from the true final observation."""
     from pathlib import Path
 
-    from soulsai.client.actors import PPOActor
+    from soulsai.client.ppo_actor import PPOActor
     from soulsai.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "config", ["algo=ppo"])

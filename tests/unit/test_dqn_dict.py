@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import soulsai.envs.soulslike  # noqa: F401  (registers soulsai/IudexLike-v0)
-from soulsai.client.actors import DQNActor
+from soulsai.client.dqn_actor import DQNActor
 from soulsai.client.envs import LocalVectorEnv
 from soulsai.config import load_config
 from soulsai.errors import ConfigError

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import soulsai.envs.soulslike  # noqa: F401  (registers soulsai/IudexLike-v0)
-from soulsai.client.actors import DQNActor
+from soulsai.client.dqn_actor import DQNActor
 from soulsai.config import load_config
 from soulsai.model.heads import NoisyLinear
 from soulsai.model.nets import QNetwork

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from soulsai.client.actors import DQNActor
+from soulsai.client.dqn_actor import DQNActor
 from soulsai.config import load_config
 from soulsai.model.schedules import epsilon
 

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from soulsai.client.actors import DQNActor
+from soulsai.client.dqn_actor import DQNActor
 from soulsai.config import load_config
 from soulsai.config.schema import AtariConfig
 from soulsai.errors import ConfigError

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soulsai.client.actors import DQNActor
+from soulsai.client.dqn_actor import DQNActor
 from soulsai.client.nstep import fold_nstep
 from soulsai.config import load_config
 
@@ -311,7 +311,7 @@ def test_dqn_actor_flushes_on_time_at_any_step_rate(monkeypatch, step_s) -> None
     steps: the clock is read less often at high rates, never too rarely to keep time."""
     from types import SimpleNamespace
 
-    import soulsai.client.actors as actors
+    import soulsai.client.dqn_actor as actors
 
     clock = [1000.0]
     monkeypatch.setattr(actors, "time", SimpleNamespace(monotonic=lambda: clock[0]))

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soulsai.client.actors import PPOActor
+from soulsai.client.ppo_actor import PPOActor
 from soulsai.config import load_config
 from soulsai.model.nets import ActorCritic
 from soulsai.model.numpy_ac import NumpyActorCritic

@@ -16,7 +16,7 @@ import torch
 from gymnasium import spaces as S
 
 import soulsai.envs.soulslike  # noqa: F401  (registers soulsai/IudexLike-v0)
-from soulsai.client.actors import PPOActor
+from soulsai.client.ppo_actor import PPOActor
 from soulsai.client.envs import LocalVectorEnv
 from soulsai.config import load_config
 from soulsai.model.masks import unpack_mask

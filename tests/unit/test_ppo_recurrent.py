@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from soulsai.client.actors import PPOActor
+from soulsai.client.ppo_actor import PPOActor
 from soulsai.config import load_config
 from soulsai.errors import ProtocolError
 from soulsai.model.cores import STATE_BOUND, NumpyCore, gather_state, spread_state
