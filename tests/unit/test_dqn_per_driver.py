@@ -22,7 +22,8 @@ import pytest
 
 from soulsai.config import load_config
 from soulsai.errors import CheckpointError
-from soulsai.training.algorithms.dqn_driver import DQNDriver, still_there
+from soulsai.training.algorithms.dqn_driver import DQNDriver
+from soulsai.training.algorithms.dqn_replay import still_there
 from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

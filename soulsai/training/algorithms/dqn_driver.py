@@ -15,41 +15,36 @@ frame rows and go to a `FrameReplay` that keeps each frame once and rebuilds the
 sampling (soulsai.training.frame_replay); prioritized replay and the observation normalizer
 are not available there (ConfigError).
 
-With `dqn.prioritized` a `PrioritizedSampler` sits beside the replay ring, slot for slot: every
-accepted batch enters it with the max priority, the update samples through it and weights its
-loss by the importance weights, and the learner's TD errors become the rows' new priorities.
-New rows take the max priority rather than an Ape-X client-computed one. The client would need
-two more forward passes per transition (online and target net on the next observation) and the
-target net's weights on the wire: measured on the 2-core dev machine (LunarLander's [256, 256]
-net, numpy), acting costs 89 us per step and those passes 2 x 51 us per transition, so the
-client's inference cost would double, to spare the learner nothing (it recomputes the TD error
-at the first replay); a row entering at the max is replayed soon, and then has the learner's.
+With `dqn.prioritized` a `PrioritizedSampler` sits beside the replay ring, slot for slot
+(soulsai.training.algorithms.dqn_replay: its bookkeeping and why new rows take the max priority).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from soulsai.config import Config
 from soulsai.errors import CheckpointError, ConfigError
 from soulsai.logs import RateLimitedLog
 from soulsai.model.masks import unpack_mask
 from soulsai.model.obs import continuous_features, env_layout
 from soulsai.model.obs_wire import from_fields
 from soulsai.model.schedules import epsilon
-from soulsai.model.specs import dqn_experience_spec, dqn_frame_spec, stacked_frames
+from soulsai.model.specs import dqn_experience_spec, stacked_frames
 from soulsai.training.algorithms.dqn import DQNLearner
+from soulsai.training.algorithms.dqn_replay import (
+    frame_store,
+    per_sampler,
+    prioritized_update,
+    restore_priorities,
+)
 from soulsai.training.driver import Host, IntakeHooks
 from soulsai.training.frame_replay import FINAL, FrameReplay
-from soulsai.training.prioritized import PrioritizedSampler
 from soulsai.training.ratio import PauseGate, ReplayRatio
 from soulsai.training.replay import ReplayBuffer
 from soulsai.training.shares import ClientShares
@@ -102,8 +97,13 @@ class DQNDriver:
             cfg.env.discrete_obs,
             cfg.env.embedding_dim,
         )
-        self.buffer: ReplayBuffer | FrameReplay = (
-            ReplayBuffer(
+        self.buffer: ReplayBuffer | FrameReplay
+        if self.frame_space is not None:  # the spec becomes the frame rows'
+            self.spec, self.buffer = frame_store(
+                cfg, obs_space, act_space, self.frame_space, self.n_mask
+            )
+        else:
+            self.buffer = ReplayBuffer(
                 d.buffer_size,
                 tuple(obs_space.shape or ()),
                 obs_space.dtype or np.float32,
@@ -111,9 +111,6 @@ class DQNDriver:
                 layout=self.layout,
                 n_mask=self.n_mask,
             )
-            if self.frame_space is None
-            else self._frame_store(obs_space, act_space)
-        )
         self.per = per_sampler(cfg) if d.prioritized else None
         self._log = RateLimitedLog(host.log, cfg.training.log_interval)
         self.new_obs: list[np.ndarray] = []
@@ -135,29 +132,6 @@ class DQNDriver:
         )
 
     # ---------------------------------------------------------------- intake side
-
-    def _frame_store(self, obs_space: gym.Space, act_space: gym.Space) -> FrameReplay:
-        """Stacked frames (env.atari.frame_stack): frame rows on the wire, each frame kept once
-        (soulsai.training.frame_replay); the spec becomes the frame rows'."""
-        cfg, d = self.cfg, self.cfg.dqn
-        assert self.frame_space is not None and isinstance(act_space, gym.spaces.Discrete)
-        for key, on in (("dqn.prioritized", d.prioritized), ("dqn.normalize_obs", d.normalize_obs)):
-            if on:
-                raise ConfigError(f"{key}: not available with stacked frames (env.atari)")
-        self.spec = dqn_frame_spec(
-            self.frame_space,
-            act_space,
-            d.n_step,
-            cfg.training.max_batch,
-            cfg.training.max_message_bytes,
-            max_abs_reward=cfg.training.max_abs_reward,
-            masked=self.n_mask > 0,
-        )
-        k = int(obs_space.shape[0])  # type: ignore[index]
-        shape = tuple(self.frame_space.shape)
-        return FrameReplay(
-            d.buffer_size, shape, k, int(act_space.n), n_mask=self.n_mask, seed=cfg.seed
-        )
 
     def accept_frames(self, f: dict[str, np.ndarray]) -> None:
         """Frame rows into the frame store. A transition with bad mask bits loses its
@@ -279,20 +253,12 @@ class DQNDriver:
                 host.publish(state)
 
     def prioritized_update(self) -> None:
-        """One update on a prioritized sample, its loss weighted by the importance weights,
-        then the sampled rows' new priorities (but for rows the intake overwrote meanwhile)."""
+        """One update on a prioritized sample (dqn_replay.prioritized_update)."""
         assert self.per is not None and isinstance(self.buffer, ReplayBuffer)  # no PER on frames
-        with self.host.lock:
-            drawn = self.per.sample(self.cfg.dqn.batch_size)
-            batch = self.buffer.batch_at(drawn.indices)
-            added = self.buffer.total_added
-        self.last_info = self.learner.update(batch, torch.from_numpy(drawn.weights))
-        td_errors = self.learner.td_errors
-        if td_errors is None:  # a skipped (non-finite) step: the priorities stay
-            return
-        with self.host.lock:
-            keep = still_there(drawn.indices, self.buffer, self.buffer.total_added - added)
-            self.per.update(drawn.indices[keep], td_errors[keep])
+        info = prioritized_update(
+            self.per, self.buffer, self.learner, self.host.lock, self.cfg.dqn.batch_size
+        )
+        self.last_info = info
 
     def learning(self) -> bool:
         d = self.cfg.dqn
@@ -416,50 +382,3 @@ class DQNDriver:
             restore_priorities(self.per, self.buffer, state.get("prioritized"))
         self.ratio.restart(self.host.accepted, self.learner.updates)
         self._published_at, self._published_updates = self.host.accepted, self.learner.updates
-
-
-def per_sampler(cfg: Config) -> PrioritizedSampler:
-    """The sampler of `cfg.dqn`'s prioritized replay; beta anneals over `per_beta_steps`
-    updates, by default the updates `max_steps` implies (100000 when it is 0: no limit)."""
-    d = cfg.dqn
-    steps = d.per_beta_steps
-    if steps is None:
-        steps = int(cfg.max_steps * d.replay_ratio / d.batch_size) if cfg.max_steps else 100_000
-    return PrioritizedSampler(
-        d.buffer_size, d.per_alpha, d.per_beta_start, steps, d.per_eps, seed=cfg.seed + 1
-    )
-
-
-def still_there(indices: np.ndarray, buffer: ReplayBuffer, added_since: int) -> np.ndarray:
-    """Which of the sampled ring `indices` still hold the rows sampled, `added_since` rows
-    having been written since (the newest ones end just before `buffer.pos`)."""
-    if added_since >= buffer.capacity:
-        return np.zeros(len(indices), dtype=bool)
-    return (buffer.pos - 1 - indices) % buffer.capacity >= added_since
-
-
-def restore_priorities(
-    per: PrioritizedSampler, buffer: ReplayBuffer, state: dict[str, Any] | None
-) -> None:
-    """The sampler of a resumed run: the checkpoint's priorities when it saved them with the
-    buffer; else the restored rows at the max priority (a checkpoint from before prioritized
-    replay, or one without the buffer), keeping any beta clock it saved."""
-    if state is not None and "tree.priorities" in state:
-        try:
-            per.load_state_dict(state)
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"the checkpoint's replay priorities do not fit: {e}") from None
-        if (per.size, per.pos) != (len(buffer), buffer.pos):
-            raise CheckpointError(
-                f"the checkpoint's replay priorities cover {per.size} rows at {per.pos}, "
-                f"its buffer {len(buffer)} at {buffer.pos}"
-            )
-        return
-    if state is not None:
-        per.steps = int(state["steps"])
-        per.max_priority = float(state["max_priority"])
-        per.rng.bit_generator.state = json.loads(bytes(state["rng_state"]).decode())
-    per.pos = 0
-    per.size = 0
-    per.add(len(buffer))  # one priority for all: the slots' order does not matter
-    per.pos = buffer.pos
