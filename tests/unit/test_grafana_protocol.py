@@ -8,46 +8,23 @@ unanswerable requests, rejected by the description where it covers them, get a 4
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema_rs
 import pytest
 from fastapi.testclient import TestClient
 
-from soulsai.config import default_config_dir, load_config
-from soulsai.telemetry.stats import EpisodeStats, SystemSeries
+from soulsai.telemetry.stats import SystemSeries
 from soulsai.telemetry.web import WebState, make_app
+from tests.data.episode_history import T0, episode_stats, iso
 from tests.data.grafana_json_protocol import ROUTES
 
-T0 = 1_700_000_000.0
 N = 200
-
-
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    cfg = load_config(default_config_dir(), ["telemetry.moving_average=10"]).telemetry
-    stats = EpisodeStats(cfg)
-    for i in range(1, N + 1):  # one episode per second, two clients taking turns
-        rec = {
-            "episode": i,
-            "return": float(i),
-            "length": 20 + i % 5,
-            "client_id": "alpha" if i % 2 else "beta",
-            "time": T0 + i,
-            "env_steps": 30 * i,
-            "wall_time": float(i),
-            "stream_id": f"{int((T0 + i) * 1000)}-0",
-            "model_id": i // 10,
-            "info.hp": 1.0 - i / N,
-        }
-        stats.add(rec)
-        if i in (50, 150):
-            stats.best_due(rec)
+    stats = episode_stats(N, (50, 150), model_ids=True)
     system = SystemSeries()
     for i in range(30):
         system.sample(T0 + 10 * i, 300 * i, 2)

@@ -4,46 +4,23 @@ the plugins document, the JSON API, /metrics and the port error."""
 from __future__ import annotations
 
 import socket
-from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from soulsai.config import default_config_dir, load_config
 from soulsai.errors import ConfigError
 from soulsai.metrics import NodeMetrics
-from soulsai.telemetry.stats import EpisodeStats, SystemSeries
+from soulsai.telemetry.stats import SystemSeries
 from soulsai.telemetry.web import HttpServer, WebState, bind, make_app
+from tests.data.episode_history import T0, episode_stats, iso
 
-T0 = 1_700_000_000.0  # unix seconds of the first episode
 N = 500
-
-
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @pytest.fixture(scope="module")
 def state() -> WebState:
-    cfg = load_config(default_config_dir(), ["telemetry.moving_average=10"]).telemetry
-    stats = EpisodeStats(cfg)
-    for i in range(1, N + 1):  # one episode per second, two clients taking turns
-        rec = {
-            "episode": i,
-            "return": float(i),
-            "length": 20 + i % 5,
-            "client_id": "alpha" if i % 2 else "beta",
-            "time": T0 + i,
-            "env_steps": 30 * i,
-            "wall_time": float(i),
-            "stream_id": f"{int((T0 + i) * 1000)}-0",
-            "info.hp": 1.0 - i / N,
-        }
-        stats.add(rec)
-        if i in (100, 300):
-            rec["saved_best"] = stats.rolling("return")
-            stats.best_due(rec)
+    stats = episode_stats(N, (100, 300), saved_best=True)
     stats.note_client("gamma", True, T0 + 250)
     system = SystemSeries()
     for i in range(60):
