@@ -14,7 +14,6 @@ import threading
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -25,23 +24,11 @@ from soulsai.errors import CheckpointError
 from soulsai.training.algorithms.dqn_driver import DQNDriver
 from soulsai.training.algorithms.dqn_replay import still_there
 from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
+from tests.data.driver_host import Host
 
 ROOT = Path(__file__).resolve().parents[2]
 OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
 ACT = gym.spaces.Discrete(2)
-
-
-class Host(SimpleNamespace):
-    """What DQNDriver uses of the node shell, in process."""
-
-    def learned(self) -> None:
-        pass
-
-    def finite_policy(self) -> None:
-        return None
-
-    def publish(self, state: Any = None) -> None:
-        pass
 
 
 def make_driver(*sets: str) -> DQNDriver:

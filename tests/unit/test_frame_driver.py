@@ -9,7 +9,6 @@ import threading
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,22 +20,12 @@ from soulsai.errors import ConfigError
 from soulsai.training.algorithms.dqn_driver import DQNDriver
 from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
 from soulsai.training.frame_replay import FrameReplay
+from tests.data.driver_host import Host
 from tests.unit.test_frame_wire import FRAME, Frames, K, config, run
 
 ROOT = Path(__file__).resolve().parents[2]
 OBS = gym.spaces.Box(0, 255, (K, *FRAME), np.uint8)
 ACT = gym.spaces.Discrete(3)
-
-
-class Host(SimpleNamespace):
-    def learned(self) -> None:
-        pass
-
-    def finite_policy(self) -> None:
-        return None
-
-    def publish(self, state: Any = None) -> None:
-        pass
 
 
 def make_driver(*sets: str, frame_stack: int = K) -> DQNDriver:
