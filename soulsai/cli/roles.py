@@ -29,6 +29,21 @@ from soulsai.errors import ConfigError, ConnectionFailed
 log = logging.getLogger("soulsai")
 
 
+def _stack_config(
+    config_dir: Path | None, sets: tuple[str, ...], resume: str | None, named: dict[str, Any]
+) -> tuple[Config, Path, list[str], Any]:
+    """What `train` and `server` do before their stack starts: the config (and the resume
+    point, if any), logging, the spaces check, and SIGTERM handled as Ctrl-C."""
+    cfg, cdir, overrides = load_options(config_dir, sets, **named)
+    setup_logging(rich=True)
+    point = None
+    if resume is not None:
+        cfg, point = resume_run(cfg, cdir, overrides, resume)
+    check_spaces(cfg)
+    signal.signal(signal.SIGTERM, interrupt)
+    return cfg, cdir, overrides, point
+
+
 @click.command()
 @common_options
 @click.option(
@@ -79,13 +94,7 @@ def train(
     need_server("train")
     from soulsai.local import LocalStack
 
-    cfg, cdir, overrides = load_options(config_dir, sets, **named)
-    setup_logging(rich=True)
-    point = None
-    if resume is not None:
-        cfg, point = resume_run(cfg, cdir, overrides, resume)
-    check_spaces(cfg)
-    signal.signal(signal.SIGTERM, interrupt)
+    cfg, cdir, overrides, point = _stack_config(config_dir, sets, resume, named)
     stack = LocalStack(
         cfg, cdir, overrides, clients, redis_mode, progress=not no_progress, resume=point
     )
@@ -110,13 +119,7 @@ def server(
     need_server("server")
     from soulsai.local import LocalStack
 
-    cfg, cdir, overrides = load_options(config_dir, sets, **named)
-    setup_logging(rich=True)
-    point = None
-    if resume is not None:
-        cfg, point = resume_run(cfg, cdir, overrides, resume)
-    check_spaces(cfg)
-    signal.signal(signal.SIGTERM, interrupt)
+    cfg, cdir, overrides, point = _stack_config(config_dir, sets, resume, named)
     stack = LocalStack(
         cfg,
         cdir,
