@@ -81,6 +81,7 @@ class EnvConfig(_Strict):
         if any(not 1 <= c <= 1024 for c in v):
             raise ValueError("every IMPALA stage has 1 to 1024 channels")
         return v
+
     # Which file (or --set) set each key, for errors that must name it: load_config fills it.
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 

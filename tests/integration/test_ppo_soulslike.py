@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from soulsai.client.ppo_actor import PPOActor
 from soulsai.client.envs import LocalVectorEnv
+from soulsai.client.ppo_actor import PPOActor
 from soulsai.training.node import TrainingNode
 from soulsai.transport.envelope import encode_experience
 

@@ -16,8 +16,8 @@ import torch
 from gymnasium import spaces as S
 
 import soulsai.envs.soulslike  # noqa: F401  (registers soulsai/IudexLike-v0)
-from soulsai.client.ppo_actor import PPOActor
 from soulsai.client.envs import LocalVectorEnv
+from soulsai.client.ppo_actor import PPOActor
 from soulsai.config import load_config
 from soulsai.model.masks import unpack_mask
 from soulsai.model.nets import cpu_state
