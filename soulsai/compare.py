@@ -19,7 +19,7 @@ import numpy as np
 
 from soulsai import run as runfolder
 from soulsai.errors import ConfigError
-from soulsai.telemetry.downsample import downsample
+from soulsai.telemetry.downsample import downsample, moving_average
 
 MAX_RUNS = 16  # runs in one figure
 MAX_BYTES = 256 << 20  # of one episodes.jsonl (about 1.5M episodes); the rest is left unread
@@ -118,14 +118,6 @@ def _label(run_dir: Path, name: str) -> str:
     parts = [cfg.get("algo"), env.get("id") if isinstance(env, dict) else None]
     extra = [_text(p, 48) for p in parts if isinstance(p, str) and p and p not in label]
     return f"{label} ({', '.join(extra)})" if extra else label
-
-
-def moving_average(y: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last `window` values at each point (fewer at the start)."""
-    c = np.concatenate(([0.0], np.cumsum(y)))
-    hi = np.arange(1, len(y) + 1)
-    lo = np.maximum(hi - window, 0)
-    return (c[hi] - c[lo]) / (hi - lo)
 
 
 def compare(run_dirs: list[Path], out: Path, window: int = 20) -> list[RunCurve]:
