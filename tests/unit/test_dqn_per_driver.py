@@ -9,11 +9,7 @@ the driver never touches the link).
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -24,7 +20,7 @@ from soulsai.errors import CheckpointError
 from soulsai.training.algorithms.dqn_driver import DQNDriver
 from soulsai.training.algorithms.dqn_replay import still_there
 from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.data.driver_host import Host
+from tests.data.driver_host import dqn_host
 
 ROOT = Path(__file__).resolve().parents[2]
 OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
@@ -38,18 +34,7 @@ def make_driver(*sets: str) -> DQNDriver:
          "dqn.batch_size=16", "dqn.buffer_size=100", "dqn.replay_ratio=16", "dqn.hidden=[8]",
          "dqn.update_samples=1000000", "max_steps=1000", *sets],
     )  # fmt: skip
-    host = Host(
-        cfg=cfg,
-        lock=threading.RLock(),
-        data_ready=threading.Event(),
-        accepted=0,
-        model_id=0,
-        clients=1,
-        env_steps=0,
-        log=logging.getLogger("test"),
-        intake=SimpleNamespace(rejected=Counter(), drained_at=0.0, queued_steps=lambda: 0.0),
-    )
-    return DQNDriver(host, OBS, ACT)
+    return DQNDriver(dqn_host(cfg), OBS, ACT)
 
 
 def rows(n: int, seed: int) -> dict[str, np.ndarray]:

@@ -5,10 +5,7 @@ observations in a plain replay buffer) still resumes, and options it cannot serv
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +17,7 @@ from soulsai.errors import ConfigError
 from soulsai.training.algorithms.dqn_driver import DQNDriver
 from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
 from soulsai.training.frame_replay import FrameReplay
-from tests.data.driver_host import Host
+from tests.data.driver_host import dqn_host
 from tests.unit.test_frame_wire import FRAME, Frames, K, config, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,18 +33,7 @@ def make_driver(*sets: str, frame_stack: int = K) -> DQNDriver:
          "dqn.gamma=0.9", "env.image_encoder=flatten", "dqn.update_samples=1000000", *sets],
     )  # fmt: skip
     cfg.env.atari = AtariConfig(frame_stack=frame_stack)
-    host = Host(
-        cfg=cfg,
-        lock=threading.RLock(),
-        data_ready=threading.Event(),
-        accepted=0,
-        model_id=0,
-        clients=1,
-        env_steps=0,
-        log=logging.getLogger("test"),
-        intake=SimpleNamespace(rejected=Counter(), drained_at=0.0, queued_steps=lambda: 0.0),
-    )
-    return DQNDriver(host, OBS, ACT)
+    return DQNDriver(dqn_host(cfg), OBS, ACT)
 
 
 def frame_rows(steps: int = 200, seed: int = 0) -> list[dict[str, np.ndarray]]:
