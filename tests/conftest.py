@@ -222,6 +222,36 @@ def wait_until(fn: Callable[[], object], timeout: float, what: str) -> object:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def train_run(
+    tmp_path: Path,
+    config_dir: Path,
+    algo: str,
+    max_steps: int,
+    sets: list[str],
+    clients: int = 2,
+    timeout: float = 240,
+) -> Path:
+    """Run `soulsai train` (embedded Redis, no progress bar) to `max_steps` with `--set` items
+    `sets`; assert it exited 0 and return its run folder, the only one under tmp_path/saves."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "soulsai",
+        "train",
+        "--algo",
+        algo,
+        "--config-dir",
+        str(config_dir),
+    ]
+    cmd += ["--save-dir", str(tmp_path / "saves"), "--max-steps", str(max_steps)]
+    cmd += ["--clients", str(clients), "--redis", "embedded", "--no-progress"]
+    cmd += [x for s in sets for x in ("--set", s)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    (run,) = (tmp_path / "saves").iterdir()
+    return run
+
+
 def read_log(p: subprocess.Popen) -> str:
     return Path(p.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 

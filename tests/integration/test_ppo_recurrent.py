@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.conftest import train_run
+
 pytestmark = pytest.mark.integration
 
 
@@ -20,19 +22,11 @@ def test_soulsai_train_recurrent_ppo_on_cartpole_without_velocities_then_evaluat
     (config_dir / "config.yaml").write_text(
         "env:\n  id: soulsai/CartPoleNoVel-v1\n  imports: [soulsai.envs.memory]\n"
     )
-    save = tmp_path / "saves"
-    cmd = [sys.executable, "-m", "soulsai", "train", "--algo", "ppo", "--save-dir", str(save)]
-    cmd += ["--config-dir", str(config_dir), "--max-steps", "3000", "--no-progress"]
-    cmd += ["--clients", "2", "--redis", "embedded"]
     sets = ["training.metrics_port=0", "telemetry.http_port=0", "target_return=null"]
     sets += ["ppo.recurrent=lstm", "ppo.recurrent_size=16", "ppo.hidden=[16]"]
     sets += ["ppo.n_steps_total=512", "ppo.fragment_length=32", "ppo.update_epochs=2"]
     sets += ["env.num_envs=4"]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    (run,) = save.iterdir()
+    run = train_run(tmp_path, config_dir, "ppo", 3000, sets)
     config = json.loads((run / "config.json").read_text())
     assert (config["ppo"]["recurrent"], config["ppo"]["recurrent_size"]) == ("lstm", 16)
     state = json.loads((run / "checkpoint" / "state.json").read_text())

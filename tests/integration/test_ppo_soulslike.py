@@ -17,6 +17,7 @@ from soulsai.client.envs import LocalVectorEnv
 from soulsai.client.ppo_actor import PPOActor
 from soulsai.training.node import TrainingNode
 from soulsai.transport.envelope import encode_experience
+from tests.conftest import train_run
 
 pytestmark = pytest.mark.integration
 IUDEX = ["env.id=soulsai/IudexLike-v0", "env.imports=[soulsai.envs.soulslike]"]  # in-process
@@ -68,19 +69,11 @@ def test_soulsai_train_ppo_on_iudexlike_with_and_without_masks(tmp_path, config_
     (config_dir / "config.yaml").write_text(
         "env:\n  id: soulsai/IudexLike-v0\n  imports: [soulsai.envs.soulslike]\n"
     )
-    save = tmp_path / "saves"
-    cmd = [sys.executable, "-m", "soulsai", "train", "--algo", "ppo", "--save-dir", str(save)]
-    cmd += ["--config-dir", str(config_dir), "--max-steps", "2500", "--no-progress"]
-    cmd += ["--clients", "2", "--redis", "embedded"]
     sets = ["training.metrics_port=0", "telemetry.http_port=0", "target_return=null"]
     sets += ["ppo.n_steps_total=512", "ppo.update_epochs=2", "ppo.hidden=[32]"]
     if masks:
         sets.append("env.action_mask=action_mask")
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    (run,) = save.iterdir()
+    run = train_run(tmp_path, config_dir, "ppo", 2500, sets)
     config = json.loads((run / "config.json").read_text())
     assert config["env"]["action_mask"] == ("action_mask" if masks else None)
     state = json.loads((run / "checkpoint" / "state.json").read_text())

@@ -5,8 +5,6 @@ asked, W&B's offline runs, written by the nodes themselves."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 
 import soulsai
 from soulsai.scalars import TB_DIR
+from tests.conftest import train_run
 from tests.unit.test_scalars import read_scalars
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -74,13 +73,8 @@ def test_python_api_trains_and_the_nodes_write_tensorboard_and_wandb_offline(
 
 
 def test_ppo_run_writes_its_learner_statistics_to_tensorboard(tmp_path, config_dir):
-    sets = [x for item in OFF for x in ("--set", item)]
-    cmd = [sys.executable, "-m", "soulsai", "train", "--algo", "ppo", "--env", "CartPole-v1"]
-    cmd += ["--config-dir", str(config_dir), "--save-dir", str(tmp_path / "saves"), *sets]
-    cmd += ["--max-steps", "3000", "--clients", "1", "--redis", "embedded", "--no-progress"]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    (run,) = (tmp_path / "saves").iterdir()
+    sets = ["env.id=CartPole-v1", *OFF]
+    run = train_run(tmp_path, config_dir, "ppo", 3000, sets, clients=1, timeout=300)
     check_episode_scalars(run)
     trainer = read_scalars(run / TB_DIR / "training")
     ppo = {"loss", "approx_kl", "clipfrac", "entropy", "explained_variance", "lr", "iterations"}
