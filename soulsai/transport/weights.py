@@ -27,6 +27,7 @@ WEIGHT_DTYPES: dict[str, np.dtype] = {
 WIRE_DTYPES = ("float32", "float16")
 FLOAT16_MAX = 65504.0
 MAX_WEIGHTS_HEADER = 100 << 20
+MAX_META_COUNT = 1 << 53  # the largest counter a client takes from the weights' metadata
 
 
 def encode_weights(
@@ -109,6 +110,19 @@ def _weights_header(raw: Any, max_bytes: int) -> tuple[dict[str, Any], int]:
     return header, 8 + hlen
 
 
+def _counter(key: str, text: Any) -> int:
+    """A metadata value besides model_id: the node's counters (env_steps, num_clients, updates,
+    iterations) are all it sends, and a client computes with them, so anything but an integer in
+    [0, MAX_META_COUNT] (a string, NaN or Infinity, which Python's json reads, a list, a huge
+    number) is refused here rather than raising inside the client's env loop."""
+    if not isinstance(text, str) or len(text) > 24:
+        raise ProtocolError("bad_structure", f"weights metadata {key[:40]!r}: not a short string")
+    value = json.loads(text)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_META_COUNT:
+        raise ProtocolError("bad_structure", f"weights metadata {key[:40]!r}: not a count")
+    return value
+
+
 def _metadata(header: dict[str, Any]) -> dict[str, Any]:
     try:
         meta = header.get("__metadata__", {})
@@ -119,7 +133,7 @@ def _metadata(header: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"model_id": int(mid)}
         for k, v in meta.items():
             if k not in ("model_id", "protocol"):
-                out[k] = json.loads(v)
+                out[k] = _counter(k, v)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise ProtocolError("bad_structure", f"weights metadata: {type(e).__name__}") from None
     return out

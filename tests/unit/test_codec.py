@@ -433,7 +433,8 @@ def expected_shapes(net: QNetwork) -> dict[str, tuple[int, ...]]:
 def test_weights_round_trip_with_model_id_and_metadata() -> None:
     net = make_net()
     state = net.state_dict()
-    meta = {"env_steps": 12345, "epsilon": 0.25, "tags": ["a", "b"], "extra": {"x": None}}
+    # what the training node sends: counters a client computes with
+    meta = {"env_steps": 12345, "num_clients": 2, "updates": 7, "iterations": 3}
     raw = encode_weights(state, 99, meta)
     assert isinstance(raw, bytes)
     tensors, got = decode_weights(raw, expected_shapes(net), MAX_BYTES)
@@ -512,6 +513,17 @@ def _blob_with_header(header: str | bytes) -> bytes:
         _blob_with_metadata({"other": "1"}),
         _blob_with_metadata({"model_id": "1", "meta": "not json"}),
         _blob_with_metadata({"model_id": "1", "meta": "[" * 5000}),
+        # counters a client computes with (int(meta["env_steps"]) in its env loop): only
+        # integers in [0, 2**53]; Python's json would read Infinity and NaN
+        _blob_with_metadata({"model_id": "1", "env_steps": "Infinity"}),
+        _blob_with_metadata({"model_id": "1", "env_steps": "NaN"}),
+        _blob_with_metadata({"model_id": "1", "num_clients": '"2"'}),
+        _blob_with_metadata({"model_id": "1", "num_clients": "[2]"}),
+        _blob_with_metadata({"model_id": "1", "num_clients": "true"}),
+        _blob_with_metadata({"model_id": "1", "env_steps": "1.5"}),
+        _blob_with_metadata({"model_id": "1", "env_steps": "-5"}),
+        _blob_with_metadata({"model_id": "1", "env_steps": str(2**60)}),
+        _blob_with_metadata({"model_id": "1", "updates": "1e300"}),
         st_save({"w": torch.zeros(2)}),
         _blob_with_header('{"__metadata__": {"model_id": 1e999}}'),
         _blob_with_header('{"__metadata__": {"model_id": -4}}'),
