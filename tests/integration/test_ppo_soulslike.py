@@ -15,6 +15,7 @@ import pytest
 
 from soulsai.client.envs import LocalVectorEnv
 from soulsai.client.ppo_actor import PPOActor
+from soulsai.model.masks import unpack_mask
 from soulsai.training.node import TrainingNode
 from soulsai.transport.envelope import encode_experience
 from tests.conftest import train_run
@@ -45,15 +46,18 @@ def test_bad_mask_bits_are_rejected_and_counted_by_a_ppo_node(redis_server, node
     cfg = node_config("algo=ppo", *IUDEX, "env.action_mask=action_mask", "ppo.fragment_length=16")
     node = TrainingNode(cfg, redis_server.target, tmp_path / "run", threading.Event())
     try:
-        good, padded, empty = _fragments(cfg, node, 3)
+        good, padded, empty, outside = _fragments(cfg, node, 4)
         assert set(good) >= {"mask", "obs.boss_animation", "obs.player_hp"}
         assert good["mask"].shape == (16, 3)  # 20 actions in 3 bytes, 4 padding bits
         padded["mask"][5, 2] |= 1  # a padding bit set
         empty["mask"][3] = 0  # a row without a valid action
+        valid = unpack_mask(outside["mask"], 20)
+        row = int(np.flatnonzero(~valid.all(axis=1))[0])  # a row with an invalid action
+        outside["action"][row] = int(np.flatnonzero(~valid[row])[0])  # which is then taken
         intake = node.intake
-        for fields in (good, padded, empty):
+        for fields in (good, padded, empty, outside):
             intake.handle(encode_experience("c", 0, fields))
-        assert intake.rejected["bad_mask"] == 2 and node.accepted == 16
+        assert intake.rejected["bad_mask"] == 3 and node.accepted == 16
         assert len(node.driver.rollout) == 16  # only the good fragment was kept
         (kept,) = node.driver.rollout.take()
         assert kept["mask"].dtype == bool and kept["mask"].shape == (16, 20)

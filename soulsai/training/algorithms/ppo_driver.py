@@ -105,7 +105,11 @@ class PPODriver:
         fields = exp.fields
         try:
             if self.masked:  # stored unpacked: the loss reads the bool mask (B, n_actions)
-                fields = {**fields, "mask": check_mask_bits(fields["mask"], self.n_actions)}
+                mask = check_mask_bits(fields["mask"], self.n_actions)
+                action = fields["action"]  # in range: the spec checked it
+                if not mask[np.arange(len(action)), action].all():
+                    raise ProtocolError("bad_mask", "an action outside the mask it was drawn under")
+                fields = {**fields, "mask": mask}
             if self.learner.net.state_size:  # the fragments' initial states (n_fragments, S)
                 states = gather_state(
                     fields["state"],
