@@ -44,12 +44,14 @@ class Learner(Protocol):
 @dataclass
 class IntakeHooks:
     """How the intake hands over good samples: per envelope (`accept`) or one call per popped
-    batch with one array per field (`accept_rows`); `max_delay` model ids of staleness are
-    accepted; `shares` caps each client's part of the update debt."""
+    batch (`accept_rows(fields, clients)`: one array per field, and one int64 per row naming
+    the client that sent it, the same number for the same client id in every node process);
+    `max_delay` model ids of staleness are accepted; `shares` caps each client's part of the
+    update debt."""
 
     max_delay: int
     accept: Callable[[Experience], None] | None = None
-    accept_rows: Callable[[dict[str, np.ndarray]], None] | None = None
+    accept_rows: Callable[[dict[str, np.ndarray], np.ndarray], None] | None = None
     shares: ClientShares | None = None
 
 

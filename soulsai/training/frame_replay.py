@@ -1,7 +1,10 @@
 """Frame-store replay: each frame is kept once, stacks and n-step pairs are rebuilt on sampling.
 
 Clients send *frame rows* (soulsai.client.frames, docs/protocol.md "Frames"): a stream's rows
-are its episodes' frames in order, each episode's true final frame after its last step. The
+are its episodes' frames in order, each episode's true final frame after its last step. A
+stream is keyed by (client, stream id): the client number the intake derives from the
+envelope's client id, so another client that reuses (or guesses) a stream id starts a stream
+of its own instead of splicing rows into someone else's episodes. The
 ring stores per row its frame, `prev` (the serial number of the stream's previous row in the
 same episode, PAD at an episode's first frame, MISSING where a row was lost) and, for a row
 that starts a transition, `next` (the serial of the row `steps` later in the stream: the
@@ -39,6 +42,7 @@ PENDING = -3  # next: the row `steps` on has not arrived yet
 FIRST, FINAL = 1, 2  # flags bits (soulsai.client.frames)
 MAX_STREAMS = 1 << 16  # streams tracked; the least recently seen is forgotten beyond this
 MAX_PENDING = 128  # transitions one stream may leave waiting for their next frame (> n_step)
+UNKNOWN_CLIENT = -1  # the client of a stream restored from a state without clients
 REDRAWS = 16  # rounds of drawing again for draws whose stacks cannot be rebuilt
 
 
@@ -83,7 +87,7 @@ class FrameReplay:
         self.frames, self.prev, self.next = (self.arrays[n] for n in ("frame", "prev", "next"))
         self.total = 0  # rows ever added: the next row's serial
         self.linked = 0  # live rows whose transition's next row has arrived
-        self.streams: OrderedDict[int, _Stream] = OrderedDict()
+        self.streams: OrderedDict[tuple[int, int], _Stream] = OrderedDict()  # (client, stream)
         self.rng = np.random.default_rng(seed)
 
     @staticmethod
@@ -134,6 +138,7 @@ class FrameReplay:
 
     def add_rows(
         self,
+        client: np.ndarray,
         stream: np.ndarray,
         seq: np.ndarray,
         flags: np.ndarray,
@@ -146,10 +151,11 @@ class FrameReplay:
     ) -> None:
         """Store a batch of frame rows (any order; a stream's rows are put in `seq` order).
 
-        A row continues the stream's previous row when its seq is one more; a row that neither
-        continues its stream nor starts an episode links to MISSING (its stacks are never
-        sampled). A transition row (`steps` >= 1, not FINAL) links to the row `steps` on in its
-        stream, now or when that arrives.
+        `client` (int64 per row) says which client sent each row; a stream is its client's
+        `stream` id. A row continues the stream's previous row when its seq is one more; a row
+        that neither continues its stream nor starts an episode links to MISSING (its stacks
+        are never sampled). A transition row (`steps` >= 1, not FINAL) links to the row
+        `steps` on in its stream, now or when that arrives.
         """
         m = len(seq)
         if m == 0:
@@ -158,8 +164,9 @@ class FrameReplay:
             raise ValueError("next_mask must be given exactly when the store keeps masks")
         # Rows keep their arrival order in the ring (a contiguous copy: gathering 7 kB rows
         # costs several times more); links are found in (stream, seq) order.
-        order = np.lexsort((seq, stream))
-        stream, seq, flags = stream[order], seq[order], flags[order]
+        order = np.lexsort((seq, stream, client))
+        client, stream = client[order], stream[order]
+        seq, flags = seq[order], flags[order]
         steps = steps[order].astype(np.int64)
         serial = self.total + order  # each sorted row's serial
         rank = np.empty(m, dtype=np.int64)  # arrival index -> sorted position
@@ -167,7 +174,7 @@ class FrameReplay:
         first = (flags & FIRST) != 0
         is_trans = ((flags & FINAL) == 0) & (steps >= 1)
         new_group = np.ones(m, dtype=bool)
-        new_group[1:] = stream[1:] != stream[:-1]
+        new_group[1:] = (stream[1:] != stream[:-1]) | (client[1:] != client[:-1])
         # prev: the row before in this batch, when it is the same stream's seq - 1
         follows = np.zeros(m, dtype=bool)
         follows[1:] = ~new_group[1:] & (seq[1:] == seq[:-1] + 1)
@@ -177,14 +184,14 @@ class FrameReplay:
         nxt = np.full(m, MISSING, dtype=np.int64)
         target = seq + steps
         j = np.minimum(np.arange(m) + steps, m - 1)
-        here = is_trans & (stream[j] == stream) & (seq[j] == target)
+        here = is_trans & (stream[j] == stream) & (client[j] == client) & (seq[j] == target)
         nxt[here] = serial[j[here]]
         group_starts = np.flatnonzero(new_group)
         group_ends = np.append(group_starts[1:], m)
         floor_after = self.total + m - self.capacity  # serials below are overwritten after this
         resolved: list[tuple[int, int]] = []  # (serial of an earlier row, its next's serial)
         for a, b in zip(group_starts.tolist(), group_ends.tolist(), strict=True):
-            st = self._stream(int(stream[a]))
+            st = self._stream((int(client[a]), int(stream[a])))
             if st.last_seq == seq[a] - 1:
                 prev[a] = st.last_serial
             last = int(seq[b - 1])
@@ -239,7 +246,7 @@ class FrameReplay:
                 self.next[src % self.capacity] = dst
                 self.linked += 1
 
-    def _stream(self, sid: int) -> _Stream:
+    def _stream(self, sid: tuple[int, int]) -> _Stream:
         st = self.streams.get(sid)
         if st is None:
             st = self.streams[sid] = _Stream()
@@ -353,7 +360,8 @@ class FrameReplay:
         state["total"] = np.array(self.total, dtype=np.int64)
         state["frame_k"] = np.array(self.k, dtype=np.int64)
         ids = list(self.streams)
-        state["stream.id"] = np.array(ids, dtype=np.int64)
+        state["stream.id"] = np.array([s for _, s in ids], dtype=np.int64)
+        state["stream.client"] = np.array([c for c, _ in ids], dtype=np.int64)
         state["stream.last"] = np.array(
             [(s.last_seq, s.last_serial) for s in self.streams.values()], dtype=np.int64
         ).reshape(-1, 2)
@@ -394,8 +402,12 @@ class FrameReplay:
         self.linked = int(np.count_nonzero(live_next >= max(floor, 0)))
         self.streams.clear()
         ids, last = state["stream.id"], state["stream.last"]
-        for sid, (last_seq, last_serial) in zip(ids.tolist(), last.tolist(), strict=True):
-            st = self._stream(int(sid))
+        # a state from before streams were keyed by client: client -1, which no client is
+        # given (their streams' next rows start anew instead of continuing)
+        clients = state.get("stream.client", np.full(len(ids), UNKNOWN_CLIENT, np.int64))
+        keys = zip(clients.tolist(), ids.tolist(), strict=True)
+        for key, (last_seq, last_serial) in zip(keys, last.tolist(), strict=True):
+            st = self._stream((int(key[0]), int(key[1])))
             st.last_seq, st.last_serial = last_seq, last_serial
         streams = list(self.streams.values())
         for i, src, want in state["stream.pending"].tolist():

@@ -7,6 +7,7 @@ buffer; rejects are counted per reason and logged at a limited rate.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -25,12 +26,46 @@ from soulsai.transport.trainer_link import TrainerLink
 
 log = logging.getLogger(__name__)
 
+MAX_NUMBERED = 1 << 16  # client ids whose numbers are cached (beyond: the cache starts over)
+
+
+class ClientNumbers:
+    """Client id string -> a number (int64 >= 0) that names the client in `accept_rows`.
+
+    The number is a hash of the id (8 bytes of BLAKE2b, top bit cleared), so it is the same
+    in every node process and across resumes (a checkpointed frame store's streams go on),
+    and another client cannot get a given client's number without sending its id. Hashes
+    are cached in a bounded dict: one lookup per envelope, none per row.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, int] = {}
+
+    def __call__(self, client_ids: np.ndarray) -> np.ndarray:
+        """One number per entry of `client_ids` (an object array of str)."""
+        cache = self._cache
+        out = np.empty(len(client_ids), np.int64)
+        for i, cid in enumerate(client_ids.tolist()):
+            num = cache.get(cid)
+            if num is None:
+                if len(cache) >= MAX_NUMBERED:
+                    cache.clear()
+                num = cache[cid] = self.number(cid)
+            out[i] = num
+        return out
+
+    @staticmethod
+    def number(client_id: str) -> int:
+        digest = hashlib.blake2b(client_id.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
 
 class Intake:
     """Pops envelopes, validates them, and calls `accept(experience)` for the good ones.
 
     With `accept_rows` the good transitions of a whole popped batch arrive in one call instead,
-    one array per field (`decode_experience_rows`): no Python object per envelope.
+    one array per field (`decode_experience_rows`), with one int64 per row naming the client
+    that sent it (`ClientNumbers`): no Python object per envelope.
     `current_model` returns the newest model id; samples older than `max_delay` ids (or from a
     model id that does not exist yet) are rejected as stale / future.
     """
@@ -44,7 +79,7 @@ class Intake:
         max_delay: int,
         pop_count: int,
         stop: threading.Event,
-        accept_rows: Callable[[dict[str, np.ndarray]], None] | None = None,
+        accept_rows: Callable[[dict[str, np.ndarray], np.ndarray], None] | None = None,
         shares: ClientShares | None = None,
     ) -> None:
         self.link = link
@@ -62,6 +97,7 @@ class Intake:
         self.drained_at = 0.0  # monotonic time of the last pop that left Redis's queue empty
         self.queued = 0  # envelopes still in Redis's queue after the last pop
         self.layouts = LayoutCache()  # clients' envelope layouts, reused across pops
+        self.client_numbers = ClientNumbers()
         self.paused = threading.Event()
         self._log = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
@@ -140,18 +176,22 @@ class Intake:
         fresh = ~(future | stale)
         fresh_counts = np.where(fresh, counts, 0)
         allowed = self._within_shares(rows.client_ids, fresh_counts)
+        accepted = int((allowed > 0).sum())
+        if not accepted:
+            return 0
         fields = rows.fields
+        clients = np.repeat(self.client_numbers(rows.client_ids), counts)
+        mask: np.ndarray | None = None
         if allowed is not fresh_counts:  # a client's share cut envelopes short: their first rows
             starts = np.cumsum(counts) - counts
             within = np.arange(int(counts.sum())) - np.repeat(starts, counts)
             mask = within < np.repeat(allowed, counts)
-            fields = {name: value[mask] for name, value in fields.items()}
         elif not fresh.all():
             mask = np.repeat(fresh, counts)
+        if mask is not None:
             fields = {name: value[mask] for name, value in fields.items()}
-        accepted = int((allowed > 0).sum())
-        if accepted:
-            self.accept_rows(fields)
+            clients = clients[mask]
+        self.accept_rows(fields, clients)
         return accepted
 
     def _within_shares(self, client_ids: np.ndarray, fresh_counts: np.ndarray) -> np.ndarray:

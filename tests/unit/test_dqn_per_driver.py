@@ -37,6 +37,9 @@ def make_driver(*sets: str) -> DQNDriver:
     return DQNDriver(dqn_host(cfg), OBS, ACT)
 
 
+ONE_CLIENT = np.zeros(1000, np.int64)  # every row from the same client
+
+
 def rows(n: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
@@ -53,14 +56,14 @@ def fed(*sets: str, n: int = 130) -> DQNDriver:
     """A driver that took `n` transitions (the ring wrapped once) and did some updates."""
     driver = make_driver(*sets)
     for i in range(n // 10):
-        driver.accept_rows(rows(10, i))
+        driver.accept_rows(rows(10, i), ONE_CLIENT[:10])
         driver.step()
     return driver
 
 
 def test_sampler_follows_the_ring_and_an_update_changes_priorities() -> None:
     driver = make_driver()
-    driver.accept_rows(rows(40, 0))
+    driver.accept_rows(rows(40, 0), ONE_CLIENT[:40])
     per = driver.per
     assert per is not None and len(per) == 40 == len(driver.buffer)
     before = per.tree.get(np.arange(40)).copy()
@@ -72,16 +75,16 @@ def test_sampler_follows_the_ring_and_an_update_changes_priorities() -> None:
     assert len(changed) > 0  # the sampled rows took their TD errors' priorities
     assert driver.stats()["per_beta"] > driver.cfg.dqn.per_beta_start
     for i in range(1, 12):  # the ring wraps; the sampler's position stays the buffer's
-        driver.accept_rows(rows(10, i))
+        driver.accept_rows(rows(10, i), ONE_CLIENT[:10])
         driver.step()
         assert (per.pos, per.size) == (driver.buffer.pos, len(driver.buffer))
 
 
 def test_priorities_of_rows_overwritten_during_an_update_are_not_set() -> None:
     driver = make_driver()
-    driver.accept_rows(rows(100, 0))  # full ring, next write at 0
+    driver.accept_rows(rows(100, 0), ONE_CLIENT[:100])  # full ring, next write at 0
     idx = np.array([0, 5, 50, 99])
-    driver.accept_rows(rows(10, 1))  # overwrites slots 0..9
+    driver.accept_rows(rows(10, 1), ONE_CLIENT[:10])  # overwrites slots 0..9
     assert still_there(idx, driver.buffer, 10).tolist() == [False, False, True, True]
     assert not still_there(idx, driver.buffer, 100).any()
 
@@ -133,7 +136,7 @@ def test_checkpoint_from_before_prioritized_replay_resumes_at_max_priority(
     assert per is not None
     assert (per.size, per.pos) == (len(resumed.buffer), resumed.buffer.pos) == (100, 30)
     assert (per.tree.get(np.arange(100)) == 1.0).all()
-    resumed.accept_rows(rows(10, 99))
+    resumed.accept_rows(rows(10, 99), ONE_CLIENT[:10])
     resumed.step()
     assert (per.pos, per.size) == (resumed.buffer.pos, 100)
 

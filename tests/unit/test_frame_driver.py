@@ -42,10 +42,15 @@ def frame_rows(steps: int = 200, seed: int = 0) -> list[dict[str, np.ndarray]]:
     return [f for _, f in messages]
 
 
+def one_client(f: dict[str, np.ndarray]) -> np.ndarray:
+    """Every row of `f` from the same client."""
+    return np.zeros(len(next(iter(f.values()))), np.int64)
+
+
 def fed(n_messages: int | None = None) -> DQNDriver:
     driver = make_driver()
     for f in frame_rows()[:n_messages]:
-        driver.accept_rows(f)
+        driver.accept_rows(f, one_client(f))
         driver.step()
     return driver
 
@@ -89,7 +94,8 @@ def test_a_checkpoint_from_before_the_frame_store_still_resumes(tmp_path: Path, 
             "next_obs": np.zeros((n, K, *FRAME), np.uint8),
             "terminated": np.zeros(n, np.uint8),
             "steps": np.full(n, 3, np.uint8),
-        }
+        },
+        np.zeros(n, np.int64),
     )
     parts, counters = old.checkpoint(True)
     save_checkpoint(tmp_path / "ck", {"learner": old.learner.state_dict(), **parts}, counters)
@@ -99,7 +105,7 @@ def test_a_checkpoint_from_before_the_frame_store_still_resumes(tmp_path: Path, 
         new.restore(state, summary)
     assert len(new.buffer) == 0 and "before the frame store" in caplog.text
     for f in frame_rows(60):
-        new.accept_rows(f)
+        new.accept_rows(f, one_client(f))
     assert len(new.buffer) > 0
 
 
@@ -112,7 +118,7 @@ def test_hostile_frame_rows_never_break_the_store() -> None:
         f["seq"] = rng.permutation(f["seq"])  # scrambled links
         f["flags"] = rng.integers(0, 4, len(f["flags"])).astype(np.uint8)
         f["stream"][: len(f["stream"]) // 2] = 7  # a stream shared with someone else
-        driver.accept_rows(f)
+        driver.accept_rows(f, one_client(f))
     if len(driver.buffer):
         driver.buffer.sample(8)
 
@@ -139,7 +145,8 @@ def test_a_store_of_only_broken_links_pauses_learning_instead_of_failing() -> No
             "reward": np.zeros(2 * n, np.float32),
             "terminated": np.zeros(2 * n, np.uint8),
             "steps": np.tile(np.array([1, 0], np.uint8), n),
-        }
+        },
+        np.zeros(2 * n, np.int64),
     )
     assert len(driver.buffer) == n and driver.learning()
     driver.step()

@@ -151,11 +151,12 @@ def store_for(k: int, capacity: int = 10_000) -> FrameReplay:
     return FrameReplay(capacity, FRAME, k, n_actions=4, seed=0)
 
 
-def add(store: FrameReplay, msg: dict[str, np.ndarray], n: int) -> None:
+def add(store: FrameReplay, msg: dict[str, np.ndarray], n: int, client: int = 0) -> None:
     discount = (GAMMA ** msg["steps"].astype(np.float64) * (1 - msg["terminated"])).astype(
         np.float32
     )
     store.add_rows(
+        np.full(len(msg["seq"]), client, np.int64),
         msg["stream"],
         msg["seq"],
         msg["flags"],
@@ -241,6 +242,44 @@ def test_a_small_ring_and_lost_messages_never_yield_a_wrong_stack(seed, k, n) ->
         for o, x in zip(batch.obs.numpy(), batch.next_obs.numpy(), strict=True):
             key = int(frame_id(o)[-1])
             assert key in got and got[key][:2] == (tuple(frame_id(o)), tuple(frame_id(x)))
+
+
+@pytest.mark.parametrize("same_batch", [False, True])
+def test_another_client_reusing_a_stream_id_cannot_splice_rows_into_that_stream(
+    same_batch: bool,
+) -> None:
+    """Client 1 plays stream 5, seq 0..3; client 2 sends rows of stream 5 that continue its seq
+    (4..7, never starting an episode). They must not become the next frames or stack frames of
+    client 1's transitions: no rebuilt transition mixes the two clients' frames."""
+    k, m = 2, 4
+    store = store_for(k)
+
+    def rows(client: int, seq: np.ndarray, first_id: int) -> dict[str, np.ndarray]:
+        frames = np.zeros((len(seq), *FRAME), np.uint8)
+        frames[:, 0, 0], frames[:, 0, 1] = divmod(first_id + np.arange(len(seq)), 256)
+        flags = np.where(seq == 0, FIRST, 0).astype(np.uint8)
+        return {
+            "client": np.full(len(seq), client, np.int64),
+            "stream": np.full(len(seq), 5, np.int64),
+            "seq": seq, "flags": flags, "frame": frames,
+            "action": np.zeros(len(seq), np.int64), "reward": np.ones(len(seq), np.float32),
+            "steps": np.ones(len(seq), np.int64), "discount": np.full(len(seq), 0.9, np.float32),
+        }  # fmt: skip
+
+    mine, theirs = rows(1, np.arange(m), 1), rows(2, np.arange(m, 2 * m), 1000)
+    batches = (
+        [{name: np.concatenate([mine[name], theirs[name]]) for name in mine}]
+        if same_batch
+        else [mine, theirs]
+    )
+    order = ["client", "stream", "seq", "flags", "frame", "action", "reward", "steps", "discount"]
+    for b in batches:
+        store.add_rows(*(b[name] for name in order))
+    got = rebuilt(store)
+    for obs, nxt, _, _ in got.values():
+        assert len({f < 1000 for f in obs + nxt}) == 1, (obs, nxt)  # one client's frames
+    # client 1's seq 0..2 (frames 1..3); seq 3 waits for client 1's own seq 4
+    assert {key for key in got if key < 1000} == set(range(1, m))
 
 
 def test_rows_flags_mark_episode_starts_and_final_frames() -> None:

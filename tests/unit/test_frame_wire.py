@@ -115,6 +115,7 @@ def test_the_frame_store_rebuilds_the_stacks_the_policy_acted_on_through_the_wir
     store = FrameReplay(1000, FRAME, K, 3, seed=0)
     discount = (GAMMA ** f["steps"].astype(np.float64) * (1 - f["terminated"])).astype(np.float32)
     store.add_rows(
+        np.zeros(len(f["seq"]), np.int64),  # one client
         f["stream"],
         f["seq"],
         f["flags"],

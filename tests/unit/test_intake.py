@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from soulsai.model.specs import dqn_experience_spec
-from soulsai.training.intake import Intake
+from soulsai.training.intake import ClientNumbers, Intake
 from soulsai.transport.envelope import encode_experience
 
 SPEC = dqn_experience_spec(
@@ -46,7 +46,7 @@ def make_intake(newest: int, max_delay: int) -> tuple[Intake, list[dict[str, np.
         max_delay,
         64,
         threading.Event(),
-        accept_rows=got.append,
+        accept_rows=lambda fields, clients: got.append(fields),
     )
     return intake, got
 
@@ -76,6 +76,32 @@ def test_stale_future_and_malformed_are_counted_and_dropped() -> None:
     assert intake.env_steps == 20  # stale and future samples are env steps too
 
 
+def test_each_row_arrives_with_its_senders_number_the_same_in_every_node() -> None:
+    """`accept_rows` gets one int64 per row naming its client (what keys the frame store's
+    streams): rows of dropped envelopes take their numbers with them, and a client's number
+    is a function of its id alone (the same after a restart, so resumed streams go on)."""
+    got: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+    intake = Intake(
+        None,  # type: ignore[arg-type]  # handle_many never touches the link
+        SPEC, None, lambda: 10, 2, 64, threading.Event(),
+        accept_rows=lambda fields, clients: got.append((fields, clients)),
+    )  # fmt: skip
+    raws = [
+        envelope(10, n=2, client="a", obs=1),
+        envelope(5, n=3, client="b", obs=2),  # stale: dropped with its clients
+        envelope(10, n=4, client="b", obs=3),
+        envelope(10, n=1, client="a", obs=4),
+    ]
+    assert intake.handle_many(raws) == 3
+    fields, clients = got[0]
+    assert clients.dtype == np.int64 and len(clients) == len(fields["obs"]) == 7
+    a, b = ClientNumbers.number("a"), ClientNumbers.number("b")
+    assert a != b and min(a, b) >= 0
+    assert clients.tolist() == [a, a, b, b, b, b, a]
+    assert fields["obs"][:, 0].tolist() == [1, 1, 3, 3, 3, 3, 4]
+    assert (ClientNumbers()(np.array(["b", "a"], object)) == [b, a]).all()
+
+
 def test_nothing_fresh_means_no_call() -> None:
     intake, got = make_intake(newest=10, max_delay=0)
     assert intake.handle_many([envelope(9), b""]) == 0
@@ -100,7 +126,7 @@ def test_a_batch_that_fails_unforeseen_is_dropped_and_the_intake_drains_on() -> 
     stop = threading.Event()
     calls = []
 
-    def accept_rows(rows: dict[str, np.ndarray]) -> None:
+    def accept_rows(rows: dict[str, np.ndarray], clients: np.ndarray) -> None:
         calls.append(rows)
         if len(calls) == 1:
             raise RuntimeError("a bug")

@@ -165,7 +165,7 @@ def make_intake(rows: bool, shares: ClientShares | None = None, spec=SPEC):
         10,
         256,
         threading.Event(),
-        accept_rows=got.append if rows else None,
+        accept_rows=(lambda fields, clients: got.append(fields)) if rows else None,
         shares=shares,
     )
     return intake, got

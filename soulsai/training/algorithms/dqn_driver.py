@@ -133,9 +133,10 @@ class DQNDriver:
 
     # ---------------------------------------------------------------- intake side
 
-    def accept_frames(self, f: dict[str, np.ndarray]) -> None:
-        """Frame rows into the frame store. A transition with bad mask bits loses its
-        transition (counted as `bad_mask`) but keeps its frame, which other stacks need."""
+    def accept_frames(self, f: dict[str, np.ndarray], clients: np.ndarray) -> None:
+        """Frame rows into the frame store, their streams keyed by (client, stream id). A
+        transition with bad mask bits loses its transition (counted as `bad_mask`) but keeps
+        its frame, which other stacks need."""
         host = self.host
         steps = f["steps"]
         trans = ((f["flags"] & FINAL) == 0) & (steps > 0)
@@ -149,6 +150,7 @@ class DQNDriver:
         assert isinstance(self.buffer, FrameReplay)
         with host.lock:
             self.buffer.add_rows(
+                clients,
                 f["stream"],
                 f["seq"],
                 f["flags"],
@@ -185,10 +187,11 @@ class DQNDriver:
             self._log.warning("bad_mask", f"dropped {count} transitions with bad action-mask bits")
         return bad
 
-    def accept_rows(self, f: dict[str, np.ndarray]) -> None:
-        """The good transitions of one intake round into the buffer, one write per field."""
+    def accept_rows(self, f: dict[str, np.ndarray], clients: np.ndarray) -> None:
+        """The good transitions of one intake round into the buffer, one write per field
+        (`clients`: the sender of each row, which keys the frame store's streams)."""
         if self.frame_space is not None:
-            return self.accept_frames(f)
+            return self.accept_frames(f, clients)
         host = self.host
         if self.n_mask:
             f = self.check_masks(f)
