@@ -14,6 +14,7 @@ import numpy as np
 from soulsai.client.actor_base import Actor, VectorSpaces
 from soulsai.client.dqn_actor import DQNActor
 from soulsai.client.ppo_actor import PPOActor
+from soulsai.client.r2d2_actor import R2D2Actor
 from soulsai.config import Config
 
 
@@ -26,4 +27,5 @@ def make_actor(cfg: Config, env: VectorSpaces, index: int, rng: np.random.Genera
 ACTORS: dict[str, Callable[[Config, gym.Space, gym.Space, int, np.random.Generator], Actor]] = {
     "dqn": DQNActor,
     "ppo": PPOActor,
+    "r2d2": R2D2Actor,
 }

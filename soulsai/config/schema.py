@@ -214,6 +214,20 @@ class PPOConfig(_Strict):
     recurrent_size: int = Field(default=64, ge=1, le=4096)
 
 
+class R2D2Config(_Strict):
+    """algo: r2d2's own keys (soulsai/training/algorithms/r2d2.py); what it shares with DQN
+    (lr, gamma, n_step, replay, exploration, dueling, prioritized, ...) is read from `dqn`.
+    Defaults so that configs saved before the section load."""
+
+    core: Literal["lstm", "gru"] = "lstm"
+    core_size: int = Field(default=64, ge=1, le=4096)
+    chunk: int = Field(default=20, ge=2, le=256)  # steps per chunk on the wire and in replay
+    burn_in: int = Field(default=10, ge=0, le=256)  # steps of the predecessor, no gradient
+    value_rescale: bool = True  # h(x) = sign(x)(sqrt(|x| + 1) - 1) + eps x on the targets
+    rescale_eps: float = Field(default=1e-3, ge=0.0, le=1.0)
+    priority_eta: float = Field(default=0.9, ge=0.0, le=1.0)  # eta max|td| + (1 - eta) mean|td|
+
+
 class CheckpointConfig(_Strict):
     every: int = Field(ge=0)
     save_buffer: bool
@@ -279,7 +293,7 @@ class WandbConfig(_Strict):
     mode: Literal["offline", "online"] = "offline"
 
 
-Algo = Literal["dqn", "ppo"]  # one entry per algorithm (with its section below)
+Algo = Literal["dqn", "ppo", "r2d2"]  # one entry per algorithm (with its section below)
 ALGOS: tuple[str, ...] = get_args(Algo)
 
 
@@ -305,6 +319,7 @@ class Config(_Strict):
     training: TrainingConfig
     dqn: DQNConfig
     ppo: PPOConfig
+    r2d2: R2D2Config = R2D2Config()  # a default: configs saved before the section load
     checkpoint: CheckpointConfig
     telemetry: TelemetryConfig
     wandb: WandbConfig = WandbConfig()  # a default: configs saved before the section load
@@ -333,8 +348,30 @@ def check_ppo_config(cfg: Config) -> None:
         )
 
 
+def check_r2d2_config(cfg: Config) -> None:
+    """r2d2's cross-key checks: the burn-in comes from one predecessor chunk, the n-step
+    targets of a chunk's last steps from one successor; no quantile or noisy head."""
+    r, d = cfg.r2d2, cfg.dqn
+    if r.burn_in > r.chunk:
+        raise ConfigError(
+            f"config error: r2d2.burn_in = {r.burn_in} exceeds r2d2.chunk = {r.chunk} "
+            "(the burn-in is the end of the previous chunk)"
+        )
+    if d.n_step > r.chunk:
+        raise ConfigError(
+            f"config error: dqn.n_step = {d.n_step} exceeds r2d2.chunk = {r.chunk} (the "
+            "n-step targets of a chunk's last steps reach into one successor chunk)"
+        )
+    for key, on in (("dqn.noisy", d.noisy), ("dqn.n_quantiles", d.n_quantiles > 1)):
+        if on:
+            raise ConfigError(f"config error: {key} is not available with algo r2d2")
+
+
 # cfg.algo -> its cross-key checks (a fixed table: an algorithm with such checks adds one entry)
-ALGO_CHECKS: dict[str, Callable[[Config], None]] = {"ppo": check_ppo_config}
+ALGO_CHECKS: dict[str, Callable[[Config], None]] = {
+    "ppo": check_ppo_config,
+    "r2d2": check_r2d2_config,
+}
 
 
 def check_algo_config(cfg: Config) -> None:

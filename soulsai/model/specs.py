@@ -218,10 +218,17 @@ def _ppo_spaces(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> None
     )
 
 
+def _r2d2_spaces(cfg: Config, obs_space: gym.Space, act_space: gym.Space) -> None:
+    from soulsai.model.r2d2_spec import r2d2_experience_spec
+
+    r2d2_experience_spec(cfg, obs_space, act_space)
+
+
 # cfg.algo -> a check that its clients and node can work with these spaces (a fixed table)
 SPACE_CHECKS: dict[str, Callable[[Config, gym.Space, gym.Space], None]] = {
     "dqn": _dqn_spaces,
     "ppo": _ppo_spaces,
+    "r2d2": _r2d2_spaces,
 }
 
 

@@ -40,6 +40,13 @@ LEARNER: dict[str, tuple[tuple[str, str], ...]] = {
         ("buffer", "replay size"),
         ("updates", "updates"),
     ),
+    "r2d2": (
+        ("loss", "loss"),
+        ("q_mean", "mean Q"),
+        ("epsilon", "epsilon"),
+        ("buffer", "replay chunks"),
+        ("updates", "updates"),
+    ),
     "ppo": (
         ("approx_kl", "KL"),
         ("entropy", "entropy"),

@@ -20,6 +20,7 @@ import numpy as np
 from soulsai.config import Config
 from soulsai.errors import CheckpointError
 from soulsai.training.algorithms.ppo import ppo_deterministic
+from soulsai.training.algorithms.r2d2 import r2d2_greedy
 
 
 class EvalPolicy(Protocol):
@@ -77,4 +78,8 @@ def dqn_greedy(
     return act
 
 
-POLICIES: dict[str, PolicyBuilder] = {"dqn": dqn_greedy, "ppo": ppo_deterministic}
+POLICIES: dict[str, PolicyBuilder] = {
+    "dqn": dqn_greedy,
+    "ppo": ppo_deterministic,
+    "r2d2": r2d2_greedy,
+}

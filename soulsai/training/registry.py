@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from soulsai.training.algorithms.dqn_driver import DQNDriver
 from soulsai.training.algorithms.ppo_driver import PPODriver
+from soulsai.training.algorithms.r2d2_driver import R2D2Driver
 from soulsai.training.driver import Driver
 
-DRIVERS: dict[str, type[Driver]] = {"dqn": DQNDriver, "ppo": PPODriver}
+DRIVERS: dict[str, type[Driver]] = {"dqn": DQNDriver, "ppo": PPODriver, "r2d2": R2D2Driver}

@@ -40,7 +40,7 @@ LATEST = "latest"
 # Sections and keys that describe the experiment; everything else describes the deployment.
 RUN_KEYS = frozenset(
     {"algo", "seed", "max_steps", "target_return", "env", "client", "training", "checkpoint"}
-    | {"telemetry", "dqn", "ppo"}
+    | {"telemetry", "dqn", "ppo", "r2d2"}
 )
 MACHINE_KEYS = frozenset(
     {
