@@ -69,7 +69,7 @@ class EnvConfig(_Strict):
         default=None, pattern=r"^([A-Za-z0-9_.\-]{1,64}|action_masks\(\))$"
     )
     # Image observations (soulsai/model/cnn_spec.py): uint8 frames go through a CNN
-    image_encoder: Literal["nature", "impala", "flatten"] = "nature"
+    image_encoder: Literal["nature", "impala", "minatar", "flatten"] = "nature"
     image_channels: Literal["auto", "last", "first"] = "auto"
     image_features: int | None = Field(default=None, ge=0, le=65536)
     impala_channels: list[int] = Field(default=[16, 32, 32], min_length=1, max_length=8)

@@ -1,4 +1,5 @@
-"""The image encoders as torch modules: the Nature-DQN CNN and the IMPALA ResNet-CNN, laid out
+"""The image encoders as torch modules: the Nature-DQN CNN, the IMPALA ResNet-CNN and MinAtar's
+one-convolution network, laid out
 as `soulsai.model.cnn_spec` describes (layer names and shapes are what clients check), with
 their numpy twins in `soulsai.model.cnn_numpy` (tested equal).
 
@@ -14,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from soulsai.model.cnn_spec import NATURE_CONVS, ImageOptions, conv_output
+from soulsai.model.cnn_spec import MINATAR_CONV, NATURE_CONVS, ImageOptions, conv_output
 
 
 def to_nchw(x: torch.Tensor, shape: tuple[int, ...], last: bool) -> torch.Tensor:
@@ -112,8 +113,27 @@ class ImpalaCNN(nn.Module):
         return torch.relu(self.fc(x)) if self.fc is not None else x
 
 
+class MinAtarCNN(nn.Module):
+    """Young & Tian (2019)'s DQN network before its hidden layer: conv 16x3x3 stride 1, ReLU,
+    flatten (1,024 features for 10x10 frames); an optional dense ReLU layer. Torch's default
+    initialization, as MinAtar's own."""
+
+    def __init__(self, c: int, h: int, w: int, options: ImageOptions) -> None:
+        super().__init__()
+        out, k, s = MINATAR_CONV
+        self.conv = nn.Conv2d(c, out, k, s)
+        flat = math.prod(conv_output(options, c, h, w))
+        self.fc = nn.Linear(flat, options.dense) if options.dense else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x)).flatten(start_dim=1)
+        return torch.relu(self.fc(x)) if self.fc is not None else x
+
+
 def make_cnn(options: ImageOptions, c: int, h: int, w: int) -> nn.Module:
     """The configured CNN for (c, h, w) inputs."""
     if options.encoder == "impala":
         return ImpalaCNN(c, h, w, options)
+    if options.encoder == "minatar":
+        return MinAtarCNN(c, h, w, options)
     return NatureCNN(c, h, w, options)

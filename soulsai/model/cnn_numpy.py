@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from soulsai.model.cnn_spec import NATURE_CONVS, ImageOptions, conv_output
+from soulsai.model.cnn_spec import MINATAR_CONV, NATURE_CONVS, ImageOptions, conv_output
 
 
 def _arr(t: Any) -> np.ndarray:
@@ -109,6 +109,9 @@ class NumpyCNN:
                 conv = Conv(get(f"convs.{2 * i}.weight"), get(f"convs.{2 * i}.bias"), s, 0, scale)
                 self.layers += [conv, _relu]
                 scale = 1.0
+        elif options.encoder == "minatar":
+            stride = MINATAR_CONV[2]
+            self.layers += [Conv(get("conv.weight"), get("conv.bias"), stride, 0, scale), _relu]
         else:
             for i in range(len(options.impala_channels)):
                 name = f"stacks.{i}."

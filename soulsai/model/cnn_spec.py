@@ -8,6 +8,9 @@ and state_dict shapes. The torch modules (`soulsai.model.cnn`), their numpy twin
 - IMPALA (Espeholt et al. 2018): per channel count c: conv cx3x3 (pad 1), max-pool 3x3/2
   (pad 1), two residual blocks x + conv(relu(conv(relu(x)))); then ReLU, flatten,
   Linear(`features`) + ReLU. Any frame size.
+- MinAtar (Young & Tian 2019, the network of its DQN): conv 16x3x3/1, ReLU, flatten (then
+  Linear(`features`) + ReLU only if `features` is set: by default the network's hidden layers
+  follow, 128 units in MinAtar's DQN). For 10x10 frames, where Nature's 8x8/4 does not fit.
 
 `features` 0 leaves the dense layer out: the flattened conv output is the encoding (then the
 network's own first hidden layer is the dense one, e.g. Nature DQN with `dqn.hidden: [512]`).
@@ -23,13 +26,14 @@ from typing import Literal
 from soulsai.errors import ConfigError
 
 Shapes = dict[str, tuple[int, ...]]
-ImageEncoder = Literal["nature", "impala", "flatten"]
+ImageEncoder = Literal["nature", "impala", "minatar", "flatten"]
 Channels = Literal["auto", "last", "first"]
 
 MIN_SIDE = 8  # a uint8 Box smaller than this in height or width is a vector, not a frame
 NATURE_MIN_SIDE = 36  # the smallest side the Nature CNN's three valid convolutions accept
 NATURE_CONVS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))  # (out channels, kernel, stride)
-DEFAULT_FEATURES = {"nature": 512, "impala": 256}
+MINATAR_CONV = (16, 3, 1)  # (out channels, kernel, stride), no padding
+DEFAULT_FEATURES = {"nature": 512, "impala": 256, "minatar": 0}
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class ImageOptions:
 
     encoder: ImageEncoder = "nature"
     channels: Channels = "auto"
-    features: int | None = None  # None: 512 (nature) or 256 (impala); 0: no dense layer
+    features: int | None = None  # None: 512 (nature), 256 (impala), 0 (minatar); 0: no dense
     impala_channels: tuple[int, ...] = (16, 32, 32)
 
     @property
@@ -103,6 +107,9 @@ def conv_output(options: ImageOptions, c: int, h: int, w: int) -> tuple[int, int
         for out, k, s in NATURE_CONVS:
             c, h, w = out, conv_out(h, k, s), conv_out(w, k, s)
         return c, h, w
+    if options.encoder == "minatar":
+        out, k, s = MINATAR_CONV
+        return out, conv_out(h, k, s), conv_out(w, k, s)
     for out in options.impala_channels:
         c, h, w = out, conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
     return c, h, w
@@ -114,7 +121,7 @@ def check_frame(options: ImageOptions, c: int, h: int, w: int, name: str) -> Non
         where = f"observation key '{name}'" if name else "the observation"
         raise ConfigError(
             f"env.image_encoder: nature needs frames of at least {NATURE_MIN_SIDE}x"
-            f"{NATURE_MIN_SIDE}; {where} is {h}x{w}: use impala"
+            f"{NATURE_MIN_SIDE}; {where} is {h}x{w}: use impala or minatar"
         )
 
 
@@ -137,6 +144,8 @@ def cnn_weight_shapes(options: ImageOptions, c: int, h: int, w: int, prefix: str
         for i, (out, k, _) in enumerate(NATURE_CONVS):
             shapes |= _conv(f"{prefix}convs.{2 * i}", out, inp, k)
             inp = out
+    elif options.encoder == "minatar":
+        shapes |= _conv(f"{prefix}conv", MINATAR_CONV[0], c, MINATAR_CONV[1])
     else:
         inp = c
         for i, out in enumerate(options.impala_channels):

@@ -62,6 +62,9 @@ CASES = [  # (encoder, frame shape, channels last): Atari 84x84x4 both ways, sta
     ("impala", (3, 36, 40), False),
     ("impala", (2, 3, 20, 24), False),
     ("impala", (10, 10, 4), True),  # MinAtar's frames: IMPALA takes any size
+    ("minatar", (10, 10, 4), True),  # MinAtar Breakout
+    ("minatar", (7, 10, 10), False),
+    ("minatar", (2, 10, 10, 3), True),
 ]
 
 
@@ -135,6 +138,28 @@ def test_qnetwork_on_frames_matches_its_shapes_and_numpy_policy(cfg_dir) -> None
     x = frames((4, 84, 84), 4)
     with torch.no_grad():
         q = net({"": torch.as_tensor(x)})
+    assert_twin(q, policy.q_values({"": x}))
+
+
+def test_qnetwork_with_the_minatar_encoder_is_minatars_dqn_network(cfg_dir) -> None:
+    """conv 16x3x3/1 -> ReLU -> 1,024 features -> Linear(128) -> ReLU -> Q-values (Young &
+    Tian 2019's network), and the numpy policy equals it."""
+    cfg = load_config(cfg_dir, ["env.image_encoder=minatar"])
+    layout = env_layout(cfg.env, S.Box(0, 255, (10, 10, 4), np.uint8))
+    assert layout.n_features() == 16 * 8 * 8
+    torch.manual_seed(3)
+    net = QNetwork(layout, 6, [128], normalize_obs=True)
+    dqn = cfg.dqn.model_copy(update={"hidden": [128]})
+    shapes = shapes_of(net)
+    assert shapes == dqn_weight_shapes(dqn, layout, 6)
+    convs = {k: v for k, v in shapes.items() if k.endswith("conv.weight")}
+    assert list(convs.values()) == [(16, 4, 3, 3)]
+    assert shapes["mlp.1.weight"] == (128, 1024)
+    policy = NumpyQPolicy(net.state_dict(), True, layout)
+    x = (frames((10, 10, 4), 6) > 128).astype(np.uint8) * 255  # MinAtar's 0/255 frames
+    with torch.no_grad():
+        q = net({"": torch.as_tensor(x)})
+    assert q.shape == (6, 6)
     assert_twin(q, policy.q_values({"": x}))
 
 

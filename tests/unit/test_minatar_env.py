@@ -1,0 +1,65 @@
+"""The MinAtar adapter (soulsai/envs/minatar.py): ids registered by soulsai.envs without
+importing minatar, uint8 0/255 frames, all 6 actions, the env's seed drives the game, rendering,
+and a clear error naming the extra when minatar is missing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import soulsai.envs  # noqa: F401  # registers soulsai/MinAtar-*
+from soulsai.config import load_config
+from soulsai.envs import make_single_env
+from soulsai.envs.minatar import GAMES
+from soulsai.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = "soulsai/MinAtar-Breakout-v0"
+
+
+def test_every_game_is_registered_without_importing_minatar() -> None:
+    for name in GAMES:
+        assert f"soulsai/MinAtar-{name}-v0" in gym.registry
+    spec = gym.spec("soulsai/MinAtar-Breakout-v0")
+    assert spec.max_episode_steps == 10_000
+
+
+def test_breakout_frames_actions_seeding_and_render() -> None:
+    pytest.importorskip("minatar")
+    env = gym.make("soulsai/MinAtar-Breakout-v0", render_mode="rgb_array")
+    assert env.observation_space == gym.spaces.Box(0, 255, (10, 10, 4), np.uint8)
+    assert env.action_space == gym.spaces.Discrete(6)
+
+    def play(seed: int) -> tuple[list[np.ndarray], float, int]:
+        obs, _ = env.reset(seed=seed)
+        frames, total, episodes = [obs], 0.0, 0
+        for t in range(300):
+            obs, reward, terminated, truncated, _ = env.step(t % 6)
+            frames.append(obs)
+            total += reward
+            if terminated or truncated:
+                episodes += 1
+                frames.append(env.reset()[0])
+        return frames, total, episodes
+
+    a, b = play(7), play(7)
+    assert all((x == y).all() for x, y in zip(a[0], b[0], strict=True)) and a[1:] == b[1:]
+    assert a[2] > 0  # Breakout episodes end
+    values = np.unique(np.concatenate([f.ravel() for f in a[0]]))
+    assert set(values.tolist()) == {0, 255}
+    img = env.render()
+    assert img.shape == (160, 160, 3) and img.dtype == np.uint8 and img.any()
+    assert gym.make("soulsai/MinAtar-Breakout-v0", minimal_actions=True).action_space.n == 3
+
+
+def test_without_minatar_making_one_is_a_config_error_naming_the_extra(monkeypatch) -> None:
+    for name in [m for m in sys.modules if m == "minatar" or m.startswith("minatar.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "minatar", None)  # import minatar fails
+    with pytest.raises(ConfigError, match=r"soulsai\[bench\]") as e:
+        make_single_env(load_config(ROOT / "config", [f"env.id={ENV}"]).env)
+    assert "\n" not in str(e.value)
