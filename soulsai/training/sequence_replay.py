@@ -110,7 +110,13 @@ class SequenceReplay:
 
     def add(self, fields: Mapping[str, np.ndarray], clients: np.ndarray) -> np.ndarray:
         """Store checked chunks (one row each, wire field names) sent by `clients` (int64
-        per row); returns their slots (the newest `capacity` if more came at once)."""
+        per row); returns their slots (the newest `capacity` if more came at once). They are
+        stored in (client, stream, number) order: the intake's batched decode groups rows by
+        envelope layout, so a chunk may come before its predecessor within one batch."""
+        clients = np.asarray(clients, np.int64)
+        order = np.lexsort((fields["index"], fields["stream"], clients))
+        fields = {name: np.asarray(fields[name])[order] for name in self.wire}
+        clients = clients[order]
         n = len(fields["length"])
         first = max(0, n - self.capacity)
         slots = (self.pos + np.arange(n - first)) % self.capacity
@@ -120,7 +126,7 @@ class SequenceReplay:
                 self._unlink(s)
         for name in self.wire:
             a[name][slots] = fields[name][first:]
-        a["client"][slots] = np.asarray(clients, np.int64)[first:]
+        a["client"][slots] = clients[first:]
         a["prev"][slots] = -1
         a["next"][slots] = -1
         for s in slots.tolist():
