@@ -110,7 +110,8 @@ def _assert_same(a: PrioritizedSampler, b: PrioritizedSampler) -> None:
     for key in sa:
         assert sa[key].dtype == sb[key].dtype and np.array_equal(sa[key], sb[key]), key
     np.testing.assert_array_equal(a.tree._sum, b.tree._sum)
-    np.testing.assert_array_equal(a.tree._min, b.tree._min)
+    np.testing.assert_array_equal(a.tree._low, b.tree._low)
+    assert a.tree.min == b.tree.min
     assert (a.pos, a.size, a.max_priority, a.steps) == (b.pos, b.size, b.max_priority, b.steps)
 
 

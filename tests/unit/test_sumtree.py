@@ -1,4 +1,5 @@
-"""SumTree: sums and minima under batched updates, prefix-sum search, sampling, round trip."""
+"""SumTree: sums and the tracked minimum under batched updates, prefix-sum search, sampling,
+round trip."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ CHI2_999 = {11: 31.264}
 
 
 def _assert_consistent(tree: SumTree) -> None:
-    """Every inner node is exactly the sum / min of its two children."""
+    """Every inner node is exactly the sum of its two children; the minimum is the set leaves'."""
     for node in range(1, tree.n_leaves):
         left, right = 2 * node, 2 * node + 1
         assert tree._sum[node] == tree._sum[left] + tree._sum[right]
-        assert tree._min[node] == min(tree._min[left], tree._min[right])
+    assert tree.min == tree._low.min()
 
 
 def _chi2(counts: np.ndarray, probs: np.ndarray) -> float:
@@ -122,12 +123,64 @@ def test_state_round_trip_is_bit_exact() -> None:
     restored.update(np.array([10]), np.array([5.0]))  # overwritten by the load
     restored.load_state_dict(tree.state_dict())
     np.testing.assert_array_equal(restored._sum, tree._sum)
-    np.testing.assert_array_equal(restored._min, tree._min)
+    np.testing.assert_array_equal(restored._low, tree._low)
     assert restored.min == 0.0
     np.testing.assert_array_equal(
         restored.stratified(64, np.random.default_rng(1)),
         tree.stratified(64, np.random.default_rng(1)),
     )
+
+
+@pytest.fixture(params=[0, 2, sumtree.TOP_LEVELS])
+def top_levels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Updates with the top levels rebuilt whole (the default) and walked level by level."""
+    monkeypatch.setattr(sumtree, "TOP_LEVELS", request.param)
+    return request.param
+
+
+def test_the_live_tree_equals_one_rebuilt_from_its_leaves_bit_for_bit(top_levels: int) -> None:
+    """Depth 13, past the rebuilt top: batches sorted (as sampled), unsorted, with duplicates."""
+    rng = np.random.default_rng(5)
+    tree = SumTree(5000)
+    for step in range(60):
+        idx = rng.integers(0, 5000, int(rng.integers(1, 300)))
+        if step % 3 == 0:
+            idx = np.unique(idx)
+        tree.update(idx, rng.random(len(idx)) * 10 ** rng.uniform(-8, 8, len(idx)))
+    rebuilt = SumTree(5000)
+    rebuilt.load_state_dict(tree.state_dict())
+    np.testing.assert_array_equal(rebuilt._sum, tree._sum)
+    assert rebuilt.min == tree.min
+    _assert_consistent(tree)
+
+
+def test_the_minimum_follows_ties_and_raised_minima() -> None:
+    """The tracked minimum against a scan after every update: ties at the minimum, the last leaf
+    holding it raised (found again by a scan), lowered again while not yet looked up."""
+    tree = SumTree(9)
+    shadow = np.full(9, np.inf)
+
+    def update(idx: list[int], values: list[float], look: bool = True) -> None:
+        tree.update(np.array(idx), np.array(values))
+        for i, value in zip(idx, values, strict=True):  # a duplicate index: its last value
+            shadow[i] = value
+        if look:
+            assert tree.min == shadow.min()
+
+    update([0, 1, 2], [1.0, 1.0, 1.0])  # three leaves tie at the minimum
+    update([0, 1], [2.0, 3.0])  # two of them raised: leaf 2 still holds it
+    update([2], [4.0])  # the last one raised: 2.0 (leaf 0), by a scan
+    update([3, 4], [2.0, 2.0])  # ties with the minimum
+    update([0, 3], [5.0, 5.0])  # leaf 4 still holds it
+    update([4], [6.0], look=False)  # the last one raised, not looked up ...
+    update([5], [0.5], look=False)  # ... and a lower one written: no scan needed
+    assert tree.min == 0.5 == shadow.min()
+    update([5], [7.0], look=False)  # raised, not looked up ...
+    update([6, 6], [9.0, 3.0], look=False)  # ... then a duplicate index: its last value counts
+    assert tree.min == 3.0 == shadow.min()
+    update([6], [3.0])  # written again with the same value
+    update([7, 8], [0.0, 0.0])  # priority 0 is a minimum too
+    update([7, 8, 7], [1.0, 8.0, 0.0])
 
 
 @pytest.mark.parametrize(
