@@ -294,3 +294,29 @@ def test_the_driver_checkpoint_resumes_chunks_links_states_and_priorities(config
     one, two = driver.buffer.batch_at(slots), back.buffer.batch_at(slots)
     np.testing.assert_array_equal(one.burn_state, two.burn_state)
     np.testing.assert_array_equal(one.obs[""], two.obs[""])
+
+
+def test_dict_observations_travel_per_leaf_and_train(config_dir):
+    space = gym.spaces.Dict(
+        {"pos": gym.spaces.Box(-1.0, 1.0, (2,), np.float32), "phase": gym.spaces.Discrete(3)}
+    )
+    cfg = make_cfg(config_dir, "dqn.batch_size=8", "dqn.learning_starts=0")
+    host = driver_host(cfg)
+    driver = R2D2Driver(host, space, ACT)
+    assert {"obs.pos", "obs.phase", "next_obs.pos", "next_obs.phase"} <= set(driver.spec.fields)
+    rng = np.random.default_rng(0)
+    n = 3
+    f = {name: np.zeros((n, *fs.shape), fs.dtype) for name, fs in driver.spec.fields.items()}
+    f["obs.pos"][:] = rng.uniform(-1, 1, f["obs.pos"].shape)
+    f["obs.phase"][:] = rng.integers(0, 3, f["obs.phase"].shape)
+    f["index"][:] = [0, 1, 2]
+    f["length"][:] = [L, L, 2]
+    f["ended"][2] = 1
+    f["state"][1:] = f["burn_state"][1:] = 0.1
+    intake = host_intake(host, driver)
+    assert intake.handle_many([encode_experience("c", 1, f)]) == 1 and not intake.rejected
+    assert driver.buffer.arrays["prev"][:3].tolist() == [-1, 0, 1]
+    _, batch = driver.buffer.sample(4)
+    assert set(batch.obs) == {"pos", "phase"}
+    info = driver.learner.update(batch)
+    assert np.isfinite(info["loss"])
