@@ -72,10 +72,14 @@ class SumTree:
     def min(self) -> float:
         """Smallest priority among the leaves that were set (+inf while none is)."""
         if self._min_stale:
-            self._min_value = float(self._low.min())
-            self._min_count = int(np.count_nonzero(self._low == self._min_value))
-            self._min_stale = False
+            self._scan_min()
         return float(self._min_value)
+
+    def _scan_min(self) -> None:
+        """Find the minimum and its holders by one scan of all leaves."""
+        self._min_value = float(self._low.min())
+        self._min_count = int(np.count_nonzero(self._low == self._min_value))
+        self._min_stale = False
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         """The priorities of leaves `indices` (a copy, float64)."""
@@ -212,7 +216,7 @@ class SumTree:
         self._low[:] = np.inf
         self._sum[self.n_leaves : self.n_leaves + self.capacity] = priorities
         self._low[: self.capacity] = np.where(is_set, priorities, np.inf)
-        self._min_stale = True  # found by a scan when first asked for
+        self._scan_min()  # the loaded leaves' minimum, before any update compares with it
         self._rebuild(self.depth)
 
     def _check_indices(self, indices: np.ndarray) -> np.ndarray:

@@ -131,6 +131,19 @@ def test_state_round_trip_is_bit_exact() -> None:
     )
 
 
+def test_the_minimum_after_a_load_is_the_loaded_leaves() -> None:
+    """An update right after a load, before the minimum is asked for, against the loaded
+    leaves, not the ones the tree held before."""
+    source = SumTree(4)
+    source.update(np.arange(4), np.array([1.0, 6.0, 7.0, 8.0]))
+    tree = SumTree(4)
+    tree.update(np.arange(4), np.array([5.0, 5.0, 5.0, 5.0]))
+    tree.load_state_dict(source.state_dict())
+    tree.update(np.array([1]), np.array([3.0]))  # above the loaded 1.0, below the old 5.0
+    assert tree.min == 1.0
+    _assert_consistent(tree)
+
+
 @pytest.fixture(params=[0, 2, sumtree.TOP_LEVELS])
 def top_levels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """Updates with the top levels rebuilt whole (the default) and walked level by level."""
