@@ -246,3 +246,21 @@ def test_an_update_changes_the_weights_and_sets_sequence_priorities(config_dir):
     assert learner.td_errors is not None and learner.td_errors.shape == (2,)
     after = cpu_state(learner.online)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("sets", "key"),
+    [
+        (["r2d2.burn_in=5"], "r2d2.burn_in"),
+        (["dqn.n_step=5"], "dqn.n_step"),
+        (["dqn.noisy=true"], "dqn.noisy"),
+        (["dqn.n_quantiles=8"], "dqn.n_quantiles"),
+    ],
+)
+def test_config_checks_name_the_key(config_dir, sets, key):
+    from soulsai.config.schema import check_algo_config
+    from soulsai.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        check_algo_config(make_cfg(config_dir, *sets))
+    check_algo_config(make_cfg(config_dir))  # chunk 4, burn-in 2, n-step 3: fine
