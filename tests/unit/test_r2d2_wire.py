@@ -25,7 +25,7 @@ from soulsai.model.obs import build_layout
 from soulsai.training.algorithms.r2d2 import build_network
 from soulsai.training.algorithms.r2d2_driver import R2D2Driver
 from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
-from soulsai.training.intake import Intake
+from soulsai.training.intake import ClientNumbers, Intake
 from soulsai.transport.envelope import encode_experience
 from tests.data.driver_host import Host
 
@@ -155,6 +155,20 @@ def test_chunks_round_trip_the_wire_and_intake_into_the_replay(config_dir):
     for name in ("obs", "next_obs", "action", "reward", "state", "burn_state", "index"):
         np.testing.assert_array_equal(a[name][:n], sent[name][order], err_msg=name)
     assert (a["prev"][:n] >= 0).sum() == n - 4  # all but the first of each of 4 episodes
+    assert (a["client"][:n] == ClientNumbers.number("client-a")).all()
+    # another client sending the next chunk of one of these streams is not linked to it
+    tips = [
+        r
+        for r in range(n)
+        if not sent["ended"][r]
+        and sent["index"][r] == sent["index"][sent["stream"] == sent["stream"][r]].max()
+    ]
+    forged = {k: v[tips[:1]].copy() for k, v in sent.items()}
+    forged["index"] += 1
+    intake.handle_many([encode_experience("client-b", 1, forged)])
+    assert len(driver.buffer) == n + 1 and a["prev"][n] == -1
+    intake.handle_many([encode_experience("client-a", 1, forged)])  # from its client: linked
+    assert len(driver.buffer) == n + 2 and a["prev"][n + 1] >= 0
 
 
 def driver_host(cfg) -> Host:
