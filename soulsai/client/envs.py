@@ -25,7 +25,8 @@ class StepRows:
     `reward[t]`, `terminated[t]`, `truncated[t]` what followed, and `obs[t + 1]` the next
     observation. A copy that ended its episode at step t has the new episode's first
     observation in `obs[t + 1]` and the true final one in `final_obs[t]`. `t` is the row
-    the next step goes to; `keep_last` moves the newest rows to the front after each flush.
+    the next step goes to; `keep_last` moves the newest rows to the front after each flush,
+    and one-row rows (PPO) make the observation after the step the next one with `swap_step`.
 
     Observations are stored per leaf of the `layout` (soulsai.model.obs), each in its wire
     dtype: `leaves[name]` is (capacity + 1, num_envs, *leaf.shape), `final_leaves[name]` the
@@ -90,10 +91,31 @@ class StepRows:
             ]
             self.obs_cells, self.final_obs_cells = [], []
         self.mask_rows = list(self.mask)
+        # swap_step's two orientations of the rows: (leaves, obs, mask) as made, and reversed
+        self._swapped = False
+        reversed_leaves = {name: a[::-1] for name, a in self.leaves.items()}
+        self._orientations = (
+            (self.leaves, self.obs, self.mask),
+            (reversed_leaves, reversed_leaves[""] if self.plain else None, self.mask[::-1]),
+        )
         self.action_rows = list(self.action)
         self.reward_rows = list(self.reward)
         self.terminated_rows = list(self.terminated)
         self.truncated_rows = list(self.truncated)
+
+    def swap_step(self) -> None:
+        """One-row rows (capacity 1): the observation after the step (row 1, with its mask)
+        becomes row 0, the one the next step acts on, and row 0's memory becomes row 1, which
+        the next step overwrites: the two rows trade places (views with the row order
+        reversed), nothing is copied. The row lists change in place (a caller may hold them);
+        `leaves`, `obs` and `mask` are the swapped views (look them up after this)."""
+        if self.capacity != 1:
+            raise ValueError(f"swap_step needs rows of capacity 1, not {self.capacity}")
+        self._swapped = not self._swapped
+        self.leaves, self.obs, self.mask = self._orientations[self._swapped]
+        for rows in (self.obs_rows, self.obs_cells, self.mask_rows):
+            if rows:
+                rows[0], rows[1] = rows[1], rows[0]
 
     def put_obs(self, t: int, i: int, obs: Any, final: bool = False) -> None:
         """Write copy i's observation (any layout) into row t (of `final_leaves` if `final`);
@@ -124,7 +146,7 @@ class StepRows:
         return shift
 
     def clear(self) -> None:
-        """Start empty: the next step goes to row 0."""
+        """Start empty: the next step goes to row 0 (`swap_step`'s orientation is kept)."""
         self.t = 0
         self.terminated[:] = False
         self.truncated[:] = False

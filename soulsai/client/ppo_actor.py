@@ -177,9 +177,7 @@ class PPOActor:
             rows.final_obs[0] if rows.final_obs is not None else rows.obs_at(0, slice(None), True),
             self._mask,
         )
-        for a in rows.leaves.values():
-            a[0] = a[1]  # the next step acts on it
-        rows.mask[0] = rows.mask[1]
+        rows.swap_step()  # the next step acts on row 1: it becomes row 0, without a copy
         rows.terminated[0] = rows.truncated[0] = False  # as StepRows promises for rows from t on
         return out
 

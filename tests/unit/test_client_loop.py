@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 from soulsai.client.envs import NONE_ENDED, LocalVectorEnv, StepRows
 from soulsai.client.sampler import EpisodeEncoder
@@ -63,6 +64,40 @@ def test_keep_last_moves_the_newest_rows_to_the_front() -> None:
     assert list(rows.reward[:2, 0]) == [3, 4]
     assert list(rows.obs[:3, 0, 0]) == [3, 4, 5]
     assert rows.obs_rows[0][0, 0] == 3  # the cached row views see the moved data
+
+
+@pytest.mark.parametrize("dict_obs", [False, True])
+def test_swap_step_makes_row_one_row_zero_without_a_copy(dict_obs: bool) -> None:
+    """Row 1 (observation and mask) becomes row 0 in the arrays and in every cached row list,
+    the memory of row 0 becomes row 1 (where the env writes next); twice is where it started."""
+    box = gym.spaces.Box(-10, 10, (3,))
+    space = gym.spaces.Dict({"a": box, "b": gym.spaces.Discrete(4)}) if dict_obs else box
+    rows = StepRows(1, 2, space, gym.spaces.Discrete(3), n_mask=3)
+    sample = {"a": np.full(3, 7.0, np.float32), "b": 2} if dict_obs else np.full(3, 7.0, np.float32)
+    cached = rows.obs_rows  # the sampler holds this list
+    for i in range(2):
+        rows.put_obs(1, i, sample)
+    rows.mask_rows[1][:] = [[True, False, True], [False, True, True]]
+    memory_of_row_zero = {name: a[0] for name, a in rows.leaves.items()}
+    rows.swap_step()
+    assert rows.obs_rows is cached
+    for name, a in rows.leaves.items():
+        assert np.shares_memory(a[1], memory_of_row_zero[name])  # moved, not copied
+        row0 = cached[0][name] if dict_obs else cached[0]
+        np.testing.assert_array_equal(row0, a[0])
+        np.testing.assert_array_equal(a[0][0], sample[name] if dict_obs else sample)
+    np.testing.assert_array_equal(rows.mask[0], [[True, False, True], [False, True, True]])
+    assert rows.mask_rows[0] is not None and np.shares_memory(rows.mask_rows[0], rows.mask[0])
+    np.testing.assert_array_equal(rows.mask_rows[0], rows.mask[0])
+    if not dict_obs:
+        assert rows.obs is rows.leaves[""] and np.shares_memory(rows.obs_cells[1][0], rows.obs[1])
+        rows.obs_cells[1][0][...] = 5.0  # where LocalVectorEnv writes the next observation
+        assert rows.obs[1, 0, 0] == 5.0
+    rows.put_obs(1, 0, sample)  # the next step's observation goes to the new row 1
+    rows.swap_step()  # back to the rows as made
+    assert all(a.strides[0] > 0 for a in rows.leaves.values()) and rows.mask.strides[0] > 0
+    with pytest.raises(ValueError):
+        StepRows(2, 1, box, gym.spaces.Discrete(2)).swap_step()
 
 
 def test_episode_encoder_writes_what_encode_episode_writes() -> None:
