@@ -3,7 +3,9 @@
 Loads a checkpoint of a run folder (best_model/, checkpoint/ or manual_save/), builds the policy
 the algorithm registered (`soulsai.training.policies`), plays N episodes and reports the mean
 and standard deviation of the return. With `video_dir`, each episode is also written as a GIF
-(Pillow; rendered with `render_mode="rgb_array"`).
+(Pillow; rendered with `render_mode="rgb_array"`). For Atari (`env.atari`) that is the raw RGB
+screen (210x160), not the 84x84 grayscale frames the network sees, one screen per agent step,
+played in real time (60 Hz / frame skip).
 
 A run folder is data: the keys that name code (env.imports, env.wrappers, a `module:Env-v0`
 id) come from this machine's config, and what the folder asked for is shown, never imported
@@ -41,6 +43,7 @@ MODELS = {
     "manual": runfolder.MANUAL_DIR,
 }
 GIF_MAX_FRAMES = 1500  # longer episodes keep every k-th frame, so memory stays bounded
+ATARI_HZ = 60.0  # the Atari 2600's frame rate: a GIF of agent steps plays at ATARI_HZ / frame_skip
 
 
 @dataclass
@@ -212,7 +215,10 @@ def evaluate(
     try:
         policy = build_policy(cfg, state, env.observation_space, env.action_space)
         layout = env_layout(cfg.env, env.observation_space)
-        gif = GifWriter(env.metadata.get("render_fps", 30)) if video_dir is not None else None
+        fps = env.metadata.get("render_fps", 30)
+        if cfg.env.atari is not None:  # one screen per agent step of frame_skip frames
+            fps = ATARI_HZ / cfg.env.atari.frame_skip
+        gif = GifWriter(fps) if video_dir is not None else None
         new_episode = getattr(policy, "reset", None)  # a recurrent policy forgets its state
         for i in range(episodes):
             obs, info = env.reset(seed=seed + i)
