@@ -148,7 +148,7 @@ class Intake:
         if self.accept_rows is not None:
             return self._handle_rows(raws, newest)
         good: list[Experience] = []
-        for exp in decode_experiences(raws, self.spec):
+        for exp in self._decode_each(raws):
             if isinstance(exp, ProtocolError):
                 self._reject(exp.reason, str(exp))
             elif self._fresh(exp.model_id, newest, exp.n):
@@ -157,6 +157,24 @@ class Intake:
         for exp in good:
             self.accept(exp)
         return len(good)
+
+    def _decode_each(self, raws: list[bytes]) -> list[Experience | ProtocolError]:
+        """Each envelope's Experience or error. Several: decoded together as `accept_rows`'
+        are (`decode_experience_rows`: layouts cached across batches, each field checked once
+        where it is kept, no joined copy made only for the checks), then handed over as views
+        of the rows, one envelope each, grouped by layout rather than in arrival order."""
+        if len(raws) < 2:  # one envelope: the structural decoder is all there is to do
+            return decode_experiences(raws, self.spec)
+        rows = decode_experience_rows(raws, self.spec, self.layouts)
+        out: list[Experience | ProtocolError] = list(rows.errors)
+        end = 0
+        for model_id, n, client_id in zip(
+            rows.model_ids.tolist(), rows.counts.tolist(), rows.client_ids, strict=True
+        ):
+            start, end = end, end + n
+            fields = {name: value[start:end] for name, value in rows.fields.items()}
+            out.append(Experience(str(client_id), model_id, n, fields))
+        return out
 
     def _handle_rows(self, raws: list[bytes], newest: int) -> int:
         assert self.accept_rows is not None

@@ -138,3 +138,42 @@ def test_a_batch_that_fails_unforeseen_is_dropped_and_the_intake_drains_on() -> 
     assert link.pops == 3 and len(calls) == 2
     assert intake.rejected["internal_error"] == 2
     assert intake.queued == 3  # what the last pop said stays queued, for the pause decision
+
+
+def test_per_envelope_hook_gets_each_envelope_decoded_with_the_batch() -> None:
+    """`accept` (PPO) gets one Experience per fresh envelope, with its own client, model id and
+    rows; several envelopes are decoded together, their rows views of one array per field (no
+    copy made only to check values), rejects counted as on the batch path."""
+    got: list = []
+    intake = Intake(
+        None,  # type: ignore[arg-type]  # handle_many never touches the link
+        SPEC,
+        got.append,
+        lambda: 10,
+        0,
+        64,
+        threading.Event(),
+    )
+    raws = [
+        envelope(10, n=3, client="a", obs=1),
+        envelope(9, obs=2),  # stale
+        envelope(10, n=5, client="bb", obs=3),
+        b"\x93garbage",
+        envelope(11, obs=4),  # future
+        envelope(10, n=2, client="a", obs=5),
+    ]
+    assert intake.handle_many(raws) == 3
+    assert intake.rejected == {"stale_model": 4, "future_model": 1, "not_msgpack": 1}
+    assert intake.env_steps == 3 + 4 + 5 + 4 + 2 and intake.messages == 6
+    by_obs = {float(e.fields["obs"][0, 0]): e for e in got}
+    assert sorted(by_obs) == [1, 3, 5]
+    for obs, (client, n) in {1: ("a", 3), 3: ("bb", 5), 5: ("a", 2)}.items():
+        exp = by_obs[obs]
+        assert (exp.client_id, exp.model_id, exp.n) == (client, 10, n)
+        assert all(len(v) == n for v in exp.fields.values()) and (exp.fields["obs"] == obs).all()
+        assert (exp.fields["steps"] == 2).all()
+    assert np.shares_memory(got[0].fields["obs"].base, got[-1].fields["obs"].base)
+    one: list = []
+    alone = Intake(None, SPEC, one.append, lambda: 10, 0, 64, threading.Event())  # type: ignore[arg-type]
+    assert alone.handle_many([envelope(10, n=3, client="a", obs=1)]) == 1
+    assert one[0].n == 3 and (one[0].fields["obs"] == 1).all()
