@@ -14,6 +14,7 @@ Bench-only dependency: `pip install -e .[bench]`.
     python bench/solve.py --case dqn:CartPole-v1 --seeds 101 102 103 --max-seconds 600
     python bench/solve.py --case dqn-rainbow:LunarLander-v3 dqn:LunarLander-v3
     python bench/solve.py --case ppo-lstm:CartPoleNoVel-v1  # recurrent PPO vs RecurrentPPO
+    python bench/solve.py --ours-only --case r2d2:CartPoleNoVel-v1 dqn:CartPoleNoVel-v1
 
 A case is `<variant>:<env>`. Besides `dqn` and `ppo`, the variants of issue 19's DQN options
 (`VARIANTS`) run `soulsai train --algo dqn` with the env's preset plus one option each
@@ -24,6 +25,9 @@ others' SB3's DQN. Steps-to-solve against plain DQN: compare the `dqn:<env>` lin
 `ppo-lstm:CartPoleNoVel-v1` (issue 20) runs recurrent PPO with its preset
 (config/presets/ppo/soulsai/CartPoleNoVel-v1.yaml: an LSTM, whole 32-step fragments) on
 soulsai/CartPoleNoVel-v1 against sb3-contrib's RecurrentPPO with RL-Zoo's ppo_lstm settings.
+`r2d2:CartPoleNoVel-v1` (issue 20) runs the R2D2-style recurrent DQN with its preset
+(config/presets/r2d2/soulsai/CartPoleNoVel-v1.yaml); its comparison is feed-forward DQN on the
+same budget, `dqn:CartPoleNoVel-v1`, both with --ours-only.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "dqn-rainbow": ("dqn", RAINBOW, "qrdqn"),
     # its preset (ppo/soulsai/CartPoleNoVel-v1.yaml) sets ppo.recurrent; the --set keeps it so
     "ppo-lstm": ("ppo", ["ppo.recurrent=lstm"], "ppo_lstm"),
+    # issue 20: R2D2-style recurrent DQN with its preset (r2d2/soulsai/CartPoleNoVel-v1.yaml);
+    # compare it with --ours-only against dqn:CartPoleNoVel-v1 (feed-forward, same budget)
+    "r2d2": ("r2d2", [], "dqn"),
 }
 
 
