@@ -9,6 +9,18 @@ episode returns >= target). Prints one JSON line. Bench-only: `pip install -e .[
 `qrdqn` is sb3-contrib's QR-DQN (in the bench extra), the peer of soulsai's dqn.n_quantiles;
 `ppo_lstm` sb3-contrib's RecurrentPPO, the peer of soulsai's ppo.recurrent, on soulsai's
 registration of RL-Zoo's CartPoleNoVel-v1 (soulsai.envs.memory).
+
+`dqn` on `MinAtar-Breakout-v0` (issue 18's CNN check) plays soulsai's MinAtar adapter
+(soulsai/MinAtar-Breakout-v0, minatar in the bench extra) with soulsai's own torch CNN module
+as SB3's features extractor (`SoulsaiCNN`: literally the network `env.image_encoder: minatar`
+builds, fed the same channels-first [0, 1] frames) and the hyperparameters of soulsai's preset
+(config/presets/dqn/soulsai/MinAtar-Breakout-v0.yaml, the MinAtar paper's DQN) where they map:
+Adam 2.5e-4 with soulsai's eps 1.5e-4, batch 32, 100k replay, 5k steps before learning, one
+update per step, a target copy every 1,000 steps, epsilon 1 -> 0.1 over 10k steps, gradient
+norm 10, Huber loss, one-step targets, a hidden layer of 128. What does not map: SB3's DQN is
+not double DQN, and it runs one env where soulsai runs 2 clients.
+
+    python bench/sb3_run.py --algo dqn --env MinAtar-Breakout-v0 --target 3 --seed 1
 """
 
 from __future__ import annotations
@@ -28,11 +40,29 @@ import torch  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soulsai.envs.make import StepDelay  # noqa: E402
+from soulsai.model.cnn import make_cnn  # noqa: E402
+from soulsai.model.cnn_spec import ImageOptions, cnn_features  # noqa: E402
+
+
+class SoulsaiCNN(BaseFeaturesExtractor):
+    """soulsai's torch CNN (`soulsai.model.cnn.make_cnn`, as `env.image_encoder` builds it) as
+    SB3's features extractor. SB3 hands it channels-first frames already scaled to [0, 1]
+    (VecTransposeImage, normalize_images): what soulsai's `to_nchw` feeds the same module."""
+
+    def __init__(self, observation_space: gym.spaces.Box, encoder: str = "minatar") -> None:
+        c, h, w = observation_space.shape
+        options = ImageOptions(encoder)  # type: ignore[arg-type]
+        super().__init__(observation_space, cnn_features(options, c, h, w))
+        self.cnn = make_cnn(options, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cnn(x)
 
 
 def linear(start: float):
@@ -138,6 +168,25 @@ ZOO = {
         n_quantiles=170,
         budget=100_000,
     ),
+    # soulsai's preset (the MinAtar paper's DQN) where SB3 has the setting; see the docstring
+    ("dqn", "MinAtar-Breakout-v0"): dict(
+        n_envs=1,
+        learning_rate=2.5e-4,
+        batch_size=32,
+        buffer_size=100_000,
+        learning_starts=5000,
+        gamma=0.99,
+        target_update_interval=1000,
+        train_freq=1,
+        gradient_steps=1,
+        exploration_initial_eps=1.0,
+        exploration_fraction=0.02,  # of the 500k budget: 10k steps
+        exploration_final_eps=0.1,
+        max_grad_norm=10.0,
+        net=[128],
+        cnn="minatar",
+        budget=500_000,
+    ),
     ("ppo", "LunarLander-v3"): dict(
         n_envs=16,
         n_steps=1024,
@@ -152,7 +201,10 @@ ZOO = {
 
 
 # The zoo's env names that soulsai registers under its own namespace (importing the module).
-ENV_IDS = {"CartPoleNoVel-v1": ("soulsai/CartPoleNoVel-v1", "soulsai.envs.memory")}
+ENV_IDS = {
+    "CartPoleNoVel-v1": ("soulsai/CartPoleNoVel-v1", "soulsai.envs.memory"),
+    "MinAtar-Breakout-v0": ("soulsai/MinAtar-Breakout-v0", "soulsai.envs.minatar"),
+}
 
 
 class StopRule(BaseCallback):
@@ -237,6 +289,14 @@ def main() -> None:
         from sb3_contrib import RecurrentPPO
 
         model = RecurrentPPO("MlpLstmPolicy", env, seed=args.seed, **hp)
+    elif args.algo == "dqn" and "cnn" in hp:  # soulsai's CNN, soulsai's Adam epsilon
+        kwargs = {
+            "net_arch": hp.pop("net"),
+            "features_extractor_class": SoulsaiCNN,
+            "features_extractor_kwargs": {"encoder": hp.pop("cnn")},
+            "optimizer_kwargs": {"eps": 1.5e-4},
+        }
+        model = DQN("CnnPolicy", env, seed=args.seed, policy_kwargs=kwargs, **hp)
     elif args.algo == "dqn":
         net = hp.pop("net")
         model = DQN("MlpPolicy", env, seed=args.seed, policy_kwargs={"net_arch": net}, **hp)

@@ -63,3 +63,11 @@ def test_without_minatar_making_one_is_a_config_error_naming_the_extra(monkeypat
     with pytest.raises(ConfigError, match=r"soulsai\[bench\]") as e:
         make_single_env(load_config(ROOT / "config", [f"env.id={ENV}"]).env)
     assert "\n" not in str(e.value)
+
+
+def test_the_dqn_preset_is_minatars_network_and_schedule() -> None:
+    cfg = load_config(ROOT / "config", ["algo=dqn", f"env.id={ENV}"])
+    assert cfg.env.image_encoder == "minatar" and cfg.dqn.hidden == [128]
+    d = cfg.dqn
+    assert (d.batch_size, d.replay_ratio, d.n_step, d.target_update) == (32, 32.0, 1, "hard")
+    assert (d.target_update_interval, d.learning_starts, d.eps_end) == (1000, 5000, 0.1)
