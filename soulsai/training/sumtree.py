@@ -25,6 +25,8 @@ adjusted by a delta, so a tree rebuilt from its leaves equals the live one bit f
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 SEARCH_LEVELS = 10  # sampling finds the node among the 2**10 this far down with one search
@@ -99,11 +101,11 @@ class SumTree:
         values = np.asarray(priorities, dtype=np.float64).reshape(-1)
         if values.shape != idx.shape:
             raise ValueError(f"{len(idx)} indices but {len(values)} priorities")
-        if not np.isfinite(values).all() or (values < 0).any():
-            raise ValueError("priorities must be finite and >= 0")
         if len(idx) == 0:
             return
-        if len(idx) == 1 or (np.diff(idx) > 0).all():  # distinct (as sampled: ascending)
+        if not (values.min() >= 0 and math.isfinite(values.max())):  # NaN fails both
+            raise ValueError("priorities must be finite and >= 0")
+        if len(idx) == 1 or (idx[1:] > idx[:-1]).all():  # distinct (as sampled: ascending)
             leaves, last = idx, values
         else:  # the last occurrence of each: np.unique on the reversed array keeps the first
             leaves, first_in_reversed = np.unique(idx[::-1], return_index=True)
