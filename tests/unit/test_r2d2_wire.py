@@ -23,7 +23,7 @@ from soulsai.model.nets import cpu_state
 from soulsai.model.numpy_r2d2 import NumpyRecurrentQ
 from soulsai.model.obs import build_layout
 from soulsai.training.algorithms.r2d2 import build_network
-from soulsai.training.algorithms.r2d2_driver import R2D2Driver
+from soulsai.training.algorithms.r2d2_driver import R2D2Driver, check_chunks
 from soulsai.training.checkpoint import load_checkpoint, save_checkpoint
 from soulsai.training.intake import ClientNumbers, Intake
 from soulsai.transport.envelope import encode_experience
@@ -224,6 +224,10 @@ def _bad(f: dict, what: str) -> None:
         f["action"][0, 0] = 3
     elif what == "obs_shape":
         f["obs"] = f["obs"][:, :, :1].copy()
+    elif what == "hidden_beyond_one":  # a core's h lies in (-1, 1); c may grow (LSTM [h, c])
+        f["state"][0, 0] = 50.0
+    elif what == "burn_hidden_beyond_one":
+        f["burn_state"][0, 4] = -1.5
 
 
 REASONS = {
@@ -238,6 +242,8 @@ REASONS = {
     "index_negative": "out_of_range",
     "action_out_of_range": "out_of_range",
     "obs_shape": None,  # the decoder's own reason for a wrong shape
+    "hidden_beyond_one": "bad_state",
+    "burn_hidden_beyond_one": "bad_state",
 }
 
 
@@ -334,3 +340,19 @@ def test_dict_observations_travel_per_leaf_and_train(config_dir):
     assert set(batch.obs) == {"pos", "phase"}
     info = driver.learner.update(batch)
     assert np.isfinite(info["loss"])
+
+
+def test_an_lstm_cell_state_beyond_one_is_kept_its_h_is_not(config_dir):
+    """[h, c]: c grows by up to 1 a step (bounded by the decoder), h never leaves (-1, 1)."""
+    cfg = make_cfg(config_dir)
+    messages, _ = drive(actor_for(cfg), 12, {})
+    f = rows_of(messages)
+    later = np.flatnonzero(f["index"] > 0)[:2]
+    f = {k: v[later].copy() for k, v in f.items()}
+    f["state"][0, 5:] = 40.0  # c
+    f["burn_state"][1, :5] = 0.999  # h, within
+    good, bad = check_chunks(f, L, 0, cfg.r2d2.core_size)
+    assert good.all() and bad["bad_state"] == 0
+    f["state"][1, 4] = 1.01
+    good, bad = check_chunks(f, L, 0, cfg.r2d2.core_size)
+    assert good.tolist() == [True, False] and bad["bad_state"] == 1

@@ -43,17 +43,22 @@ from soulsai.training.sequence_replay import SequenceReplay
 from soulsai.training.shares import ClientShares
 from soulsai.transport.links import TRANSIENT
 
+H_BOUND = 1.0 + 1e-3  # a core's h lies in (-1, 1); the margin covers float rounding
+
 
 def check_chunks(
-    f: dict[str, np.ndarray], chunk: int, n_mask: int
+    f: dict[str, np.ndarray], chunk: int, n_mask: int, hidden: int = 0
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Which chunk rows are well formed (bool (N,)) and the count of bad ones per reason.
 
     bad_structure: a short chunk that does not end its episode; a termination anywhere but at
     the last valid step, or there without `ended`; a first chunk (index 0) whose states are
-    not zero. bad_mask: padding bits set, or a valid step (or the next observation, unless
-    the episode terminated) without a valid action. Steps from `length` on are padding that
-    nothing reads (bounded by the decoder like the rest)."""
+    not zero. bad_state: the h part (the first `hidden` floats) of `state` or `burn_state`
+    beyond +-1, which no core produces (the decoder's +-STATE_BOUND is for an LSTM's c; a GRU
+    carries h from step to step, so a hostile h of 1e4 would reach the Q-values).
+    bad_mask: padding bits set, or a valid step (or the next observation, unless the episode
+    terminated) without a valid action. Steps from `length` on are padding that nothing reads
+    (bounded by the decoder like the rest)."""
     length = f["length"].astype(np.int64)
     ended = f["ended"].astype(bool)
     term = f["terminated"].astype(bool)
@@ -68,6 +73,11 @@ def check_chunks(
     structure |= first & (f["state"].any(axis=1) | f["burn_state"].any(axis=1))
     bad = {"bad_structure": int(structure.sum())}
     good = ~structure
+    if hidden:
+        h = np.maximum(np.abs(f["state"][:, :hidden]), np.abs(f["burn_state"][:, :hidden]))
+        wrong = (h.max(axis=1) > H_BOUND) & good
+        bad["bad_state"] = int(wrong.sum())
+        good &= ~wrong
     if n_mask:
         bits = f["mask"]
         pad = 8 * bits.shape[2] - n_mask
@@ -165,7 +175,7 @@ class R2D2Driver:
         if n == 0:
             return
         host.intake.env_steps += int(f["length"].astype(np.int64).sum()) - n
-        good, bad = check_chunks(f, self.cfg.r2d2.chunk, self.n_mask)
+        good, bad = check_chunks(f, self.cfg.r2d2.chunk, self.n_mask, self.cfg.r2d2.core_size)
         for reason, count in bad.items():
             if count:
                 host.intake.rejected[reason] += count
