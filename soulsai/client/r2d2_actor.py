@@ -10,11 +10,12 @@ under the newest weights anyway).
 Each copy's steps are cut into chunks of `r2d2.chunk` steps that never cross an episode's
 end (the last chunk of an episode is shorter); each chunk is sent once as one message row
 (soulsai.model.r2d2_spec) with the state it started from, the state `r2d2.burn_in` steps
-before (the burn-in's start), a stream id drawn per copy and episode and its number within
-the episode. Finished chunks leave in messages of about `client.batch_size` steps (never
-more than training.max_batch chunks), or after `client.flush_interval` seconds, or when the
-model changes. On `reset` or `finish` each copy's partial chunk goes out as the end of its
-episode, truncated: the node bootstraps from the observation after it.
+before (the burn-in's start), a stream id drawn per copy and episode (from the OS's entropy,
+not the seeded rng: unpredictable) and its number within the episode. Finished chunks leave
+in messages of about `client.batch_size` steps (never more than training.max_batch chunks), or
+after `client.flush_interval` seconds, or when the model changes. On `reset` or `finish` each
+copy's partial chunk goes out as the end of its episode, truncated: the node bootstraps from
+the observation after it.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class R2D2Actor:
         self.chunk_state = np.zeros((n, size), np.float32)
         self.burn_state = np.zeros((n, size), np.float32)
         self.pos = np.zeros(n, np.int64)
+        self._stream_rng = np.random.default_rng()  # unseeded: see _streams
         self.stream = self._streams(n)
         self.number = np.zeros(n, np.int64)  # the chunk's number within the episode
         self.pending: list[dict[str, np.ndarray]] = []
@@ -96,7 +98,10 @@ class R2D2Actor:
         self._next_state: np.ndarray | None = None
 
     def _streams(self, n: int) -> np.ndarray:
-        return self.rng.integers(0, MAX_STREAM, n, dtype=np.int64)
+        """Fresh stream ids from the OS's entropy, not from the seeded `rng`: the seed is in
+        the run's config and the client's index is known, so seeded ids could be predicted
+        by another client that wants to splice chunks into this one's episodes."""
+        return self._stream_rng.integers(0, MAX_STREAM, n, dtype=np.int64)
 
     def make_policy(self, state: dict[str, Any]) -> NumpyRecurrentQ:
         c = self.cfg

@@ -356,3 +356,13 @@ def test_an_lstm_cell_state_beyond_one_is_kept_its_h_is_not(config_dir):
     f["state"][1, 4] = 1.01
     good, bad = check_chunks(f, L, 0, cfg.r2d2.core_size)
     assert good.tolist() == [True, False] and bad["bad_state"] == 1
+
+
+def test_stream_ids_cannot_be_predicted_from_the_seed(config_dir):
+    """The actor's rng is seeded from the config's seed and the client's index, both known
+    to other clients: stream ids drawn from it could be forged to splice into an episode."""
+    cfg = make_cfg(config_dir)
+    one = R2D2Actor(cfg, OBS, ACT, 0, np.random.default_rng(0))
+    two = R2D2Actor(cfg, OBS, ACT, 0, np.random.default_rng(0))
+    assert not set(one.stream.tolist()) & set(two.stream.tolist())
+    assert not set(one._streams(4).tolist()) & set(two._streams(4).tolist())
