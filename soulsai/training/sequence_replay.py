@@ -182,49 +182,52 @@ class SequenceReplay:
         )
 
     def batch_at(self, slots: np.ndarray) -> SequenceBatch:
-        """The sequences of chunks `slots` (see the module docstring)."""
+        """The sequences of chunks `slots` (see the module docstring), gathered for all of
+        them at once (no loop over sequences: this runs under the intake's lock)."""
         a, L, n, b = self.arrays, self.chunk, self.n_step, self.burn_in
         j = np.asarray(slots, np.int64)
-        B, T = len(j), L + n
+        B, T, m = len(j), L + n, n - 1  # m: positions the successor may fill after the chunk
+        rows = np.arange(B)
         length = a["length"][j].astype(np.int64)
         succ = a["next"][j]
+        has = succ >= 0  # then j is full; the successor's first e steps follow it
+        s = np.where(has, succ, j)
+        s_len = a["length"][s].astype(np.int64)
+        e = np.where(has, np.minimum(m, s_len), 0)
+        avail = np.where(has, L + e, length)
+        after = (np.arange(m)[None] < e[:, None]) if m else np.zeros((B, 0), bool)  # (B, m)
+        # the observation after the last real step, at `avail`: the successor's observation e,
+        # or the next_obs of the successor (e reached its length) or of j (no successor)
+        nxt = ~has | (e >= s_len)
+        src = np.where(has, s, j)
+        at = np.minimum(e, L - 1)
         obs: dict[str, np.ndarray] = {}
         for leaf in self.layout.leaves:
+            stored, final = a[field_name("obs", leaf)], a[field_name("next_obs", leaf)]
             seq = np.zeros((B, T, *leaf.shape), leaf.dtype)
-            seq[:, :L] = a[field_name("obs", leaf)][j]
+            seq[:, :L] = stored[j]
+            if m:
+                tail = stored[s, :m]
+                tail[~after] = 0
+                seq[:, L : L + m] = tail
+            shape = (B,) + (1,) * len(leaf.shape)
+            seq[rows, avail] = np.where(nxt.reshape(shape), final[src], stored[src, at])
             obs[leaf.name] = seq
         reward = np.zeros((B, T - 1), np.float32)
         reward[:, :L] = a["reward"][j]
         term = np.zeros((B, T - 1), bool)
-        term[:, :L] = a["terminated"][j].astype(bool)
+        term[:, :L] = a["terminated"][j]
+        if m:
+            reward[:, L:] = np.where(after, a["reward"][s, :m], 0)
+            term[:, L:] = after & (a["terminated"][s, :m] != 0)
         mask = None
         if self.n_mask:
             mask = np.ones((B, T, self.n_mask), bool)
             mask[:, :L] = self._unpack(a["mask"][j])
-        avail = length.copy()
-        for i in range(B):
-            s = int(succ[i])
-            if s < 0:
-                src, at, nxt = int(j[i]), -1, True  # j's own next_obs, at position length
-            else:  # j is full; the successor's first e steps follow it
-                e = min(n - 1, int(a["length"][s]))
-                avail[i] = L + e
-                for leaf in self.layout.leaves:
-                    obs[leaf.name][i, L : L + e] = a[field_name("obs", leaf)][s, :e]
-                reward[i, L : L + e] = a["reward"][s, :e]
-                term[i, L : L + e] = a["terminated"][s, :e].astype(bool)
-                if mask is not None:
-                    mask[i, L : L + e] = self._unpack(a["mask"][s, :e])
-                src, at, nxt = s, e, e >= int(a["length"][s])
-            p = int(avail[i])
-            for leaf in self.layout.leaves:
-                if nxt:
-                    obs[leaf.name][i, p] = a[field_name("next_obs", leaf)][src]
-                else:
-                    obs[leaf.name][i, p] = a[field_name("obs", leaf)][src, at]
-            if mask is not None:
-                bits = a["next_mask"][src] if nxt else a["mask"][src, at]
-                mask[i, p] = self._unpack(bits[None])[0]
+            if m:
+                mask[:, L : L + m] = self._unpack(a["mask"][s, :m]) | ~after[:, :, None]
+            bits = np.where(nxt[:, None], a["next_mask"][src], a["mask"][src, at])
+            mask[rows, avail] = self._unpack(bits)
         pred = a["prev"][j]
         has_burn = (pred >= 0) & (b > 0)
         burn_obs = None

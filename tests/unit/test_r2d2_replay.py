@@ -114,3 +114,76 @@ def test_state_dict_round_trip_keeps_chunks_links_states_and_stream_tips():
     assert back.arrays["prev"][back.pos - 1] >= 0
     with pytest.raises(ValueError, match="must not change"):
         replay(capacity=6).load_state_dict(r.state_dict())
+
+
+def _reference_tail(r: SequenceReplay, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One sequence's positions from L on, gathered step by step (obs (n, 2), reward and
+    terminated (n - 1,), avail), as the module docstring describes them."""
+    a, L_, n = r.arrays, r.chunk, r.n_step
+    obs, reward, term = np.zeros((n, 2), np.float32), np.zeros(n - 1), np.zeros(n - 1, bool)
+    s = int(a["next"][j])
+    if s < 0:
+        return obs, reward, term, int(a["length"][j])
+    e = min(n - 1, int(a["length"][s]))
+    obs[:e], reward[:e], term[:e] = a["obs"][s, :e], a["reward"][s, :e], a["terminated"][s, :e]
+    obs[e] = a["next_obs"][s] if e >= a["length"][s] else a["obs"][s, e]
+    return obs, reward, term, L_ + e
+
+
+@pytest.mark.parametrize("n_step", [1, 2, 4])
+def test_batched_sequences_equal_a_step_by_step_gather(n_step):
+    """batch_at gathers all sequences at once; here each is gathered on its own from the
+    links (successors full, short, ended, terminated, missing; the ring wrapped)."""
+    rng = np.random.default_rng(n_step)
+    r = SequenceReplay(12, L, n_step, BURN, LAYOUT, S, 3, seed=0)
+    for k in range(12):
+        ids = list(range(int(rng.integers(0, 3)), 4))
+        lengths = [L] * len(ids)
+        lengths[-1] = int(rng.integers(1, L + 1))
+        ended = [0] * len(ids)
+        ended[-1] = int(lengths[-1] < L or rng.random() < 0.5)
+        f = chunks(100 + k, ids, lengths, ended)
+        if ended[-1] and rng.random() < 0.5:
+            f["terminated"][-1, lengths[-1] - 1] = 1
+        r.add(f, np.zeros(len(ids), np.int64))
+    slots = np.arange(r.size)
+    batch = r.batch_at(slots)
+    a = r.arrays
+    assert (a["next"][slots] >= 0).sum() > 3
+    for i, j in enumerate(slots.tolist()):
+        obs, reward, term, avail = _reference_tail(r, j)
+        assert batch.avail[i] == avail
+        k = int(a["length"][j])
+        np.testing.assert_array_equal(batch.obs[""][i, :k], a["obs"][j, :k])
+        np.testing.assert_array_equal(batch.reward[i, :L], a["reward"][j])
+        np.testing.assert_array_equal(batch.terminated[i, :L], a["terminated"][j] != 0)
+        if avail < L:  # no successor: j's next_obs at its length, zeros after
+            np.testing.assert_array_equal(batch.obs[""][i, avail], a["next_obs"][j])
+            np.testing.assert_array_equal(batch.obs[""][i, L:], 0)
+        elif a["next"][j] < 0:
+            np.testing.assert_array_equal(batch.obs[""][i, L], a["next_obs"][j])
+            np.testing.assert_array_equal(batch.obs[""][i, L + 1 :], 0)
+        else:
+            np.testing.assert_array_equal(batch.obs[""][i, L:], obs)
+        np.testing.assert_array_equal(batch.reward[i, L:], reward)
+        np.testing.assert_array_equal(batch.terminated[i, L:], term)
+
+
+def test_batched_masks_follow_the_sequence():
+    """With masks: each position's valid actions, the successor's after the chunk and the
+    next_obs mask at `avail`; positions after it allow every action."""
+    r = SequenceReplay(8, L, 3, BURN, LAYOUT, S, 3, n_mask=3, seed=0)
+    f = chunks(1, [0, 1], [L, 1], [0, 1])
+    f["mask"] = np.random.default_rng(0).choice([0b1000_0000, 0b0110_0000], (2, L, 1))
+    f["mask"] = f["mask"].astype(np.uint8)
+    f["next_mask"] = np.array([[0b0010_0000], [0b0100_0000]], np.uint8)
+    r.add(f, np.zeros(2, np.int64))
+    batch = r.batch_at(np.array([0, 1]))
+    unpack = lambda bits: np.unpackbits(bits, axis=-1)[..., :3].astype(bool)  # noqa: E731
+    assert batch.avail.tolist() == [L + 1, 1]
+    np.testing.assert_array_equal(batch.mask[0, :L], unpack(f["mask"][0]))
+    np.testing.assert_array_equal(batch.mask[0, L], unpack(f["mask"][1, 0]))
+    np.testing.assert_array_equal(batch.mask[0, L + 1], unpack(f["next_mask"][1]))
+    np.testing.assert_array_equal(batch.mask[0, L + 2 :], True)
+    np.testing.assert_array_equal(batch.mask[1, 0], unpack(f["mask"][1, 0]))
+    np.testing.assert_array_equal(batch.mask[1, 1], unpack(f["next_mask"][1]))
