@@ -366,3 +366,30 @@ def test_stream_ids_cannot_be_predicted_from_the_seed(config_dir):
     two = R2D2Actor(cfg, OBS, ACT, 0, np.random.default_rng(0))
     assert not set(one.stream.tolist()) & set(two.stream.tolist())
     assert not set(one._streams(4).tolist()) & set(two._streams(4).tolist())
+
+
+def test_checking_mask_bits_does_not_unpack_them():
+    """A pop of chunks with many actions: the mask checks read the packed bytes (a valid
+    action is a set bit, padding bits are checked apart), not 8x their size in bools."""
+    import tracemalloc
+
+    n, chunk, n_mask = 256, 64, 512
+    f = {
+        "length": np.full(n, chunk, np.int16),
+        "ended": np.zeros(n, np.uint8),
+        "terminated": np.zeros((n, chunk), np.uint8),
+        "index": np.ones(n, np.int64),
+        "state": np.zeros((n, 4), np.float32),
+        "burn_state": np.zeros((n, 4), np.float32),
+        "mask": np.full((n, chunk, n_mask // 8), 0b0100_0000, np.uint8),  # 1 MiB packed
+        "next_mask": np.full((n, n_mask // 8), 1, np.uint8),
+    }
+    f["mask"][3, 5] = 0  # no valid action at a valid step
+    f["mask"][4, 7, :-1] = 0  # only the last action valid: fine
+    f["mask"][4, 7, -1] = 1
+    tracemalloc.start()
+    good, bad = check_chunks(f, chunk, n_mask)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert bad["bad_mask"] == 1 and np.flatnonzero(~good).tolist() == [3]
+    assert peak < 4 << 20, peak  # unpacked: 8 MiB of bools at least

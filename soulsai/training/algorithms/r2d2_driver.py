@@ -29,7 +29,6 @@ import torch
 from soulsai.errors import CheckpointError, ConfigError
 from soulsai.logs import RateLimitedLog
 from soulsai.model.cores import state_size
-from soulsai.model.masks import unpack_mask
 from soulsai.model.obs import env_layout
 from soulsai.model.obs_wire import field_name
 from soulsai.model.r2d2_spec import r2d2_experience_spec
@@ -79,12 +78,13 @@ def check_chunks(
         bad["bad_state"] = int(wrong.sum())
         good &= ~wrong
     if n_mask:
+        # on the packed bytes (not 8x their size in bools): a step allows an action where a
+        # byte is non-zero; a set padding bit makes the chunk bad anyway (below)
         bits = f["mask"]
         pad = 8 * bits.shape[2] - n_mask
         steps = np.arange(chunk)[None] < length[:, None]
-        mask = unpack_mask(bits.reshape(n * chunk, -1), n_mask).reshape(n, chunk, n_mask)
-        wrong = (~mask.any(axis=2) & steps).any(axis=1)
-        wrong |= ~unpack_mask(f["next_mask"], n_mask).any(axis=1) & ~term_last
+        wrong = (~bits.any(axis=2) & steps).any(axis=1)
+        wrong |= ~f["next_mask"].any(axis=1) & ~term_last
         if pad:
             low = (1 << pad) - 1
             wrong |= ((bits[:, :, -1] & low) != 0).any(axis=1)
