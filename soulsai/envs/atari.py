@@ -52,7 +52,9 @@ class AtariGame(gym.Wrapper):
 
     With `episodic_life`, losing a life ends the learner's episode (terminated) while the game
     goes on: the next `reset` continues it with a no-op step instead of restarting it (the
-    classic EpisodicLifeEnv). With `clip_reward`, rewards are their sign.
+    classic EpisodicLifeEnv), then FIRE where the game has it. Without it (evaluation), FIRE
+    follows a lost life inside `step`, so the game resumes as it does in training. With
+    `clip_reward`, rewards are their sign.
     """
 
     def __init__(
@@ -102,6 +104,16 @@ class AtariGame(gym.Wrapper):
         elif self.episodic_life and 0 < lives < self.lives:
             term, self.continues = True, True
             info = {**info, GAME_OVER: False}
+        elif self.fire and 0 < lives < self.lives:
+            # The game goes on without a reset (evaluation, or no episodic life): press FIRE as
+            # the reset would, or a policy that learned with FIRE-on-reset never serves the ball.
+            obs, more, term, trunc, info = self.env.step(FIRE)
+            self._count(more)
+            reward = float(reward) + float(more)
+            lives = self.ale.lives()
+            if term or trunc:
+                info = {**info, GAME_OVER: True, GAME_RETURN: self.game_return}
+                info[GAME_LENGTH] = self.game_length
         self.lives = lives
         if self.clip_reward:
             reward = float(np.sign(float(reward)))

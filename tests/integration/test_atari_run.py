@@ -25,8 +25,8 @@ SETS = [  # the preset, made small: a few updates of a narrow head after 200 tra
     "dqn.buffer_size=2000", "dqn.hidden=[16]", "dqn.update_samples=64",
     "dqn.eps_decay_steps=1000", "training.metrics_port=0", "telemetry.figure_interval=0",
 ]  # fmt: skip
-# evaluation plays whole games; an untrained Breakout policy may never press FIRE after a lost
-# life, so the game is cut at 2,000 ALE frames (500 agent steps) through gym.make's limit
+# evaluation plays whole games; an untrained policy can keep a serve in play for long, so the
+# game is cut at 2,000 ALE frames (500 agent steps) through gym.make's limit
 EVAL_KWARGS = "env.kwargs={frameskip: 1, repeat_action_probability: 0.25, max_episode_steps: 2000}"
 
 
