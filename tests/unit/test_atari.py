@@ -84,13 +84,12 @@ def test_evaluation_presses_fire_after_a_lost_life_as_training_resets_do(cfg_dir
     cfg = load_config(cfg_dir, BREAKOUT)
     env = make_single_env(cfg.env, training=False)
     env.reset(seed=3)
-    for t in range(5000):
+    for _ in range(5000):
         _, _, term, trunc, info = env.step(0)  # NOOP only
         if term or trunc:
             break
     env.close()
     assert term and not trunc and info[GAME_OVER] and info["lives"] == 0
-    assert t < 5000 - 1
 
 
 def test_client_episode_records_sum_the_whole_game(cfg_dir) -> None:
