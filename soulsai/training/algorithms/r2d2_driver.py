@@ -4,9 +4,10 @@ Asynchronous like DQN (soulsai.training.algorithms.dqn_driver): samples are acce
 their model id lags by at most `dqn.max_model_delay`, the learner owes updates by the replay
 ratio and the clients are paused while it owes `max_update_debt`. A message row is one chunk
 (soulsai.model.r2d2_spec); the decoder checks dtypes, shapes and bounds, `check_chunks` the
-structure, and a bad chunk is dropped and counted (`bad_structure`, `bad_mask`), never fatal.
-Chunks are stored in a `SequenceReplay` of `dqn.buffer_size / r2d2.chunk` slots, keyed by the
-sending client's interned id and the chunk's stream. A gradient step takes
+structure, and a bad chunk is dropped and counted (`bad_structure`, `bad_state`,
+`bad_mask`), never fatal. Chunks are stored in a `SequenceReplay` of
+`dqn.buffer_size / r2d2.chunk` slots, keyed by the sending client's interned id and the
+chunk's stream. A gradient step takes
 `round(dqn.batch_size / r2d2.chunk)` sequences (at least 1), so `dqn.batch_size` and
 `dqn.replay_ratio` keep their meaning in env steps. With `dqn.prioritized` the sum-tree
 sampler (soulsai.training.prioritized) holds one priority per chunk slot.
