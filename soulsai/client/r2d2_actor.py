@@ -154,9 +154,7 @@ class R2D2Actor:
         for i in np.flatnonzero(done | (self.pos >= self.chunk)).tolist():
             self._cut(i, bool(done[i]), final=bool(done[i]))
         self.state[done] = 0.0  # a new episode starts with a blank memory
-        for a in rows.leaves.values():
-            a[0] = a[1]  # the next step acts on it
-        rows.mask[0] = rows.mask[1]
+        rows.swap_step()  # the next step acts on row 1: it becomes row 0, without a copy
         rows.terminated[0] = rows.truncated[0] = False
         if self.pending_steps >= self.cfg.client.batch_size or time.monotonic() >= self.deadline:
             return self._flush()
