@@ -232,8 +232,14 @@ def ratio_line(ours: list[dict], peer: list[dict], max_seconds: float) -> str:
 
 
 def unsolved_notes(name: str, rows: list[dict], max_seconds: float) -> list[str]:
+    """Why each unsolved seed stopped: its env steps, wall seconds and best rolling return
+    (the step budget, the time limit or an error; the row says which was reached)."""
     return [
-        f"{name} seed {r['seed']}: not within {max_seconds:.0f} s" for r in rows if not r["solved"]
+        f"{name} seed {r['seed']}: not solved, stopped at {r.get('env_steps')} env steps after "
+        f"{r.get('wall_seconds', 0):.0f} s (limit {max_seconds:.0f} s), best rolling return "
+        f"{r.get('best_rolling_return')}"
+        for r in rows
+        if not r["solved"]
     ]
 
 
