@@ -3,9 +3,10 @@
 DQNActor: epsilon-greedy; rows pile up until FOLD_AT_LEAST (or `client.batch_size`)
 transitions are due, then n-step folding runs over all of them at once and they leave in
 messages of about `client.batch_size` (flushed early after `client.flush_interval` seconds
-or when the model changes). With stacked frames (`env.atari.frame_stack`) each transition
-goes out as a frame row instead (soulsai.client.frames): its newest frame once, with what
-the node needs to rebuild obs and next_obs stacks.
+or when the model changes). Where the observation is an image frame or a stack of them
+(`soulsai.model.specs.frame_rows`: a bare uint8 image Box, `env.atari.frame_stack`) each
+transition goes out as a frame row instead (soulsai.client.frames): its (newest) frame once,
+with what the node needs to rebuild obs and next_obs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from soulsai.model.obs import env_layout
 from soulsai.model.obs_wire import field_name
 from soulsai.model.schedules import epsilon
 from soulsai.model.shapes import dqn_weight_shapes
-from soulsai.model.specs import stacked_frames
+from soulsai.model.specs import frame_rows
 
 
 class DQNActor:
@@ -80,9 +81,11 @@ class DQNActor:
         self.action_rows = self.rows.action_rows
         self._argmax_into_rows = self.rows.action.dtype == np.intp  # argmax writes intp only
         self.start = np.zeros(n_envs, dtype=np.int64)  # per copy: first row not folded yet
-        # stacked frames (env.atari.frame_stack): each frame goes out once, as frame rows
-        frames = stacked_frames(cfg, obs_space) is not None
-        self.frame_rows = FrameRows(new_streams(n_envs)) if frames else None
+        # image frames (env.frame_rows): each frame goes out once, as frame rows; k frames
+        # per observation (1: the frame is the observation, no stack to check)
+        frames = frame_rows(cfg, obs_space)
+        self.frame_rows = FrameRows(new_streams(n_envs)) if frames is not None else None
+        self.frame_k = frames[1] if frames is not None else 0
         self.flushed = time.monotonic()  # when, and at which row, the last flush was
         self.flushed_row = 0
         self.deadline = self.flushed + cfg.client.flush_interval
@@ -211,7 +214,7 @@ class DQNActor:
         return out
 
     def _flush_frames(self, f: NStepFold, T: int) -> list[Message]:
-        """`_flush` for stacked frames: each transition as a frame row (soulsai.client.frames)."""
+        """`_flush` for frames: each transition as a frame row (soulsai.client.frames)."""
         rows, frame_rows = self.rows, self.frame_rows
         assert frame_rows is not None and rows.obs is not None and rows.final_obs is not None
         done = rows.terminated[:T] | rows.truncated[:T]
@@ -223,7 +226,8 @@ class DQNActor:
                 e_row, e_copy = (t + k - 1)[f.ended], i[f.ended]
                 next_mask = rows.mask[t + k, i]
                 next_mask[f.ended] = rows.final_mask[e_row, e_copy]
-            fields = frame_rows.rows_from_stacks(
+            rows_of = frame_rows.rows_from_stacks if self.frame_k > 1 else frame_rows.rows
+            fields = rows_of(
                 f, rows.obs, rows.final_obs, done, rows.action, rows.terminated, next_mask
             )
             out = self._messages(fields, len(fields["seq"]))

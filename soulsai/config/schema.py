@@ -74,6 +74,13 @@ class EnvConfig(_Strict):
     image_features: int | None = Field(default=None, ge=0, le=65536)
     impala_channels: list[int] = Field(default=[16, 32, 32], min_length=1, max_length=8)
     atari: AtariConfig | None = None  # Atari preprocessing (null: the env as gymnasium makes it)
+    # DQN sends and stores each image frame once (soulsai/model/specs.py frame_rows): auto | off
+    frame_rows: Literal["auto", "off"] = "auto"
+
+    @field_validator("frame_rows", mode="before")
+    @classmethod
+    def _off_is_false_in_yaml(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML (1.1) reads a bare `off` as false
 
     @field_validator("impala_channels")
     @classmethod

@@ -18,7 +18,7 @@ from soulsai.model.obs import ObsLayout, build_layout, env_layout
 from soulsai.model.obs_wire import leaf_fields
 from soulsai.model.shapes import action_shape
 from soulsai.transport.envelope import ExperienceSpec, FieldSpec
-from soulsai.transport.spaces import MAX_ABS_OBS, MAX_ABS_REWARD, _magnitude
+from soulsai.transport.spaces import MAX_ABS_OBS, MAX_ABS_REWARD, _magnitude, box_bounds
 
 # Fields per message at most: the decoder reads maps of at most 64 entries (envelope.unpack).
 MAX_FIELDS = 64
@@ -77,9 +77,8 @@ MAX_SEQ = 1 << 53  # a stream's row numbers stay far from int64's end (seq + ste
 
 
 def stacked_frames(cfg: Config, obs_space: gym.Space) -> gym.spaces.Box | None:
-    """One frame's space where DQN sends each frame once (frame rows) instead of stacked
-    observations: `env.atari.frame_stack` k > 1 and the observation a uint8 Box (k, *frame),
-    the stack of the last k frames on its first axis. None: transitions carry obs/next_obs."""
+    """One frame's space where the observation is a stack of frames: `env.atari.frame_stack`
+    k > 1 and the observation a uint8 Box (k, *frame), the last k frames on its first axis."""
     atari = cfg.env.atari
     k = atari.frame_stack if atari is not None else 1
     shape = tuple(getattr(obs_space, "shape", None) or ())
@@ -88,6 +87,37 @@ def stacked_frames(cfg: Config, obs_space: gym.Space) -> gym.spaces.Box | None:
     if len(shape) < 3 or shape[0] != k:
         return None
     return gym.spaces.Box(0, 255, shape[1:], np.uint8)
+
+
+def bare_frame(cfg: Config, obs_space: gym.Space) -> bool:
+    """Whether the observation is one image frame: a bare uint8 Box (no Dict/Tuple) that the
+    layout encodes as an image (rank 2 to 4, at least 8x8, env.image_encoder not flatten)."""
+    if not isinstance(obs_space, gym.spaces.Box) or obs_space.dtype != np.uint8:
+        return False
+    leaves = env_layout(cfg.env, obs_space).leaves
+    return len(leaves) == 1 and not leaves[0].path and leaves[0].kind == "image"
+
+
+def frame_rows(cfg: Config, obs_space: gym.Space) -> tuple[gym.spaces.Box, int] | None:
+    """(one frame's space, k frames per observation) where DQN sends each frame once (frame
+    rows, `dqn_frame_spec`) and the node keeps it once (a frame store); None: transitions
+    carry obs and next_obs.
+
+    `env.frame_rows: auto`: stacked frames (`stacked_frames`, k > 1), and a bare frame
+    (`bare_frame`, k = 1: the frame is the observation) unless dqn.prioritized or
+    dqn.normalize_obs is set, which the frame store does not serve: such a run sends obs and
+    next_obs as before (stacked frames with them are a ConfigError instead: 2k frames a
+    transition is what the store is for). `off`: never.
+    """
+    if cfg.env.frame_rows == "off":
+        return None
+    frame = stacked_frames(cfg, obs_space)
+    if frame is not None:
+        return frame, int(obs_space.shape[0])  # type: ignore[index]
+    if cfg.dqn.prioritized or cfg.dqn.normalize_obs or not bare_frame(cfg, obs_space):
+        return None
+    assert isinstance(obs_space, gym.spaces.Box)
+    return obs_space, 1  # its own bounds: a frame is checked as the obs leaf was
 
 
 def dqn_frame_spec(
@@ -100,17 +130,21 @@ def dqn_frame_spec(
     masked: bool = False,
 ) -> ExperienceSpec:
     """n-step transitions as frame rows (soulsai.client.frames; docs/protocol.md "Frames"):
-    each row's newest frame once (`frame`, a uint8 Box; may travel compressed), where it sits in
+    each row's newest frame once (`frame`, a uint8 Box within `frame_space`'s bounds as
+    `obs_wire.leaf_spec` checks an image leaf; may travel compressed), where it sits in
     its env copy's stream (`stream`, `seq`, `flags`: 1 = episode start, 2 = final frame) and
     the transition it starts (`action`, n-step `reward`, `terminated`, `steps`; 0 on a final
     frame's row), with `next_mask` as for `dqn_experience_spec`."""
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ConfigError(f"env: DQN needs a Discrete action space, got {action_space}")
     if not (isinstance(frame_space, gym.spaces.Box) and frame_space.dtype == np.uint8):
-        raise ConfigError(f"env.atari.frame_stack: frames must be a uint8 Box, got {frame_space}")
+        raise ConfigError(f"env.frame_rows: frames must be a uint8 Box, got {frame_space}")
     mask = {"next_mask": mask_field(int(action_space.n))} if masked else {}
+    low, high = box_bounds(frame_space, MAX_ABS_OBS)  # none for 0..255
     fields = {
-        "frame": FieldSpec(np.uint8, tuple(frame_space.shape), compressible=True),
+        "frame": FieldSpec(
+            np.uint8, tuple(frame_space.shape), low=low, high=high, compressible=True
+        ),
         "flags": FieldSpec(np.uint8, (), low=0, high=3),
         "stream": FieldSpec(np.int64, (), low=0),
         "seq": FieldSpec(np.int64, (), low=0, high=MAX_SEQ),

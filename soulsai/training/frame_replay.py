@@ -1,14 +1,10 @@
 """Frame-store replay: each frame is kept once, stacks and n-step pairs are rebuilt on sampling.
 
 Clients send *frame rows* (soulsai.client.frames, docs/protocol.md "Frames"): a stream's rows
-are its episodes' frames in order, each episode's true final frame after its last step. A
-stream is keyed by (client, stream id): the client number the intake derives from the
-envelope's client id, so another client that reuses (or guesses) a stream id starts a stream
-of its own instead of splicing rows into someone else's episodes. The
-ring stores per row its frame, `prev` (the serial number of the stream's previous row in the
-same episode, PAD at an episode's first frame, MISSING where a row was lost) and, for a row
-that starts a transition, `next` (the serial of the row `steps` later in the stream: the
-newest frame of next_obs; PENDING until that row arrives, MISSING if it never can).
+are its episodes' frames in order, each episode's true final frame after its last step. Streams
+and the links between rows (`prev`, `next`) are soulsai.training.frame_streams'. An observation
+is `k` frames: the stack ending at a row (k > 1, env.atari.frame_stack), or the row's frame
+itself (k = 1: a bare image observation, which needs no history and no `prev`).
 
 A row's serial is its arrival number (the `total` rows ever added before it); it sits at
 `serial % capacity` and is live while `serial >= total - capacity`. Sampling draws live rows
@@ -18,15 +14,15 @@ sees exactly the stacks the policy acted on. A draw whose walk meets MISSING or 
 overwritten is drawn again.
 
 Memory per row: the frame plus 2 x 8 bytes of links, the action, reward and discount (and the
-packed next mask): 7,081 bytes for an 84x84 frame, 1.004 x the frame. `planned_bytes` says
-it without allocating.
+packed next mask): 7,081 bytes for an 84x84 frame, 1.004 x the frame; 43,225 bytes for a
+90x160x3 one, 1.0006 x (obs + next_obs pairs: 2 x). `planned_bytes` says it without
+allocating.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,27 +30,19 @@ import numpy as np
 import torch
 
 from soulsai.model.masks import mask_bytes, unpack_mask
+from soulsai.training.frame_streams import (
+    FINAL,
+    FIRST,
+    MISSING,
+    PAD,
+    PENDING,
+    StreamTable,
+    link_rows,
+)
 from soulsai.training.replay import ReplayBatch
 
-PAD = -1  # prev: this row is its episode's first frame (the stack repeats it)
-MISSING = -2  # prev/next: the linked row was lost (a gap in the stream) or never comes
-PENDING = -3  # next: the row `steps` on has not arrived yet
-FIRST, FINAL = 1, 2  # flags bits (soulsai.client.frames)
-MAX_STREAMS = 1 << 16  # streams tracked; the least recently seen is forgotten beyond this
-MAX_PENDING = 128  # transitions one stream may leave waiting for their next frame (> n_step)
-UNKNOWN_CLIENT = -1  # the client of a stream restored from a state without clients
+__all__ = ["FINAL", "FIRST", "MISSING", "PAD", "PENDING", "FrameReplay"]
 REDRAWS = 16  # rounds of drawing again for draws whose stacks cannot be rebuilt
-
-
-class _Stream:
-    """What the store remembers of one stream between batches."""
-
-    __slots__ = ("last_seq", "last_serial", "pending")
-
-    def __init__(self) -> None:
-        self.last_seq = -2  # no row yet: nothing continues it
-        self.last_serial = MISSING
-        self.pending: list[tuple[int, int]] = []  # (serial, seq of its next row)
 
 
 class FrameReplay:
@@ -87,7 +75,7 @@ class FrameReplay:
         self.frames, self.prev, self.next = (self.arrays[n] for n in ("frame", "prev", "next"))
         self.total = 0  # rows ever added: the next row's serial
         self.linked = 0  # live rows whose transition's next row has arrived
-        self.streams: OrderedDict[tuple[int, int], _Stream] = OrderedDict()  # (client, stream)
+        self.streams = StreamTable()  # (client, stream id) -> what links the next batch
         self.rng = np.random.default_rng(seed)
 
     @staticmethod
@@ -152,74 +140,19 @@ class FrameReplay:
         """Store a batch of frame rows (any order; a stream's rows are put in `seq` order).
 
         `client` (int64 per row) says which client sent each row; a stream is its client's
-        `stream` id. A row continues the stream's previous row when its seq is one more; a row
-        that neither continues its stream nor starts an episode links to MISSING (its stacks
-        are never sampled). A transition row (`steps` >= 1, not FINAL) links to the row
-        `steps` on in its stream, now or when that arrives.
+        `stream` id (links: soulsai.training.frame_streams.link_rows). Rows keep their
+        arrival order in the ring (a contiguous copy: gathering 7 kB rows costs several times
+        more).
         """
         m = len(seq)
         if m == 0:
             return
         if (next_mask is None) != (self.n_mask == 0):
             raise ValueError("next_mask must be given exactly when the store keeps masks")
-        # Rows keep their arrival order in the ring (a contiguous copy: gathering 7 kB rows
-        # costs several times more); links are found in (stream, seq) order.
-        order = np.lexsort((seq, stream, client))
-        client, stream = client[order], stream[order]
-        seq, flags = seq[order], flags[order]
-        steps = steps[order].astype(np.int64)
-        serial = self.total + order  # each sorted row's serial
-        rank = np.empty(m, dtype=np.int64)  # arrival index -> sorted position
-        rank[order] = np.arange(m)
-        first = (flags & FIRST) != 0
-        is_trans = ((flags & FINAL) == 0) & (steps >= 1)
-        new_group = np.ones(m, dtype=bool)
-        new_group[1:] = (stream[1:] != stream[:-1]) | (client[1:] != client[:-1])
-        # prev: the row before in this batch, when it is the same stream's seq - 1
-        follows = np.zeros(m, dtype=bool)
-        follows[1:] = ~new_group[1:] & (seq[1:] == seq[:-1] + 1)
-        prev = np.full(m, MISSING, dtype=np.int64)
-        prev[1:] = np.where(follows[1:], serial[:-1], MISSING)
-        # next: the row `steps` on, found in this batch if the stream's rows are contiguous
-        nxt = np.full(m, MISSING, dtype=np.int64)
-        target = seq + steps
-        j = np.minimum(np.arange(m) + steps, m - 1)
-        here = is_trans & (stream[j] == stream) & (client[j] == client) & (seq[j] == target)
-        nxt[here] = serial[j[here]]
-        group_starts = np.flatnonzero(new_group)
-        group_ends = np.append(group_starts[1:], m)
-        floor_after = self.total + m - self.capacity  # serials below are overwritten after this
-        resolved: list[tuple[int, int]] = []  # (serial of an earlier row, its next's serial)
-        for a, b in zip(group_starts.tolist(), group_ends.tolist(), strict=True):
-            st = self._stream((int(client[a]), int(stream[a])))
-            if st.last_seq == seq[a] - 1:
-                prev[a] = st.last_serial
-            last = int(seq[b - 1])
-            waiting: list[tuple[int, int]] = []
-            if st.pending:  # earlier rows waiting for a row of this batch (or a later one)
-                seqs = seq[a:b]
-                for src, want in st.pending:
-                    if want > last:
-                        waiting.append((src, want))
-                        continue
-                    i = int(np.searchsorted(seqs, want))
-                    if i < len(seqs) and seqs[i] == want and src >= floor_after:
-                        resolved.append((src, int(serial[a + i])))
-            beyond = is_trans[a:b] & ~here[a:b] & (target[a:b] > last)
-            if beyond.any():
-                idx = np.flatnonzero(beyond) + a
-                nxt[idx] = PENDING
-                waiting += zip(serial[idx].tolist(), target[idx].tolist(), strict=True)
-            if len(waiting) > MAX_PENDING:  # a hostile stream: its oldest never resolve
-                for src, _ in waiting[:-MAX_PENDING]:
-                    if src >= self.total:
-                        nxt[rank[src - self.total]] = MISSING
-                waiting = waiting[-MAX_PENDING:]
-            st.pending = waiting
-            st.last_seq, st.last_serial = last, int(serial[b - 1])
-        prev[first] = PAD
-        prev_in, nxt_in = np.empty_like(prev), np.empty_like(nxt)  # back to arrival order
-        prev_in[order], nxt_in[order] = prev, nxt
+        links = link_rows(
+            self.streams, self.total, self.capacity, client, stream, seq, flags, steps
+        )
+        prev_in, nxt_in = links.prev, links.next
         keep = min(m, self.capacity)  # of more rows than the ring holds, only the newest stay
         start = (self.total + m - keep) % self.capacity
         spans = [(start, min(keep, self.capacity - start))]  # the ring's slots, at most two runs
@@ -241,20 +174,10 @@ class FrameReplay:
             done += count
         self.linked += linked
         self.total += m
-        for src, dst in resolved:
+        for src, dst in links.resolved:
             if src >= self.total - self.capacity:
                 self.next[src % self.capacity] = dst
                 self.linked += 1
-
-    def _stream(self, sid: tuple[int, int]) -> _Stream:
-        st = self.streams.get(sid)
-        if st is None:
-            st = self.streams[sid] = _Stream()
-            if len(self.streams) > MAX_STREAMS:
-                self.streams.popitem(last=False)
-        else:
-            self.streams.move_to_end(sid)
-        return st
 
     # ------------------------------------------------------------------ sampling
 
@@ -332,8 +255,16 @@ class FrameReplay:
         """The frames at `serials` (B, k) as stacks (B, k, *frame_shape)."""
         return self.frames[serials % self.capacity]
 
+    def observations(self, serials: np.ndarray) -> np.ndarray:
+        """The observations of stacks `serials` (B, k): (B, k, *frame_shape) stacks, or with
+        k = 1 the frames themselves (B, *frame_shape), the shape of the env's observation."""
+        if self.k == 1:
+            return self.frames[serials[:, 0] % self.capacity]
+        return self.stacks(serials)
+
     def sample(self, batch_size: int) -> ReplayBatch:
-        """A uniform batch: obs and next_obs as uint8 stacks (B, k, *frame), as torch tensors."""
+        """A uniform batch: obs and next_obs as uint8 stacks (B, k, *frame), or frames
+        (B, *frame) with k = 1 (`observations`), as torch tensors."""
         rows, obs, nxt = self.draw(batch_size)
         pos = rows % self.capacity
         next_mask = None
@@ -341,10 +272,10 @@ class FrameReplay:
             bits = self.arrays["next_mask"][pos]
             next_mask = torch.from_numpy(unpack_mask(bits, self.n_mask))
         return ReplayBatch(
-            obs=torch.from_numpy(self.stacks(obs)),
+            obs=torch.from_numpy(self.observations(obs)),
             action=torch.from_numpy(self.arrays["action"][pos].astype(np.int64)),
             reward=torch.from_numpy(self.arrays["reward"][pos]),
-            next_obs=torch.from_numpy(self.stacks(nxt)),
+            next_obs=torch.from_numpy(self.observations(nxt)),
             discount=torch.from_numpy(self.arrays["discount"][pos]),
             next_mask=next_mask,
         )
@@ -359,16 +290,7 @@ class FrameReplay:
         state = {f"row.{name}": a[pos] for name, a in self.arrays.items()}
         state["total"] = np.array(self.total, dtype=np.int64)
         state["frame_k"] = np.array(self.k, dtype=np.int64)
-        ids = list(self.streams)
-        state["stream.id"] = np.array([s for _, s in ids], dtype=np.int64)
-        state["stream.client"] = np.array([c for c, _ in ids], dtype=np.int64)
-        state["stream.last"] = np.array(
-            [(s.last_seq, s.last_serial) for s in self.streams.values()], dtype=np.int64
-        ).reshape(-1, 2)
-        pend = [
-            (i, src, want) for i, s in enumerate(self.streams.values()) for src, want in s.pending
-        ]
-        state["stream.pending"] = np.array(pend, dtype=np.int64).reshape(-1, 3)
+        state.update(self.streams.state_dict())
         rng_json = json.dumps(self.rng.bit_generator.state).encode()
         state["rng_state"] = np.frombuffer(rng_json, dtype=np.uint8).copy()
         return state
@@ -400,17 +322,5 @@ class FrameReplay:
         floor = total - self.capacity
         live_next = self.next[serials % self.capacity]
         self.linked = int(np.count_nonzero(live_next >= max(floor, 0)))
-        self.streams.clear()
-        ids, last = state["stream.id"], state["stream.last"]
-        # a state from before streams were keyed by client: client -1, which no client is
-        # given (their streams' next rows start anew instead of continuing)
-        clients = state.get("stream.client", np.full(len(ids), UNKNOWN_CLIENT, np.int64))
-        keys = zip(clients.tolist(), ids.tolist(), strict=True)
-        for key, (last_seq, last_serial) in zip(keys, last.tolist(), strict=True):
-            st = self._stream((int(key[0]), int(key[1])))
-            st.last_seq, st.last_serial = last_seq, last_serial
-        streams = list(self.streams.values())
-        for i, src, want in state["stream.pending"].tolist():
-            if 0 <= i < len(streams):
-                streams[i].pending.append((src, want))
+        self.streams.load_state_dict(state)
         self.rng.bit_generator.state = json.loads(bytes(state["rng_state"]).decode())

@@ -238,8 +238,12 @@ def test_a_small_ring_and_lost_messages_never_yield_a_wrong_stack(seed, k, n) ->
     assert_same(got, want, subset=True)
     if len(store):
         batch = store.sample(16)
-        assert batch.obs.shape == (16, k, *FRAME) and batch.obs.dtype.is_floating_point is False
+        # a stack, or with k = 1 the frame itself: the env's observation shape
+        shape = (16, *FRAME) if k == 1 else (16, k, *FRAME)
+        assert batch.obs.shape == batch.next_obs.shape == shape
+        assert batch.obs.dtype.is_floating_point is False
         for o, x in zip(batch.obs.numpy(), batch.next_obs.numpy(), strict=True):
+            o, x = o.reshape(k, *FRAME), x.reshape(k, *FRAME)
             key = int(frame_id(o)[-1])
             assert key in got and got[key][:2] == (tuple(frame_id(o)), tuple(frame_id(x)))
 

@@ -10,10 +10,12 @@ Observations arrive per leaf of the env's observation layout (`env.obs_keys`,
 next observation's valid actions as bits (`next_mask`), checked here: a set padding bit, or no
 valid action after a step that did not terminate, drops the transition (counted as `bad_mask`).
 
-With stacked frames (`env.atari.frame_stack`: a uint8 Box (k, *frame)) transitions arrive as
-frame rows and go to a `FrameReplay` that keeps each frame once and rebuilds the stacks when
-sampling (soulsai.training.frame_replay); prioritized replay and the observation normalizer
-are not available there (ConfigError).
+Where the observation is an image frame (`env.frame_rows`, soulsai.model.specs.frame_rows: a
+bare uint8 image Box, k = 1, or `env.atari.frame_stack`'s uint8 Box (k, *frame)) transitions
+arrive as frame rows and go to a `FrameReplay` that keeps each frame once and rebuilds obs and
+next_obs when sampling (soulsai.training.frame_replay); prioritized replay and the observation
+normalizer are not available there (stacked frames: ConfigError; a bare frame then travels as
+obs + next_obs).
 
 With `dqn.prioritized` a `PrioritizedSampler` sits beside the replay ring, slot for slot
 (soulsai.training.algorithms.dqn_replay: its bookkeeping and why new rows take the max priority).
@@ -35,7 +37,7 @@ from soulsai.model.masks import unpack_mask
 from soulsai.model.obs import continuous_features, env_layout
 from soulsai.model.obs_wire import from_fields
 from soulsai.model.schedules import epsilon
-from soulsai.model.specs import dqn_experience_spec, stacked_frames
+from soulsai.model.specs import dqn_experience_spec, frame_rows
 from soulsai.training.algorithms.dqn import DQNLearner
 from soulsai.training.algorithms.dqn_replay import (
     frame_store,
@@ -76,7 +78,8 @@ class DQNDriver:
             raise ConfigError(f"env: DQN needs a Discrete action space, got {act_space}")
         self.layout = env_layout(cfg.env, obs_space)
         self.n_mask = int(act_space.n) if cfg.env.action_mask is not None else 0
-        self.frame_space = stacked_frames(cfg, obs_space)
+        frames = frame_rows(cfg, obs_space)  # (one frame's space, k) or None
+        self.frame_space = frames[0] if frames is not None else None
         self.spec = dqn_experience_spec(
             obs_space,
             act_space,
@@ -98,9 +101,9 @@ class DQNDriver:
             cfg.env.embedding_dim,
         )
         self.buffer: ReplayBuffer | FrameReplay
-        if self.frame_space is not None:  # the spec becomes the frame rows'
+        if frames is not None:  # the spec becomes the frame rows'
             self.spec, self.buffer = frame_store(
-                cfg, obs_space, act_space, self.frame_space, self.n_mask
+                cfg, obs_space, act_space, frames[0], self.n_mask, frames[1]
             )
         else:
             self.buffer = ReplayBuffer(
@@ -367,11 +370,16 @@ class DQNDriver:
 
     def restore(self, state: dict[str, Any], counters: dict[str, Any]) -> None:
         saved = state.get("buffer")
-        old = self.frame_space is not None and saved is not None and "row.frame" not in saved
-        if old:  # stacked observations saved before the frame store: they cannot become rows
+        rows = self.frame_space is not None
+        old = saved is not None and rows != ("row.frame" in saved)
+        if old:  # observation pairs where the store keeps frame rows, or the other way round
+            held = (
+                "frame rows" if rows is False else "observation pairs (from before the frame store)"
+            )
             self.host.log.warning(
-                "the checkpoint's replay buffer holds stacked observations (from before the "
-                "frame store): resuming with an empty one"
+                f"the checkpoint's replay buffer holds {held}, which this run's replay does not "
+                "keep (env.frame_rows, dqn.prioritized, dqn.normalize_obs): resuming with an "
+                "empty one"
             )
         if "buffer" in state and not old:
             try:

@@ -1,8 +1,9 @@
 """The DQN driver's replay beyond the plain ring: the frame store it builds for stacked frames,
 and the bookkeeping of prioritized replay (its sampler, one prioritized update, resuming it).
 
-With stacked frames (`env.atari.frame_stack`) the replay is a `FrameReplay` that keeps each frame
-once; prioritized replay and the observation normalizer are not available there (ConfigError).
+With image frames (`env.frame_rows`: stacked or bare) the replay is a `FrameReplay` that keeps each
+frame once; prioritized replay and the observation normalizer are not available there (ConfigError
+for stacked frames; a bare frame falls back to obs + next_obs, soulsai.model.specs.frame_rows).
 
 With `dqn.prioritized` a `PrioritizedSampler` sits beside the replay ring, slot for slot: every
 accepted batch enters it with the max priority, the update samples through it and weights its
@@ -41,14 +42,18 @@ def frame_store(
     act_space: gym.Space,
     frame_space: gym.spaces.Box,
     n_mask: int,
+    k: int,
 ) -> tuple[ExperienceSpec, FrameReplay]:
-    """Stacked frames (env.atari.frame_stack): the frame rows' spec (what goes on the wire) and
-    the frame store that keeps each frame once (soulsai.training.frame_replay)."""
+    """Image frames, `k` per observation (env.frame_rows): the frame rows' spec (what goes on
+    the wire) and the frame store that keeps each frame once (soulsai.training.frame_replay)."""
     d = cfg.dqn
     assert isinstance(act_space, gym.spaces.Discrete)
     for key, on in (("dqn.prioritized", d.prioritized), ("dqn.normalize_obs", d.normalize_obs)):
         if on:
-            raise ConfigError(f"{key}: not available with stacked frames (env.atari)")
+            raise ConfigError(
+                f"{key}: not available with stacked frames (env.atari) in the frame store; "
+                "env.frame_rows: off sends whole stacks instead"
+            )
     spec = dqn_frame_spec(
         frame_space,
         act_space,
@@ -58,7 +63,6 @@ def frame_store(
         max_abs_reward=cfg.training.max_abs_reward,
         masked=n_mask > 0,
     )
-    k = int(obs_space.shape[0])  # type: ignore[index]
     shape = tuple(frame_space.shape)
     store = FrameReplay(d.buffer_size, shape, k, int(act_space.n), n_mask=n_mask, seed=cfg.seed)
     return spec, store
