@@ -7,7 +7,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from soulsai.client.envs import StepRows
@@ -200,6 +200,7 @@ CASES = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCh
     max_len=st.integers(1, 12),
     block=st.integers(1, 8),
 )
+@example(seed=0, copies=2, k=1, n=3, max_len=5, block=4)  # k = 1: the frame is the observation
 def test_the_node_rebuilds_exactly_the_stacks_and_nstep_pairs_the_client_acted_on(
     seed, copies, k, n, max_len, block
 ) -> None:
@@ -225,6 +226,7 @@ def test_the_node_rebuilds_exactly_the_stacks_and_nstep_pairs_the_client_acted_o
 
 @CASES
 @given(seed=st.integers(0, 2**31), k=st.integers(1, 4), n=st.integers(1, 3))
+@example(seed=0, k=1, n=2)
 def test_a_small_ring_and_lost_messages_never_yield_a_wrong_stack(seed, k, n) -> None:
     messages, _, episodes = run_client(seed, 2, k, n, 80, 10, 4)
     want = expected(episodes, n, k)
