@@ -41,7 +41,6 @@ TARGETS["MinAtar-Breakout-v0"]:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -135,18 +134,27 @@ def run_ours(
             *extra,
         ]
         # On a timeout the summary still says what was reached; the children die with the parent.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(cmd, capture_output=True, timeout=max_seconds, cwd=tmp, check=False)
+        err = ""
+        try:
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=max_seconds, cwd=tmp, check=False
+            )
+            err = done.stderr if done.returncode else ""
+        except subprocess.TimeoutExpired:
+            pass
         wall = time.time() - t0
         runs = list(Path(tmp).glob("*/summary.json"))
         s = json.loads(runs[0].read_text()) if runs else {}
-    return {
+    row = {
         "peer": "soulsai",
         "solved": bool(s.get("solved")),
         "env_steps": s.get("env_steps"),
         "best_rolling_return": s.get("best_rolling_return"),
         "wall_seconds": round(wall, 2),
     }
+    if err:  # a run that failed says why (the last lines of its error output)
+        row["error"] = err.strip()[-500:]
+    return row
 
 
 def run_sb3(
