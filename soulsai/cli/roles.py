@@ -33,7 +33,7 @@ def _stack_config(
     config_dir: Path | None, sets: tuple[str, ...], resume: str | None, named: dict[str, Any]
 ) -> tuple[Config, Path, list[str], Any]:
     """What `train` and `server` do before their stack starts: the config (and the resume
-    point, if any), logging, the spaces check, and SIGTERM handled as Ctrl-C."""
+    point, if any), logging, the spaces check, and SIGTERM and SIGINT handled as Ctrl-C."""
     cfg, cdir, overrides = load_options(config_dir, sets, **named)
     setup_logging(rich=True)
     point = None
@@ -41,6 +41,9 @@ def _stack_config(
         cfg, point = resume_run(cfg, cdir, overrides, resume)
     check_spaces(cfg)
     signal.signal(signal.SIGTERM, interrupt)
+    # Ctrl-C as KeyboardInterrupt even where the parent left SIGINT ignored (a shell script's
+    # background job, nohup ... &): `kill -INT` then still stops the stack in order.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return cfg, cdir, overrides, point
 
 

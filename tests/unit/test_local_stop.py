@@ -105,6 +105,9 @@ def test_a_second_ctrl_c_while_waiting_kills_at_once_and_is_raised_again() -> No
     said: list[str] = []
     done = threading.Event()
     interrupter = threading.Thread(target=ctrl_c_once_waiting, args=(done,))
+    # SIGINT raises KeyboardInterrupt here even when the test run started with it ignored (a
+    # background job of a shell script): otherwise the wait below runs its whole 600 s
+    default = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupter.start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -112,6 +115,7 @@ def test_a_second_ctrl_c_while_waiting_kills_at_once_and_is_raised_again() -> No
     finally:
         done.set()
         interrupter.join()
+        signal.signal(signal.SIGINT, default)
         if stubborn.poll() is None:
             stubborn.kill()
     assert stubborn.returncode == -signal.SIGKILL and "training" in said[0]
