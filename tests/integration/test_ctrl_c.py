@@ -46,7 +46,11 @@ def test_sigint_stops_train_and_its_children_even_when_started_with_sigint_ignor
             return kids if len(kids) >= 4 else None
 
         family = wait_until(stack, 120, "the training stack's processes")  # type: ignore[assignment]
-        wait_until(lambda: any((tmp_path / "saves").glob("*/config.json")), 60, "a run folder")
+
+        def playing() -> bool:  # the whole stack is up: episodes reach the run folder
+            return any(f.stat().st_size for f in (tmp_path / "saves").glob("*/episodes.jsonl"))
+
+        wait_until(playing, 120, "episodes in the run folder")
         proc.send_signal(signal.SIGINT)
         code = proc.wait(90)
     finally:
