@@ -55,9 +55,12 @@ def test_breakout_dqn_run_live_page_figure_and_evaluate_video(tmp_path, config_d
             if proc.poll() is not None:
                 return {"ended": proc.returncode}
             page = live(port)
-            return page if page and page["summary"].get("episodes", 0) >= 2 else None
+            if not page or page["summary"].get("episodes", 0) < 2:
+                return None
+            # the env steps come from the training node's stats, a beat behind the episodes
+            return page if page["summary"].get("env_steps", 0) > 0 else None
 
-        page = wait_until(games, 240, "two Breakout games on the live page")
+        page = wait_until(games, 240, "two Breakout games and env steps on the live page")
         assert "ended" not in page, (tmp_path / "train.log").read_text()[-3000:]
         (ret,) = [p for p in page["panels"] if p["name"] == "return"]
         assert len(ret["x"]) >= 2 and all(r is not None and r >= 0 for r in ret["raw"])
