@@ -4,12 +4,21 @@
 `replay_ratio / batch_size` per transition, nothing before learning starts, nothing for what a
 resumed checkpoint brought or what was forgiven. `PauseGate` says when to pause the clients
 (the learner owes `max_update_debt` steps) and when to let them sample again (at half), and
-which samples come from clients that ignore a pause. Both are pure: the caller passes the
-counters and the clock, so the arithmetic is tested without Redis. The idea is Acme's rate
+which samples come from clients that ignore a pause. Their arithmetic is pure: the caller passes
+the counters and the clock, so it is tested without Redis; `PauseGate.steer` and `release` apply
+it through the trainer link, once for every driver that throttles. The idea is Acme's rate
 limiter between inserts and samples; the shape here is our own.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from soulsai.transport.links import TRANSIENT
 
 # An honest client stops within a poll of the throttle key (0.5 s) of a pause. Samples pushed
 # after Redis's queue was seen empty more than PAUSE_GRACE into a pause come from clients that
@@ -113,6 +122,7 @@ class PauseGate:
         self.paused_at = 0.0  # monotonic time the current pause began
         self.renew_at = 0.0
         self.count = 0  # pauses set, renewals included
+        self._lock = threading.Lock()  # the learner loop and the intake thread both steer
 
     def wants_pause(self, owed: int) -> bool:
         """Pause at `max_update_debt` owed steps; once paused, stay so above half of it."""
@@ -134,6 +144,26 @@ class PauseGate:
         self.paused = on
         self.renew_at = now + self.renew
         self.count += int(on)
+
+    def steer(self, owed: Callable[[], int], set_throttle: Callable[[bool], Any]) -> None:
+        """Set the throttle key (`set_throttle`, the trainer link's) to what `decide` says for
+        the updates `owed()` reports now, one caller at a time; Redis away: the next call tries."""
+        with self._lock:
+            now = time.monotonic()
+            want = self.decide(owed(), now)
+            if want is None:
+                return
+            try:
+                set_throttle(want)
+            except TRANSIENT:
+                return
+            self.applied(want, now)
+
+    def release(self, set_throttle: Callable[[bool], Any]) -> None:
+        """Let paused clients sample again (the node stops)."""
+        if self.paused:
+            with contextlib.suppress(*TRANSIENT):
+                set_throttle(False)
 
     def ignored(self, drained_at: float, now: float) -> bool:
         """True when samples arriving now were sent by clients that ignore the pause: pushed

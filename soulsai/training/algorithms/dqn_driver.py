@@ -23,8 +23,6 @@ With `dqn.prioritized` a `PrioritizedSampler` sits beside the replay ring, slot 
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from typing import Any
 
@@ -50,7 +48,6 @@ from soulsai.training.frame_replay import FINAL, FrameReplay
 from soulsai.training.ratio import PauseGate, ReplayRatio
 from soulsai.training.replay import ReplayBuffer
 from soulsai.training.shares import ClientShares
-from soulsai.transport.links import TRANSIENT
 
 
 class DQNDriver:
@@ -119,7 +116,6 @@ class DQNDriver:
         self.new_obs: list[np.ndarray] = []
         self.ratio = ReplayRatio(d.replay_ratio, d.batch_size, d.max_update_debt, d.throttle)
         self.gate = PauseGate(d.max_update_debt)
-        self._gate_lock = threading.Lock()  # the learner loop and the intake thread both pause
         self._gamma_pow = (d.gamma ** np.arange(d.n_step + 1)).astype(np.float32)
         self.last_info: dict[str, float] = {}
         self._published_at = 0  # accepted transitions at the last publish
@@ -283,19 +279,12 @@ class DQNDriver:
         if not self.cfg.dqn.throttle:
             return
         host = self.host
-        with self._gate_lock:
-            now = time.monotonic()
-            owed = self.ratio.pending(
+        self.gate.steer(
+            lambda: self.ratio.pending(
                 host.accepted, self.learner.updates, host.intake.queued_steps(), self.learning()
-            )
-            want = self.gate.decide(owed, now)
-            if want is None:
-                return
-            try:
-                host.link.set_throttle(want)
-            except TRANSIENT:
-                return
-            self.gate.applied(want, now)
+            ),
+            lambda on: host.link.set_throttle(on),
+        )
 
     def merge_normalizer(self) -> None:
         if not self.new_obs:
@@ -305,9 +294,7 @@ class DQNDriver:
         self.learner.update_normalizer(np.concatenate(chunks))
 
     def release(self) -> None:
-        if self.gate.paused:
-            with contextlib.suppress(*TRANSIENT):
-                self.host.link.set_throttle(False)
+        self.gate.release(lambda on: self.host.link.set_throttle(on))
 
     # ---------------------------------------------------------------- stats and logs
 

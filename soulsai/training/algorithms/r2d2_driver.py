@@ -18,8 +18,6 @@ chunk's steps to it (chunks of a stale model count one step each).
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from typing import Any
 
@@ -41,7 +39,6 @@ from soulsai.training.prioritized import PrioritizedSampler
 from soulsai.training.ratio import PauseGate, ReplayRatio
 from soulsai.training.sequence_replay import SequenceReplay
 from soulsai.training.shares import ClientShares
-from soulsai.transport.links import TRANSIENT
 
 H_BOUND = 1.0 + 1e-3  # a core's h lies in (-1, 1); the margin covers float rounding
 
@@ -151,7 +148,6 @@ class R2D2Driver:
         steps_per_update = self.sequences * r.chunk
         self.ratio = ReplayRatio(d.replay_ratio, steps_per_update, d.max_update_debt, d.throttle)
         self.gate = PauseGate(d.max_update_debt)
-        self._gate_lock = threading.Lock()
         self.last_info: dict[str, float] = {}
         self._published_at = 0
         self._published_updates = 0
@@ -261,19 +257,12 @@ class R2D2Driver:
         if not self.cfg.dqn.throttle:
             return
         host = self.host
-        with self._gate_lock:
-            now = time.monotonic()
-            owed = self.ratio.pending(
+        self.gate.steer(
+            lambda: self.ratio.pending(
                 host.accepted, self.learner.updates, host.intake.queued_steps(), self.learning()
-            )
-            want = self.gate.decide(owed, now)
-            if want is None:
-                return
-            try:
-                host.link.set_throttle(want)
-            except TRANSIENT:
-                return
-            self.gate.applied(want, now)
+            ),
+            lambda on: host.link.set_throttle(on),
+        )
 
     def merge_normalizer(self) -> None:
         if not self.new_obs:
@@ -284,9 +273,7 @@ class R2D2Driver:
         self.learner.update_normalizer(obs)
 
     def release(self) -> None:
-        if self.gate.paused:
-            with contextlib.suppress(*TRANSIENT):
-                self.host.link.set_throttle(False)
+        self.gate.release(lambda on: self.host.link.set_throttle(on))
 
     # ---------------------------------------------------------------- stats and logs
 
