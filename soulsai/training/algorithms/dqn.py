@@ -43,7 +43,42 @@ from soulsai.training.replay import Obs, ReplayBatch
 ADAM_EPS = 1.5e-4
 
 
-class DQNLearner:
+class OnlineTargetLearner:
+    """What a learner with an online and a target network shares (DQN, r2d2): the target's copy
+    of the normalizer, the broadcast policy and the checkpoint state."""
+
+    online: Any  # the subclass's network (a QNetwork, a RecurrentQNetwork)
+    target: Any
+    optimizer: torch.optim.Optimizer
+    updates: int
+
+    def _sync_target_normalizer(self) -> None:
+        self.target.obs_norm.load_state_dict(self.online.obs_norm.state_dict())
+
+    def policy_state(self) -> dict[str, torch.Tensor]:
+        """Detached, contiguous CPU copies of the online net's state_dict (for broadcasting)."""
+        return cpu_state(self.online)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot for checkpoints: both nets, the optimizer and the update counter."""
+        return copy.deepcopy(
+            {
+                "online": self.online.state_dict(),
+                "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "updates": self.updates,
+            }
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict()`; the next update is the same as the saved learner's."""
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+
+
+class DQNLearner(OnlineTargetLearner):
     """Online and target Q-networks, the optimizer and the update counter.
 
     `obs` is the observation layout (`soulsai.model.obs`) or a bare Box's shape."""
@@ -190,28 +225,3 @@ class DQNLearner:
         if not guarded_update(self.online.obs_norm, obs):
             self.nonfinite_updates += 1
         self._sync_target_normalizer()
-
-    def _sync_target_normalizer(self) -> None:
-        self.target.obs_norm.load_state_dict(self.online.obs_norm.state_dict())
-
-    def policy_state(self) -> dict[str, torch.Tensor]:
-        """Detached, contiguous CPU copies of the online net's state_dict (for broadcasting)."""
-        return cpu_state(self.online)
-
-    def state_dict(self) -> dict[str, Any]:
-        """A snapshot for checkpoints: both nets, the optimizer and the update counter."""
-        return copy.deepcopy(
-            {
-                "online": self.online.state_dict(),
-                "target": self.target.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "updates": self.updates,
-            }
-        )
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from `state_dict()`; the next update is the same as the saved learner's."""
-        self.online.load_state_dict(state["online"])
-        self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])

@@ -29,10 +29,10 @@ from torch import nn
 from soulsai.config import Config
 from soulsai.errors import CheckpointError
 from soulsai.model.masks_torch import masked_argmax
-from soulsai.model.nets import adam, cpu_state
+from soulsai.model.nets import adam
 from soulsai.model.obs import ObsLayout, continuous_features
 from soulsai.model.r2d2_net import RecurrentQNetwork, rescale, unrescale
-from soulsai.training.algorithms.dqn import ADAM_EPS
+from soulsai.training.algorithms.dqn import ADAM_EPS, OnlineTargetLearner
 from soulsai.training.algorithms.guards import finite, guarded_update
 from soulsai.training.sequence_replay import SequenceBatch
 
@@ -80,7 +80,7 @@ def _leaves(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch
     return {name: torch.as_tensor(v, device=device) for name, v in obs.items()}
 
 
-class R2D2Learner:
+class R2D2Learner(OnlineTargetLearner):
     """Online and target recurrent Q-networks, the optimizer and the update counter."""
 
     def __init__(
@@ -200,28 +200,6 @@ class R2D2Learner:
         if not guarded_update(self.online.obs_norm, x):
             self.nonfinite_updates += 1
         self._sync_target_normalizer()
-
-    def _sync_target_normalizer(self) -> None:
-        self.target.obs_norm.load_state_dict(self.online.obs_norm.state_dict())
-
-    def policy_state(self) -> dict[str, torch.Tensor]:
-        return cpu_state(self.online)
-
-    def state_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(
-            {
-                "online": self.online.state_dict(),
-                "target": self.target.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "updates": self.updates,
-            }
-        )
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.online.load_state_dict(state["online"])
-        self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
 
 
 class R2D2EvalPolicy:
