@@ -51,9 +51,39 @@ class OnlineTargetLearner:
     target: Any
     optimizer: torch.optim.Optimizer
     updates: int
+    nonfinite_updates: int
 
     def _sync_target_normalizer(self) -> None:
         self.target.obs_norm.load_state_dict(self.online.obs_norm.state_dict())
+
+    def _clip_and_step(self, loss: torch.Tensor, clip: float) -> torch.Tensor | None:
+        """Backward, global-norm clip and the optimizer step; None (nothing changed, counted in
+        `nonfinite_updates`) where the loss or the gradient norm is NaN or inf. The parameter
+        lists are taken once: `parameters()` walks the module tree, which for the small
+        networks of control tasks costs a noticeable share of a step."""
+        if not hasattr(self, "_online_params"):
+            self._online_params = list(self.online.parameters())
+            self._target_params = list(self.target.parameters())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self._online_params, clip)
+        if not finite(loss, grad_norm):  # one bad batch must not turn the weights into NaN
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_updates += 1
+            return None
+        self.optimizer.step()
+        self.updates += 1
+        return grad_norm
+
+    def _update_target(self, mode: str, tau: float, interval: int) -> None:
+        """After a step: Polyak averaging of the parameters (one fused call; the target's
+        normalizer buffers are copied where the online net's change, `update_normalizer`) or,
+        every `interval` updates, a hard copy of the whole state."""
+        if mode == "polyak":
+            with torch.no_grad():
+                torch._foreach_lerp_(self._target_params, self._online_params, tau)
+        elif self.updates % interval == 0:
+            self.target.load_state_dict(self.online.state_dict())
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """Detached, contiguous CPU copies of the online net's state_dict (for broadcasting)."""
@@ -136,26 +166,11 @@ class DQNLearner(OnlineTargetLearner):
         else:
             loss = (weights.to(self.device) * per_sample).mean()
 
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
-        if not finite(loss, grad_norm):  # one bad batch must not turn the weights into NaN
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_updates += 1
+        grad_norm = self._clip_and_step(loss, self.cfg.grad_clip)
+        if grad_norm is None:
             return {"loss": float("nan"), "q_mean": float("nan"), "grad_norm": float("nan")}
-        self.optimizer.step()
-        self.updates += 1
         self.td_errors = td_errors.detach().abs().cpu().numpy()
-
-        if self.cfg.target_update == "polyak":
-            with torch.no_grad():
-                for t_param, o_param in zip(
-                    self.target.parameters(), self.online.parameters(), strict=True
-                ):
-                    t_param.lerp_(o_param, self.cfg.tau)
-        elif self.updates % self.cfg.target_update_interval == 0:
-            self.target.load_state_dict(self.online.state_dict())
-        self._sync_target_normalizer()
+        self._update_target(self.cfg.target_update, self.cfg.tau, self.cfg.target_update_interval)
         return {
             "loss": loss.item(),
             "q_mean": q.detach().mean().item(),

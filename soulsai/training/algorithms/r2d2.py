@@ -33,7 +33,7 @@ from soulsai.model.nets import adam
 from soulsai.model.obs import ObsLayout, continuous_features
 from soulsai.model.r2d2_net import RecurrentQNetwork, rescale, unrescale
 from soulsai.training.algorithms.dqn import ADAM_EPS, OnlineTargetLearner
-from soulsai.training.algorithms.guards import finite, guarded_update
+from soulsai.training.algorithms.guards import guarded_update
 from soulsai.training.sequence_replay import SequenceBatch
 
 
@@ -166,25 +166,11 @@ class R2D2Learner(OnlineTargetLearner):
         sequences' new priorities afterwards (None after a skipped, non-finite step)."""
         self.td_errors = None
         loss, _, q, td = self.loss(batch, weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.online.parameters(), self.d.grad_clip)
-        if not finite(loss, grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_updates += 1
+        grad_norm = self._clip_and_step(loss, self.d.grad_clip)
+        if grad_norm is None:
             return {"loss": float("nan"), "q_mean": float("nan"), "grad_norm": float("nan")}
-        self.optimizer.step()
-        self.updates += 1
         self.td_errors = self.priorities(td, batch.length)
-        if self.d.target_update == "polyak":
-            with torch.no_grad():
-                for t_param, o_param in zip(
-                    self.target.parameters(), self.online.parameters(), strict=True
-                ):
-                    t_param.lerp_(o_param, self.d.tau)
-        elif self.updates % self.d.target_update_interval == 0:
-            self.target.load_state_dict(self.online.state_dict())
-        self._sync_target_normalizer()
+        self._update_target(self.d.target_update, self.d.tau, self.d.target_update_interval)
         valid = np.arange(q.shape[1])[None] < batch.length[:, None]
         return {
             "loss": loss.item(),
