@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from soulsai import run as runfolder
 from soulsai.config import Config
 from soulsai.errors import SoulsaiError
-from soulsai.processes import Child, pick_port, stop_processes
+from soulsai.processes import Child, free_port, pick_port, stop_processes
 from soulsai.progress import join_phrases, show_number, stack_progress, update_bar
 from soulsai.transport import RedisTarget, TelemetryLink, open_link
 from soulsai.transport.commands import encode_command
@@ -33,6 +34,13 @@ if TYPE_CHECKING:
     from soulsai.training.resume import ResumePoint
 
 LOCAL_REDIS_FILE = ".soulsai-local.json"  # lets `soulsai quicksave` find the embedded Redis
+# A node that could not bind its port says so in this form (soulsai.metrics, telemetry.web):
+# between this process's check and the node's bind (seconds: the node imports torch first)
+# another run started at the same moment may take the port.
+PORT_TAKEN = re.compile(
+    r"choose another port with --set (training\.metrics_port|telemetry\.http_port)=PORT"
+)
+PORT_RETRIES = 3
 
 
 def _console() -> Console:
@@ -259,6 +267,31 @@ class LocalStack:
                 self.restarts += 1
                 self.console.print(f"[yellow]restarted {c.name}[/]")
 
+    def _rebind(self, c: Child) -> bool:
+        """Start node `c` again on a new port if it stopped because the port picked for it was
+        taken after the check (another `soulsai train` starting at the same moment); False if
+        it stopped for any other reason or has been moved PORT_RETRIES times already."""
+        if not c.critical or c.proc.returncode != 2 or c.port_retries >= PORT_RETRIES:
+            return False
+        found = PORT_TAKEN.search(c.tail(5))
+        if found is None:
+            return False
+        setting = found.group(1)
+        port = free_port()
+        args = [f"{setting}={port}" if a.startswith(f"{setting}=") else a for a in c.args]
+        fresh = self._start(c.name, args, self._target, self._run_dir)
+        fresh.port_retries = c.port_retries + 1
+        self.children[self.children.index(c)] = fresh
+        node = setting.startswith("training")
+        host = self.cfg.training.metrics_host if node else self.cfg.telemetry.http_host
+        path = "/metrics" if node else "/"
+        self.console.print(
+            f"[yellow]{setting}: the port was taken meanwhile (another run starting?); "
+            f"{c.name} restarted on http://{_url_host(host)}:{port}{path}[/]",
+            soft_wrap=True,
+        )
+        return True
+
     # ---------------------------------------------------------------- run and stop
 
     def _watch(self, link: TelemetryLink, t0: float) -> str:
@@ -274,6 +307,9 @@ class LocalStack:
                 ]
                 for c in dead:
                     reported.add(id(c))
+                for c in [c for c in dead if self._rebind(c)]:
+                    dead.remove(c)
+                for c in dead:
                     self.console.print(
                         f"[red]{c.name} exited with code {c.proc.returncode}; "
                         f"last lines of {c.log_path}:[/]\n{c.tail()}"

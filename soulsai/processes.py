@@ -29,6 +29,11 @@ def pick_port(port: int) -> int:
     """`port` when free, else a free one (0 stays 0: off)."""
     if port == 0 or port_free(port):
         return port
+    return free_port()
+
+
+def free_port() -> int:
+    """A port the system calls free now (another process may still take it before it is bound)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("0.0.0.0", 0))
         return int(s.getsockname()[1])
@@ -46,6 +51,7 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     fast_deaths: int = 0  # consecutive deaths soon after a start
     restart_at: float | None = None
+    port_retries: int = 0  # starts on a new port after the picked one was taken meanwhile
 
     def tail(self, n: int = 15) -> str:
         try:
