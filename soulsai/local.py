@@ -273,7 +273,7 @@ class LocalStack:
         it stopped for any other reason or has been moved PORT_RETRIES times already."""
         if not c.critical or c.proc.returncode != 2 or c.port_retries >= PORT_RETRIES:
             return False
-        found = PORT_TAKEN.search(c.tail(5))
+        found = PORT_TAKEN.search(" ".join(c.tail(5).split()))  # as one line, if wrapped
         if found is None:
             return False
         setting = found.group(1)
