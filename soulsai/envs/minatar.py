@@ -3,7 +3,7 @@ minutes on a CPU, the learning check for the CNN encoders.
 
 Importing the module (soulsai.envs does) registers `soulsai/MinAtar-<Game>-v0` for Asterix,
 Breakout, Freeway, Seaquest and SpaceInvaders. The `minatar` package (pip, pure numpy; in the
-`bench` extra) is imported only when such an env is made. Conventions, MinAtar's own:
+`bench` extra) is read only when such an env is made, and then only the game's own file. Conventions, MinAtar's own:
 - observation: the game's 10x10xC boolean channels as `Box(0, 255, (10, 10, C), uint8)`,
   0 or 255, so the CNN's scaling by 1/255 gives MinAtar's 0/1 inputs;
 - actions: all 6 of MinAtar's (no-op, left, up, right, down, fire), as the MinAtar paper's
@@ -15,8 +15,8 @@ Breakout, Freeway, Seaquest and SpaceInvaders. The `minatar` package (pip, pure 
 
 from __future__ import annotations
 
-import importlib
-import logging
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -40,23 +40,24 @@ PALETTE = np.array(  # render: a colour per channel (cycled), black background
 
 
 def _game_module(name: str) -> Any:
-    """minatar's module for `name` (one of GAMES' values), or an ImportError naming the extra."""
-    root = logging.getLogger()
-    guard = logging.NullHandler()  # minatar calls logging.warning at import when seaborn is
-    root.addHandler(guard)  # missing: no basicConfig side effect, and the warning is muted
-    previous = root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        return importlib.import_module(f"minatar.environments.{name}")
-    except ModuleNotFoundError as e:
-        if e.name is not None and e.name.split(".")[0] == "minatar":
-            raise ImportError(
-                "soulsai/MinAtar-* envs need the minatar package: pip install 'soulsai[bench]'"
-            ) from None
-        raise
-    finally:
-        logging.disable(previous)
-        root.removeHandler(guard)
+    """minatar's module for `name` (one of GAMES' values), or an ImportError naming the extra.
+
+    The game's file is loaded by itself (it needs only numpy): importing it as
+    `minatar.environments.<name>` would first run the package's `__init__`, which imports
+    matplotlib and seaborn for minatar's own GUI, seconds of start-up in every client and node
+    (and a logged warning where seaborn is missing)."""
+    spec = importlib.util.find_spec("minatar")  # finds the package without running it
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = next((Path(f) / "environments" / f"{name}.py" for f in folders), None)
+    if path is None or not path.is_file():
+        raise ImportError(
+            "soulsai/MinAtar-* envs need the minatar package: pip install 'soulsai[bench]'"
+        )
+    game = importlib.util.spec_from_file_location(f"{__name__}._game_{name}", path)
+    assert game is not None and game.loader is not None
+    module = importlib.util.module_from_spec(game)
+    game.loader.exec_module(module)
+    return module
 
 
 class MinAtarEnv(gym.Env):

@@ -4,6 +4,7 @@ and a clear error naming the extra when minatar is missing."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def test_breakout_frames_actions_seeding_and_render() -> None:
     img = env.render()
     assert img.shape == (160, 160, 3) and img.dtype == np.uint8 and img.any()
     assert gym.make("soulsai/MinAtar-Breakout-v0", minimal_actions=True).action_space.n == 3
+
+
+def test_making_one_loads_only_the_game_not_minatars_gui_packages() -> None:
+    """minatar's package `__init__` imports matplotlib and seaborn (seconds per process)."""
+    pytest.importorskip("minatar")
+    code = (
+        "import sys, gymnasium as gym, soulsai.envs\n"
+        "env = gym.make('soulsai/MinAtar-Seaquest-v0')\n"
+        "obs, _ = env.reset(seed=1)\n"
+        "assert obs.shape == (10, 10, 10), obs.shape\n"
+        "print(sorted(m for m in ('minatar', 'matplotlib', 'seaborn') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_without_minatar_making_one_is_a_config_error_naming_the_extra(monkeypatch) -> None:
