@@ -37,6 +37,7 @@ T0 = time.time()
 
 import gymnasium as gym  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
@@ -254,10 +255,23 @@ def main() -> None:
         default=0,
         help="torch threads (0 = torch's default: every core, as a user of SB3 gets)",
     )
+    ap.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one of the peer's hyperparameters (ZOO's keys; VALUE read as YAML), "
+        "e.g. --hp n_steps=3 to give SB3's DQN soulsai's n-step returns",
+    )
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     hp = dict(ZOO[(args.algo, args.env)])
+    for item in args.hp:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--hp wants KEY=VALUE, got {item!r}")
+        hp[key] = yaml.safe_load(value)
     # Schedules run over the zoo's budget of steps, as in RL-Zoo, even though we may let the
     # run go on past it to reach the target: SB3 scales them by total_timesteps.
     stretch = args.max_steps / hp.pop("budget")

@@ -166,10 +166,11 @@ def run_sb3(
     target: float | None = None,
     delay: float = 0.0,
     n_envs: int | None = None,
+    hp: list[str] | None = None,
 ) -> dict:
     """Whole-process bench/sb3_run.py until solved (target: TARGETS[env] unless given; a
-    real-time `delay` per step; `n_envs` overrides the zoo's env count; max_steps None: its
-    default)."""
+    real-time `delay` per step; `n_envs` overrides the zoo's env count; `hp` KEY=VALUE items
+    override its hyperparameters; max_steps None: its default)."""
     cmd = [
         sys.executable,
         str(ROOT / "bench" / "sb3_run.py"),
@@ -190,6 +191,7 @@ def run_sb3(
         cmd += ["--max-steps", str(max_steps)]
     if n_envs is not None:
         cmd += ["--n-envs", str(n_envs)]
+    cmd += [x for item in hp or [] for x in ("--hp", item)]
     t0 = time.time()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 120)
     wall = time.time() - t0
@@ -267,8 +269,18 @@ def main() -> None:
     ap.add_argument(
         "--set", dest="sets", action="append", default=[], help="extra --set for soulsai train"
     )
+    ap.add_argument(
+        "--peer-set",
+        dest="peer_sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one of the peer's hyperparameters (bench/sb3_run.py --hp)",
+    )
     args = ap.parse_args()
     print(f"{machine_line()} | nice {os.nice(0)} (both sides)", flush=True)
+    if args.peer_sets:
+        print(f"peer hyperparameters changed: {' '.join(args.peer_sets)}", flush=True)
     extra = [x for s in args.sets for x in ("--set", s)]
     for case in args.case:
         name, env = case.split(":")
@@ -293,7 +305,14 @@ def main() -> None:
                         target=TARGETS[env],
                     )
                 else:
-                    r = run_sb3(peer, env, seed, args.max_steps or 1_000_000, args.max_seconds)
+                    r = run_sb3(
+                        peer,
+                        env,
+                        seed,
+                        args.max_steps or 1_000_000,
+                        args.max_seconds,
+                        hp=args.peer_sets,
+                    )
                 rows[side].append({**r, "seed": seed})
                 print(f"{case} seed {seed} {side}: {json.dumps(r)}", flush=True)
         max_steps = float(args.max_steps or 1_000_000)
