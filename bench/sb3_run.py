@@ -14,11 +14,12 @@ registration of RL-Zoo's CartPoleNoVel-v1 (soulsai.envs.memory).
 (soulsai/MinAtar-Breakout-v0, minatar in the bench extra) with soulsai's own torch CNN module
 as SB3's features extractor (`SoulsaiCNN`: literally the network `env.image_encoder: minatar`
 builds, fed the same channels-first [0, 1] frames) and the hyperparameters of soulsai's preset
-(config/presets/dqn/soulsai/MinAtar-Breakout-v0.yaml, the MinAtar paper's DQN) where they map:
-Adam 2.5e-4 with soulsai's eps 1.5e-4, batch 32, 100k replay, 5k steps before learning, one
-update per step, a target copy every 1,000 steps, epsilon 1 -> 0.1 over 10k steps, gradient
-norm 10, Huber loss, one-step targets, a hidden layer of 128. What does not map: SB3's DQN is
-not double DQN, and it runs one env where soulsai runs 2 clients.
+(config/presets/dqn/soulsai/MinAtar-Breakout-v0.yaml: the MinAtar paper's DQN with 3-step
+returns) where they map: Adam 2.5e-4 with soulsai's eps 1.5e-4, batch 32, 100k replay, 5k steps
+before learning, one update per step, a target copy every 1,000 steps, epsilon 1 -> 0.1 over 10k
+steps, gradient norm 10, Huber loss, 3-step targets (SB3's n_steps), a hidden layer of 128. What
+does not map: SB3's DQN is not double DQN, and it runs one env where soulsai runs 2 clients.
+`--hp n_steps=1` gives the paper's one-step DQN.
 
     python bench/sb3_run.py --algo dqn --env MinAtar-Breakout-v0 --target 3 --seed 1
 """
@@ -180,6 +181,7 @@ ZOO = {
         target_update_interval=1000,
         train_freq=1,
         gradient_steps=1,
+        n_steps=3,
         exploration_initial_eps=1.0,
         exploration_fraction=0.02,  # of the 500k budget: 10k steps
         exploration_final_eps=0.1,

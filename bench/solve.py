@@ -30,10 +30,11 @@ soulsai/CartPoleNoVel-v1 against sb3-contrib's RecurrentPPO with RL-Zoo's ppo_ls
 same budget, `dqn:CartPoleNoVel-v1`, both with --ours-only.
 `dqn:MinAtar-Breakout-v0` (issue 18, not in the default cases; `pip install -e .[bench]` brings
 minatar) runs DQN with its preset (config/presets/dqn/soulsai/MinAtar-Breakout-v0.yaml: the
-MinAtar paper's DQN, `env.image_encoder: minatar`) on soulsai's MinAtar adapter against SB3's
-DQN on the same adapter with soulsai's own CNN module as its features extractor and the
-preset's hyperparameters where they map (bench/sb3_run.py), to a rolling-20 return of
-TARGETS["MinAtar-Breakout-v0"]:
+MinAtar paper's DQN with 3-step returns, `env.image_encoder: minatar`) on soulsai's MinAtar
+adapter against SB3's DQN on the same adapter with soulsai's own CNN module as its features
+extractor and the preset's hyperparameters where they map (bench/sb3_run.py), to a rolling-20
+return of TARGETS["MinAtar-Breakout-v0"]; `--peer-set n_steps=1` gives SB3 the paper's
+one-step returns instead:
 
     python bench/solve.py --case dqn:MinAtar-Breakout-v0 --seeds 101 102 103 --max-seconds 1800
 """

@@ -85,5 +85,5 @@ def test_the_dqn_preset_is_minatars_network_and_schedule() -> None:
     cfg = load_config(ROOT / "config", ["algo=dqn", f"env.id={ENV}"])
     assert cfg.env.image_encoder == "minatar" and cfg.dqn.hidden == [128]
     d = cfg.dqn
-    assert (d.batch_size, d.replay_ratio, d.n_step, d.target_update) == (32, 32.0, 1, "hard")
+    assert (d.batch_size, d.replay_ratio, d.n_step, d.target_update) == (32, 32.0, 3, "hard")
     assert (d.target_update_interval, d.learning_starts, d.eps_end) == (1000, 5000, 0.1)
