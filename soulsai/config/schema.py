@@ -174,6 +174,10 @@ class DQNConfig(_Strict):
     ladder_eps: float = Field(ge=0.0, le=1.0)
     ladder_alpha: float = Field(ge=0.0)
     normalize_obs: bool
+    # double DQN (van Hasselt et al. 2016): the online net picks the next action, the target
+    # net values it; false: the target net does both (Mnih et al. 2015). Default: configs
+    # saved before the key.
+    double: bool = True
     # Issue 19's options (soulsai/model/heads.py, soulsai/training/prioritized.py). Defaults are
     # the plain double DQN of before, so configs and checkpoints saved before them still load.
     dueling: bool = False  # value + mean-subtracted advantage streams

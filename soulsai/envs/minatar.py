@@ -3,7 +3,8 @@ minutes on a CPU, the learning check for the CNN encoders.
 
 Importing the module (soulsai.envs does) registers `soulsai/MinAtar-<Game>-v0` for Asterix,
 Breakout, Freeway, Seaquest and SpaceInvaders. The `minatar` package (pip, pure numpy; in the
-`bench` extra) is read only when such an env is made, and then only the game's own file. Conventions, MinAtar's own:
+`bench` extra) is read only when such an env is made, and then only the game's own file.
+Conventions, MinAtar's own:
 - observation: the game's 10x10xC boolean channels as `Box(0, 255, (10, 10, C), uint8)`,
   0 or 255, so the CNN's scaling by 1/255 gives MinAtar's 0/1 inputs;
 - actions: all 6 of MinAtar's (no-op, left, up, right, down, fire), as the MinAtar paper's

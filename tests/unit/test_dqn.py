@@ -118,6 +118,27 @@ def test_update_matches_hand_computed_double_dqn() -> None:
     assert info["grad_norm"] > 0 and learner.updates == 1
 
 
+def test_update_without_double_dqn_takes_the_target_nets_max() -> None:
+    cfg = make_cfg(hidden=[4], huber_delta=0.5, target_update="hard", double=False)
+    learner = DQNLearner(cfg, (3,), 2, seed=0)
+    with torch.no_grad():  # target head = -online head: the two nets pick opposite actions
+        for t_param, o_param in zip(
+            learner.target.mlp[-1].parameters(), learner.online.mlp[-1].parameters(), strict=True
+        ):
+            t_param.copy_(-o_param)
+    batch = make_batch()
+    with torch.no_grad():
+        q = learner.online(batch.obs)[torch.arange(8), batch.action]
+        max_target = batch.reward + batch.discount * learner.target(batch.next_obs).amax(1)
+        pick = learner.online(batch.next_obs).argmax(1)
+        double = (
+            batch.reward + batch.discount * learner.target(batch.next_obs)[torch.arange(8), pick]
+        )
+    assert not torch.allclose(huber(q - max_target, 0.5), huber(q - double, 0.5), rtol=1e-3)
+    info = learner.update(batch)
+    assert info["loss"] == pytest.approx(huber(q - max_target, 0.5).item(), rel=1e-5)
+
+
 def test_zero_discount_target_is_reward() -> None:
     cfg = make_cfg(hidden=[4], huber_delta=1.0)
     learner = DQNLearner(cfg, (3,), 2, seed=1)

@@ -24,6 +24,7 @@ import soulsai.envs.soulslike  # noqa: F401  (registers soulsai/IudexLike-v0)
 from soulsai.client.dqn_actor import DQNActor
 from soulsai.config import load_config
 from soulsai.model.heads import NoisyLinear
+from soulsai.model.masks_torch import masked_argmax
 from soulsai.model.nets import QNetwork
 from soulsai.model.numpy_q import dqn_policy
 from soulsai.model.obs import env_layout, obs_leaves
@@ -229,6 +230,33 @@ def test_quantile_learner_uses_the_masked_double_dqn_target_by_hand() -> None:
         a_free = q_next.argmax(dim=1)
         free = batch.reward[:, None] + batch.discount[:, None] * theta_next[torch.arange(4), a_free]
     assert quantile_huber_loss(theta, free, 1.0).mean().item() != pytest.approx(info["loss"])
+
+
+def test_quantile_learner_without_double_dqn_picks_on_the_target_mean_among_valid() -> None:
+    cfg = dqn_cfg("dqn.n_quantiles=4", "dqn.hidden=[8]", "dqn.double=false", "dqn.lr=0.01")
+    learner = DQNLearner(cfg.dqn, (3,), 3, seed=0)
+    with torch.no_grad():  # a target net unlike the online one
+        for p in learner.target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    batch = _batch()
+    online, target = copy.deepcopy(learner.online), copy.deepcopy(learner.target)
+
+    def loss_picking_on(q_next: torch.Tensor) -> float:
+        with torch.no_grad():
+            theta_next = target.quantiles(batch.next_obs)
+            a_star = masked_argmax(q_next, batch.next_mask)
+            want = (
+                batch.reward[:, None]
+                + batch.discount[:, None] * theta_next[torch.arange(4), a_star]
+            )
+            theta = online.quantiles(batch.obs)[torch.arange(4), batch.action]
+            return quantile_huber_loss(theta, want, 1.0).mean().item()
+
+    with torch.no_grad():
+        by_target, by_online = target(batch.next_obs), online(batch.next_obs)
+    assert loss_picking_on(by_target) != pytest.approx(loss_picking_on(by_online))
+    info = learner.update(batch)
+    assert info["loss"] == pytest.approx(loss_picking_on(by_target), rel=1e-6)
 
 
 def test_prioritized_loss_is_the_importance_weighted_per_sample_loss() -> None:

@@ -178,20 +178,24 @@ class DQNLearner(OnlineTargetLearner):
         }
 
     def _td_loss(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Expected-value double DQN: per-sample Huber losses (B,), Q(s, a) and TD errors."""
+        """Expected-value (double) DQN: per-sample Huber losses (B,), Q(s, a) and TD errors."""
         obs, next_obs = self._to_device(batch.obs), self._to_device(batch.next_obs)
         action, reward, discount = (
             t.to(self.device) for t in (batch.action, batch.reward, batch.discount)
         )
         with torch.no_grad():
+            q_target_next = self.target(next_obs)
+            # double DQN: the online network picks a', the target network values it;
+            # dqn.double false: the target network does both (one forward pass fewer)
+            q_pick = self.online(next_obs) if self.cfg.double else q_target_next
             if batch.next_mask is None:
-                next_actions = self.online(next_obs).argmax(dim=1, keepdim=True)
-                next_q = self.target(next_obs).gather(1, next_actions).squeeze(1)
+                next_actions = q_pick.argmax(dim=1, keepdim=True)
+                next_q = q_target_next.gather(1, next_actions).squeeze(1)
                 td_target = reward + discount * next_q
             else:  # discount is gamma**k * (1 - terminated): done=0, gamma_k=discount
                 td_target = masked_double_dqn_target(
-                    self.online(next_obs),
-                    self.target(next_obs),
+                    q_pick,
+                    q_target_next,
                     batch.next_mask.to(self.device),
                     reward,
                     torch.zeros_like(discount),
@@ -204,7 +208,8 @@ class DQNLearner(OnlineTargetLearner):
         return per_sample, q, td_target - q.detach()
 
     def _quantile_loss(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """QR-DQN (Dabney et al. 2018) with double-DQN action selection on the quantile mean:
+        """QR-DQN (Dabney et al. 2018) with double-DQN action selection on the quantile mean
+        (the target network's mean with dqn.double false):
             a* = argmax_{a valid in s'} mean_j theta_j^online(s', a)
             T theta_j = r + gamma^k (1 - terminated) theta_j^target(s', a*)
         and the quantile Huber loss of theta_i(s, a) against T theta_j: per-sample losses (B,)
@@ -214,12 +219,12 @@ class DQNLearner(OnlineTargetLearner):
             t.to(self.device) for t in (batch.action, batch.reward, batch.discount)
         )
         with torch.no_grad():
-            q_online_next = self.online(next_obs)
-            if batch.next_mask is None:
-                next_action = q_online_next.argmax(dim=1)
-            else:  # a row without a valid action is terminal: action 0, zeroed by discount
-                next_action = masked_argmax(q_online_next, batch.next_mask.to(self.device))
             next_quantiles = self.target.quantiles(next_obs)
+            q_pick = self.online(next_obs) if self.cfg.double else next_quantiles.mean(dim=2)
+            if batch.next_mask is None:
+                next_action = q_pick.argmax(dim=1)
+            else:  # a row without a valid action is terminal: action 0, zeroed by discount
+                next_action = masked_argmax(q_pick, batch.next_mask.to(self.device))
             index = next_action.view(-1, 1, 1).expand(-1, 1, next_quantiles.shape[2])
             next_theta = next_quantiles.gather(1, index).squeeze(1)  # (B, N)
             target_theta = reward.unsqueeze(1) + discount.unsqueeze(1) * next_theta
