@@ -17,8 +17,9 @@ builds, fed the same channels-first [0, 1] frames) and the hyperparameters of so
 (config/presets/dqn/soulsai/MinAtar-Breakout-v0.yaml: the MinAtar paper's DQN with 3-step
 returns) where they map: Adam 2.5e-4 with soulsai's eps 1.5e-4, batch 32, 100k replay, 5k steps
 before learning, one update per step, a target copy every 1,000 steps, epsilon 1 -> 0.1 over 10k
-steps, gradient norm 10, Huber loss, 3-step targets (SB3's n_steps), a hidden layer of 128. What
-does not map: SB3's DQN is not double DQN, and it runs one env where soulsai runs 2 clients.
+steps, gradient norm 10, Huber loss, 3-step targets (SB3's n_steps), not double DQN (the preset
+turns it off, as SB3's DQN has none), a hidden layer of 128. What does not map: SB3 runs one
+env where soulsai runs 2 clients.
 `--hp n_steps=1` gives the paper's one-step DQN.
 
     python bench/sb3_run.py --algo dqn --env MinAtar-Breakout-v0 --target 3 --seed 1

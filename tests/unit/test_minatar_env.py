@@ -87,3 +87,4 @@ def test_the_dqn_preset_is_minatars_network_and_schedule() -> None:
     d = cfg.dqn
     assert (d.batch_size, d.replay_ratio, d.n_step, d.target_update) == (32, 32.0, 3, "hard")
     assert (d.target_update_interval, d.learning_starts, d.eps_end) == (1000, 5000, 0.1)
+    assert not d.double  # as the MinAtar paper's (and SB3's) DQN
