@@ -204,14 +204,21 @@ def _batch(n_obs: int = 3, b: int = 4, seed: int = 0) -> ReplayBatch:
     )
 
 
-def test_quantile_learner_uses_the_masked_double_dqn_target_by_hand() -> None:
-    cfg = dqn_cfg("dqn.n_quantiles=4", "dqn.hidden=[8]", "dqn.quantile_kappa=1.0", "dqn.lr=0.01")
+def _quantile_learner(*sets: str) -> tuple[DQNLearner, ReplayBatch, QNetwork, QNetwork]:
+    """A 4-quantile learner whose target net differs from its online one, `_batch()`, and
+    copies of both nets as they were before any update."""
+    cfg = dqn_cfg(
+        "dqn.n_quantiles=4", "dqn.hidden=[8]", "dqn.quantile_kappa=1.0", "dqn.lr=0.01", *sets
+    )
     learner = DQNLearner(cfg.dqn, (3,), 3, seed=0)
     with torch.no_grad():  # a target net unlike the online one
         for p in learner.target.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    batch = _batch()
-    online, target = copy.deepcopy(learner.online), copy.deepcopy(learner.target)
+    return learner, _batch(), copy.deepcopy(learner.online), copy.deepcopy(learner.target)
+
+
+def test_quantile_learner_uses_the_masked_double_dqn_target_by_hand() -> None:
+    learner, batch, online, target = _quantile_learner()
     with torch.no_grad():
         q_next = online(batch.next_obs)  # (B, A): the quantile mean
         theta_next = target.quantiles(batch.next_obs)  # (B, A, N)
@@ -233,13 +240,7 @@ def test_quantile_learner_uses_the_masked_double_dqn_target_by_hand() -> None:
 
 
 def test_quantile_learner_without_double_dqn_picks_on_the_target_mean_among_valid() -> None:
-    cfg = dqn_cfg("dqn.n_quantiles=4", "dqn.hidden=[8]", "dqn.double=false", "dqn.lr=0.01")
-    learner = DQNLearner(cfg.dqn, (3,), 3, seed=0)
-    with torch.no_grad():  # a target net unlike the online one
-        for p in learner.target.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    batch = _batch()
-    online, target = copy.deepcopy(learner.online), copy.deepcopy(learner.target)
+    learner, batch, online, target = _quantile_learner("dqn.double=false")
 
     def loss_picking_on(q_next: torch.Tensor) -> float:
         with torch.no_grad():
