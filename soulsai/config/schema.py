@@ -361,7 +361,8 @@ def check_ppo_config(cfg: Config) -> None:
 
 def check_r2d2_config(cfg: Config) -> None:
     """r2d2's cross-key checks: the burn-in comes from one predecessor chunk, the n-step
-    targets of a chunk's last steps from one successor; no quantile or noisy head."""
+    targets of a chunk's last steps from one successor; no quantile or noisy head, and
+    always double DQN."""
     r, d = cfg.r2d2, cfg.dqn
     if r.burn_in > r.chunk:
         raise ConfigError(
@@ -373,7 +374,12 @@ def check_r2d2_config(cfg: Config) -> None:
             f"config error: dqn.n_step = {d.n_step} exceeds r2d2.chunk = {r.chunk} (the "
             "n-step targets of a chunk's last steps reach into one successor chunk)"
         )
-    for key, on in (("dqn.noisy", d.noisy), ("dqn.n_quantiles", d.n_quantiles > 1)):
+    unsupported = (
+        ("dqn.noisy", d.noisy),
+        ("dqn.n_quantiles", d.n_quantiles > 1),
+        ("dqn.double = false", not d.double),
+    )
+    for key, on in unsupported:
         if on:
             raise ConfigError(f"config error: {key} is not available with algo r2d2")
 

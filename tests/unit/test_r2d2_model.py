@@ -255,6 +255,7 @@ def test_an_update_changes_the_weights_and_sets_sequence_priorities(config_dir):
         (["dqn.n_step=5"], "dqn.n_step"),
         (["dqn.noisy=true"], "dqn.noisy"),
         (["dqn.n_quantiles=8"], "dqn.n_quantiles"),
+        (["dqn.double=false"], "dqn.double"),
     ],
 )
 def test_config_checks_name_the_key(config_dir, sets, key):
