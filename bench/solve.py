@@ -18,7 +18,8 @@ Bench-only dependency: `pip install -e .[bench]`.
 
 A case is `<variant>:<env>`. Besides `dqn` and `ppo`, the variants of issue 19's DQN options
 (`VARIANTS`) run `soulsai train --algo dqn` with the env's preset plus one option each
-(`dqn-dueling`, `dqn-per`, `dqn-noisy`, `qrdqn`: quantile regression) or all of Rainbow-lite
+(`dqn-dueling`, `dqn-per`, `dqn-noisy`, `qrdqn`: quantile regression), dueling with
+prioritized replay (`dqn-dueling-per`) or all of Rainbow-lite
 (`dqn-rainbow`: the preset `dqn/<env>-rainbow.yaml` where one ships, else its options); the
 peer of `qrdqn` and `dqn-rainbow` is sb3-contrib's QR-DQN with RL-Zoo's hyperparameters, the
 others' SB3's DQN. Steps-to-solve against plain DQN: compare the `dqn:<env>` line's median.
@@ -74,6 +75,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "dqn-noisy": ("dqn", ["dqn.noisy=true"], "dqn"),
     "qrdqn": ("dqn", ["dqn.n_quantiles=32"], "qrdqn"),
     "dqn-rainbow": ("dqn", RAINBOW, "qrdqn"),
+    "dqn-dueling-per": ("dqn", ["dqn.dueling=true", "dqn.prioritized=true"], "dqn"),
     # its preset (ppo/soulsai/CartPoleNoVel-v1.yaml) sets ppo.recurrent; the --set keeps it so
     "ppo-lstm": ("ppo", ["ppo.recurrent=lstm"], "ppo_lstm"),
     # issue 20: R2D2-style recurrent DQN with its preset (r2d2/soulsai/CartPoleNoVel-v1.yaml);
