@@ -13,14 +13,14 @@ registration of RL-Zoo's CartPoleNoVel-v1 (soulsai.envs.memory).
 `dqn` on `MinAtar-Breakout-v0` (issue 18's CNN check) plays soulsai's MinAtar adapter
 (soulsai/MinAtar-Breakout-v0, minatar in the bench extra) with soulsai's own torch CNN module
 as SB3's features extractor (`SoulsaiCNN`: literally the network `env.image_encoder: minatar`
-builds, fed the same channels-first [0, 1] frames) and the hyperparameters of soulsai's preset
-(config/presets/dqn/soulsai/MinAtar-Breakout-v0.yaml: the MinAtar paper's DQN with 3-step
-returns) where they map: Adam 2.5e-4 with soulsai's eps 1.5e-4, batch 32, 100k replay, 5k steps
-before learning, one update per step, a target copy every 1,000 steps, epsilon 1 -> 0.1 over 10k
-steps, gradient norm 10, Huber loss, 3-step targets (SB3's n_steps), not double DQN (the preset
-turns it off, as SB3's DQN has none), a hidden layer of 128. What does not map: SB3 runs one
-env where soulsai runs 2 clients.
-`--hp n_steps=1` gives the paper's one-step DQN.
+builds, fed the same channels-first [0, 1] frames) and the MinAtar paper's DQN (Young & Tian
+2019; RL-Zoo has no MinAtar entry) as soulsai's preset scales it to a 500k budget
+(config/presets/dqn/soulsai/MinAtar-Breakout-v0.yaml): Adam 2.5e-4 with soulsai's eps 1.5e-4,
+batch 32, 100k replay, 5k steps before learning, one update per step, a target copy every 1,000
+steps, epsilon 1 -> 0.1 over 10k steps, gradient norm 10, Huber loss, one-step targets, not
+double DQN (SB3's DQN has none), a hidden layer of 128. What does not map: SB3 runs one env
+where soulsai runs 2 clients. `--hp n_steps=3` gives it the preset's own 3-step returns (SB3's
+n_steps), the one setting where the preset departs from the paper: like for like.
 
     python bench/sb3_run.py --algo dqn --env MinAtar-Breakout-v0 --target 3 --seed 1
 """
@@ -171,7 +171,7 @@ ZOO = {
         n_quantiles=170,
         budget=100_000,
     ),
-    # soulsai's preset (the MinAtar paper's DQN) where SB3 has the setting; see the docstring
+    # the MinAtar paper's DQN as soulsai's preset scales it, where SB3 has the setting (docstring)
     ("dqn", "MinAtar-Breakout-v0"): dict(
         n_envs=1,
         learning_rate=2.5e-4,
@@ -182,7 +182,7 @@ ZOO = {
         target_update_interval=1000,
         train_freq=1,
         gradient_steps=1,
-        n_steps=3,
+        n_steps=1,  # the paper's; soulsai's preset uses 3 (--hp n_steps=3: like for like)
         exploration_initial_eps=1.0,
         exploration_fraction=0.02,  # of the 500k budget: 10k steps
         exploration_final_eps=0.1,

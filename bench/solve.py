@@ -21,8 +21,9 @@ A case is `<variant>:<env>`. Besides `dqn` and `ppo`, the variants of issue 19's
 (`dqn-dueling`, `dqn-per`, `dqn-noisy`, `qrdqn`: quantile regression), dueling with
 prioritized replay (`dqn-dueling-per`) or all of Rainbow-lite
 (`dqn-rainbow`: the preset `dqn/<env>-rainbow.yaml` where one ships, else its options); the
-peer of `qrdqn` and `dqn-rainbow` is sb3-contrib's QR-DQN with RL-Zoo's hyperparameters, the
-others' SB3's DQN. Steps-to-solve against plain DQN: compare the `dqn:<env>` line's median.
+peer of `qrdqn`, `dqn-rainbow` and `dqn-dueling-per` is sb3-contrib's QR-DQN with RL-Zoo's
+hyperparameters, the others' SB3's DQN. Steps-to-solve against plain DQN: compare the
+`dqn:<env>` line's median.
 `ppo-lstm:CartPoleNoVel-v1` (issue 20) runs recurrent PPO with its preset
 (config/presets/ppo/soulsai/CartPoleNoVel-v1.yaml: an LSTM, whole 32-step fragments) on
 soulsai/CartPoleNoVel-v1 against sb3-contrib's RecurrentPPO with RL-Zoo's ppo_lstm settings.
@@ -33,9 +34,9 @@ same budget, `dqn:CartPoleNoVel-v1`, both with --ours-only.
 minatar) runs DQN with its preset (config/presets/dqn/soulsai/MinAtar-Breakout-v0.yaml: the
 MinAtar paper's DQN with 3-step returns, `env.image_encoder: minatar`) on soulsai's MinAtar
 adapter against SB3's DQN on the same adapter with soulsai's own CNN module as its features
-extractor and the preset's hyperparameters where they map (bench/sb3_run.py), to a rolling-20
-return of TARGETS["MinAtar-Breakout-v0"]; `--peer-set n_steps=1` gives SB3 the paper's
-one-step returns instead:
+extractor and the MinAtar paper's hyperparameters (bench/sb3_run.py; RL-Zoo has none for
+MinAtar), to a rolling-20 return of TARGETS["MinAtar-Breakout-v0"]; `--peer-set n_steps=3`
+gives SB3 the preset's 3-step returns too, like for like:
 
     python bench/solve.py --case dqn:MinAtar-Breakout-v0 --seeds 101 102 103 --max-seconds 1800
 """
@@ -75,7 +76,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "dqn-noisy": ("dqn", ["dqn.noisy=true"], "dqn"),
     "qrdqn": ("dqn", ["dqn.n_quantiles=32"], "qrdqn"),
     "dqn-rainbow": ("dqn", RAINBOW, "qrdqn"),
-    "dqn-dueling-per": ("dqn", ["dqn.dueling=true", "dqn.prioritized=true"], "dqn"),
+    # issue 19's best combination; its wall-time peer is sb3-contrib's QR-DQN, as the issue asks
+    "dqn-dueling-per": ("dqn", ["dqn.dueling=true", "dqn.prioritized=true"], "qrdqn"),
     # its preset (ppo/soulsai/CartPoleNoVel-v1.yaml) sets ppo.recurrent; the --set keeps it so
     "ppo-lstm": ("ppo", ["ppo.recurrent=lstm"], "ppo_lstm"),
     # issue 20: R2D2-style recurrent DQN with its preset (r2d2/soulsai/CartPoleNoVel-v1.yaml);
