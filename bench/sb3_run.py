@@ -20,7 +20,8 @@ batch 32, 100k replay, 5k steps before learning, one update per step, a target c
 steps, epsilon 1 -> 0.1 over 10k steps, gradient norm 10, Huber loss, one-step targets, not
 double DQN (SB3's DQN has none), a hidden layer of 128. What does not map: SB3 runs one env
 where soulsai runs 2 clients. `--hp n_steps=3` gives it the preset's own 3-step returns (SB3's
-n_steps), the one setting where the preset departs from the paper: like for like.
+n_steps), the one setting in which the preset departs from the paper's DQN as both sides run
+it (Adam stands in for the paper's RMSProp on both): like for like.
 
     python bench/sb3_run.py --algo dqn --env MinAtar-Breakout-v0 --target 3 --seed 1
 """
