@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -10,6 +11,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_peer_set(ap: argparse.ArgumentParser) -> None:
+    """The `--peer-set KEY=VALUE` option (repeatable, into `peer_sets`): one of the SB3 peer's
+    hyperparameters overridden, as bench/sb3_run.py --hp."""
+    ap.add_argument(
+        "--peer-set",
+        dest="peer_sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one of the peer's hyperparameters (bench/sb3_run.py --hp)",
+    )
 
 
 def machine_line() -> str:

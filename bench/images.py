@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, machine_line  # noqa: E402
+from bench.common import ROOT, add_peer_set, machine_line  # noqa: E402
 
 # the lines of each part's output that carry its figures (repeated in the summary)
 HEADLINES = ("wire:", "replay:", "cpu:", "cuda", "dqn:MinAtar-Breakout-v0:")
@@ -66,14 +66,7 @@ def main() -> None:
     ap.add_argument("--clients", nargs="*", type=int, default=[1, 2], help="Atari intake")
     ap.add_argument("--seconds", type=float, default=6.0, help="per Atari intake case")
     ap.add_argument("--updates", type=int, default=50, help="learner updates timed per device")
-    ap.add_argument(
-        "--peer-set",
-        dest="peer_sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="passed to bench/solve.py --peer-set (the MinAtar peer's hyperparameters)",
-    )
+    add_peer_set(ap)  # passed on to bench/solve.py (the MinAtar peer's hyperparameters)
     args = ap.parse_args()
     print(machine_line(), flush=True)
     summary: list[str] = []

@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, machine_line  # noqa: E402
+from bench.common import ROOT, add_peer_set, machine_line  # noqa: E402
 
 TARGETS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0, "CartPoleNoVel-v1": 475.0}
 # MinAtar Breakout (issue 18's CNN check): random play scores about 0.5; with the preset, seed 4
@@ -274,14 +274,7 @@ def main() -> None:
     ap.add_argument(
         "--set", dest="sets", action="append", default=[], help="extra --set for soulsai train"
     )
-    ap.add_argument(
-        "--peer-set",
-        dest="peer_sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one of the peer's hyperparameters (bench/sb3_run.py --hp)",
-    )
+    add_peer_set(ap)
     args = ap.parse_args()
     print(f"{machine_line()} | nice {os.nice(0)} (both sides)", flush=True)
     if args.peer_sets:
